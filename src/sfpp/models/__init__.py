@@ -1,0 +1,18 @@
+"""Plain ``nn.Module`` models and their parts (no Lightning imports)."""
+
+from sfpp.models.attention import build_attention_backend
+from sfpp.models.causal_wan import CausalWanDiT
+from sfpp.models.flavours import FLAVOURS, build_model
+from sfpp.models.frame_mask import FrameAttentionPattern
+from sfpp.models.kv_cache import RollingKVCache
+from sfpp.models.rope import Rope3D
+
+__all__ = [
+    "FLAVOURS",
+    "CausalWanDiT",
+    "FrameAttentionPattern",
+    "Rope3D",
+    "RollingKVCache",
+    "build_attention_backend",
+    "build_model",
+]

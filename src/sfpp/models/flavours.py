@@ -1,0 +1,76 @@
+"""Size registry of CausalWanDiT: a debug flavour for tests, the toy world's, and Wan2.1's sizes.
+
+Each flavour is a dict of :class:`~sfpp.models.causal_wan.CausalWanDiT` constructor arguments;
+anything can be overridden at build time (``build_model("tiny", num_layers=1)``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["FLAVOURS", "build_model", "flavour_config"]
+
+FLAVOURS: dict[str, dict[str, Any]] = {
+    # Unit tests: a few thousand parameters, runs in milliseconds.
+    "tiny": dict(
+        patch_size=(1, 2, 2), in_channels=4, out_channels=4, dim=32, ffn_dim=64, num_layers=2,
+        num_heads=2, text_dim=16, freq_dim=32,
+    ),
+    # The built-in procedural world: 16x16 RGB frames as 4x4 patches -> 16 tokens per frame, ~4M parameters.
+    "toy": dict(
+        patch_size=(1, 4, 4), in_channels=3, out_channels=3, dim=256, ffn_dim=768, num_layers=4,
+        num_heads=4, text_dim=64, freq_dim=64,
+    ),
+    # Wan2.1-T2V-1.3B (METHOD.md reference settings).
+    "wan_1_3b": dict(
+        patch_size=(1, 2, 2), in_channels=16, out_channels=16, dim=1536, ffn_dim=8960, num_layers=30,
+        num_heads=12, text_dim=4096, freq_dim=256, eps=1e-6, cross_attn_norm=True,
+    ),
+    # Wan2.1-T2V-14B.
+    "wan_14b": dict(
+        patch_size=(1, 2, 2), in_channels=16, out_channels=16, dim=5120, ffn_dim=13824, num_layers=40,
+        num_heads=40, text_dim=4096, freq_dim=256, eps=1e-6, cross_attn_norm=True,
+    ),
+}
+
+
+def flavour_config(flavour: str) -> dict[str, Any]:
+    """Constructor arguments of a registered flavour (a copy).
+
+    Raises:
+        ValueError: For an unknown flavour, listing the registered ones.
+    """
+    if flavour not in FLAVOURS:
+        raise ValueError(f"unknown model flavour {flavour!r}; registered flavours: {sorted(FLAVOURS)}")
+    return dict(FLAVOURS[flavour])
+
+
+def build_model(
+    flavour: str,
+    causal: bool = False,
+    num_frames_per_chunk: int = 3,
+    attention_backend: str = "auto",
+    **overrides: Any,
+):
+    """Build a :class:`~sfpp.models.causal_wan.CausalWanDiT` of a registered flavour.
+
+    Args:
+        flavour: ``tiny``, ``toy``, ``wan_1_3b`` or ``wan_14b``.
+        causal: Block-causal student instead of a bidirectional teacher/critic.
+        num_frames_per_chunk: Latent frames per chunk of the block-causal model.
+        attention_backend: ``auto``, ``flash``, ``flex`` or ``sdpa``.
+        **overrides: Any other constructor argument.
+
+    Returns:
+        A freshly initialised model.
+    """
+    from sfpp.models.causal_wan import CausalWanDiT
+
+    config = flavour_config(flavour)
+    unknown = set(overrides) - set(CausalWanDiT.__init__.__code__.co_varnames)
+    if unknown:
+        raise ValueError(f"unknown CausalWanDiT arguments {sorted(unknown)} for flavour {flavour!r}")
+    config.update(overrides)
+    return CausalWanDiT(
+        **config, causal=causal, num_frames_per_chunk=num_frames_per_chunk, attention_backend=attention_backend
+    )
