@@ -192,7 +192,10 @@ class AutoAttention:
         """Mask for whichever backend masked calls will use on ``device``."""
         if not pattern.is_causal:
             return None
-        return (device.type, self._for_mask(device).prepare_mask(pattern, num_frames, tokens_per_frame, device))
+        return (
+            device.type,
+            self._for_mask(device).prepare_mask(pattern, num_frames, tokens_per_frame, device),
+        )
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any = None) -> torch.Tensor:
         """See :class:`AttentionBackend`."""

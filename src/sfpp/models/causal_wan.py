@@ -94,7 +94,10 @@ class SelfAttention(nn.Module):
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             past_k, past_v = cache.visible(layer)
-            keys, values = torch.cat([past_k, k], dim=1), torch.cat([past_v, v], dim=1)  # (B, Lpast + L, H, D)
+            keys, values = (
+                torch.cat([past_k, k], dim=1),
+                torch.cat([past_v, v], dim=1),
+            )  # (B, Lpast + L, H, D)
             if write_cache:  # after the copy above: the chunk may overwrite the oldest visible slots
                 cache.write(layer, k.detach(), v.detach())
             k, v = keys, values
@@ -202,7 +205,9 @@ class WanBlock(nn.Module):
         self.norm3 = FP32LayerNorm(dim, eps, elementwise_affine=True) if cross_attn_norm else nn.Identity()
         self.cross_attn = CrossAttention(dim, num_heads, eps)
         self.norm2 = FP32LayerNorm(dim, eps, elementwise_affine=False)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim)
+        )
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
     def forward(
@@ -306,7 +311,9 @@ class CausalWanDiT(nn.Module):
         super().__init__()
         patch_size = tuple(patch_size)
         if len(patch_size) != 3 or patch_size[0] != 1:
-            raise ValueError(f"patch_size must be (1, p_h, p_w) so tokens belong to one frame, got {patch_size}")
+            raise ValueError(
+                f"patch_size must be (1, p_h, p_w) so tokens belong to one frame, got {patch_size}"
+            )
         if dim % num_heads:
             raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
         self.patch_size = patch_size
@@ -326,7 +333,9 @@ class CausalWanDiT(nn.Module):
 
         # 1. Patch, text and time embeddings
         self.patch_embedding = nn.Conv3d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
-        self.text_embedding = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+        self.text_embedding = nn.Sequential(
+            nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim)
+        )
         self.time_embedding = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         self.rope = Rope3D(self.head_dim, rope_max_seq_len)
@@ -383,7 +392,9 @@ class CausalWanDiT(nn.Module):
             device=device or param.device,
         )
 
-    def _mask(self, pattern: FrameAttentionPattern, num_frames: int, tokens_per_frame: int, device: torch.device) -> Any:
+    def _mask(
+        self, pattern: FrameAttentionPattern, num_frames: int, tokens_per_frame: int, device: torch.device
+    ) -> Any:
         """The backend's mask for a pattern, memoised (a few recent shapes)."""
         key = (pattern, num_frames, tokens_per_frame, str(device))
         if key not in self._mask_cache:
@@ -398,13 +409,17 @@ class CausalWanDiT(nn.Module):
             raise ValueError(f"x must be (B, {self.in_channels}, F, H, W), got {tuple(x.shape)}")
         batch, _, num_frames, height, width = x.shape
         if height % self.patch_size[1] or width % self.patch_size[2]:
-            raise ValueError(f"latent size {height}x{width} is not divisible by the patch size {self.patch_size[1:]}")
+            raise ValueError(
+                f"latent size {height}x{width} is not divisible by the patch size {self.patch_size[1:]}"
+            )
         if timestep.ndim == 0:
             timestep = timestep.expand(batch)
         if timestep.ndim == 1:
             timestep = timestep[:, None].expand(batch, num_frames)  # (B, F)
         if timestep.shape != (batch, num_frames):
-            raise ValueError(f"timestep must be (B,) or (B, F) = ({batch}, {num_frames}), got {tuple(timestep.shape)}")
+            raise ValueError(
+                f"timestep must be (B,) or (B, F) = ({batch}, {num_frames}), got {tuple(timestep.shape)}"
+            )
         if context.ndim != 3 or context.shape[0] != batch:
             raise ValueError(f"context must be (B={batch}, L_text, text_dim), got {tuple(context.shape)}")
         return timestep
@@ -447,7 +462,9 @@ class CausalWanDiT(nn.Module):
         if kv_cache is not None:
             kv_cache.check_call(frame_offset, num_frames, batch, self.patch_embedding.weight.dtype)
             if attention_pattern is not None:
-                raise ValueError("attention_pattern applies to the full-sequence forward; the cache sets its own")
+                raise ValueError(
+                    "attention_pattern applies to the full-sequence forward; the cache sets its own"
+                )
             mask = None
         else:
             if write_cache:
@@ -460,7 +477,9 @@ class CausalWanDiT(nn.Module):
         rope = self.rope(frame_offset, *grid)
 
         # 2. Per-frame time embedding and modulation
-        time_emb = self.time_embedding(sinusoidal_embedding(timestep, self.freq_dim).to(tokens.dtype))  # (B, F, dim)
+        time_emb = self.time_embedding(
+            sinusoidal_embedding(timestep, self.freq_dim).to(tokens.dtype)
+        )  # (B, F, dim)
         time_mod = self.time_projection(time_emb).unflatten(2, (6, -1))  # (B, F, 6, dim)
 
         # 3. Text keys/values, per layer (computed once per rollout when a cache is used)

@@ -13,23 +13,55 @@ __all__ = ["FLAVOURS", "build_model", "flavour_config"]
 FLAVOURS: dict[str, dict[str, Any]] = {
     # Unit tests: a few thousand parameters, runs in milliseconds.
     "tiny": dict(
-        patch_size=(1, 2, 2), in_channels=4, out_channels=4, dim=32, ffn_dim=64, num_layers=2,
-        num_heads=2, text_dim=16, freq_dim=32,
+        patch_size=(1, 2, 2),
+        in_channels=4,
+        out_channels=4,
+        dim=32,
+        ffn_dim=64,
+        num_layers=2,
+        num_heads=2,
+        text_dim=16,
+        freq_dim=32,
     ),
     # The built-in procedural world: 16x16 RGB frames as 4x4 patches -> 16 tokens per frame, ~4M parameters.
     "toy": dict(
-        patch_size=(1, 4, 4), in_channels=3, out_channels=3, dim=256, ffn_dim=768, num_layers=4,
-        num_heads=4, text_dim=64, freq_dim=64,
+        patch_size=(1, 4, 4),
+        in_channels=3,
+        out_channels=3,
+        dim=256,
+        ffn_dim=768,
+        num_layers=4,
+        num_heads=4,
+        text_dim=64,
+        freq_dim=64,
     ),
     # Wan2.1-T2V-1.3B (METHOD.md reference settings).
     "wan_1_3b": dict(
-        patch_size=(1, 2, 2), in_channels=16, out_channels=16, dim=1536, ffn_dim=8960, num_layers=30,
-        num_heads=12, text_dim=4096, freq_dim=256, eps=1e-6, cross_attn_norm=True,
+        patch_size=(1, 2, 2),
+        in_channels=16,
+        out_channels=16,
+        dim=1536,
+        ffn_dim=8960,
+        num_layers=30,
+        num_heads=12,
+        text_dim=4096,
+        freq_dim=256,
+        eps=1e-6,
+        cross_attn_norm=True,
     ),
     # Wan2.1-T2V-14B.
     "wan_14b": dict(
-        patch_size=(1, 2, 2), in_channels=16, out_channels=16, dim=5120, ffn_dim=13824, num_layers=40,
-        num_heads=40, text_dim=4096, freq_dim=256, eps=1e-6, cross_attn_norm=True,
+        patch_size=(1, 2, 2),
+        in_channels=16,
+        out_channels=16,
+        dim=5120,
+        ffn_dim=13824,
+        num_layers=40,
+        num_heads=40,
+        text_dim=4096,
+        freq_dim=256,
+        eps=1e-6,
+        cross_attn_norm=True,
     ),
 }
 
@@ -72,5 +104,8 @@ def build_model(
         raise ValueError(f"unknown CausalWanDiT arguments {sorted(unknown)} for flavour {flavour!r}")
     config.update(overrides)
     return CausalWanDiT(
-        **config, causal=causal, num_frames_per_chunk=num_frames_per_chunk, attention_backend=attention_backend
+        **config,
+        causal=causal,
+        num_frames_per_chunk=num_frames_per_chunk,
+        attention_backend=attention_backend,
     )

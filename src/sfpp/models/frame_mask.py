@@ -38,7 +38,9 @@ class FrameAttentionPattern:
     def __post_init__(self) -> None:
         if self.num_frames_per_chunk is None:
             if self.window_frames is not None or self.sink_frames:
-                raise ValueError("window_frames and sink_frames need a block-causal pattern (num_frames_per_chunk)")
+                raise ValueError(
+                    "window_frames and sink_frames need a block-causal pattern (num_frames_per_chunk)"
+                )
             return
         if self.num_frames_per_chunk < 1:
             raise ValueError(f"num_frames_per_chunk must be >= 1, got {self.num_frames_per_chunk}")
@@ -77,7 +79,9 @@ class FrameAttentionPattern:
         frames = torch.arange(num_frames)
         return self.visible(frames[:, None], frames[None, :])
 
-    def token_mask(self, num_frames: int, tokens_per_frame: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    def token_mask(
+        self, num_frames: int, tokens_per_frame: int, device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
         """Boolean ``(L, L)`` token mask with ``L = num_frames * tokens_per_frame`` (frame-major tokens)."""
         mask = self.frame_mask(num_frames).to(device)
         mask = mask.repeat_interleave(tokens_per_frame, dim=0)  # (L, F)

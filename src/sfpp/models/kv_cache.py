@@ -57,7 +57,11 @@ class RollingKVCache:
     ) -> None:
         # The pattern validates window vs chunk and the sink count.
         self.pattern = FrameAttentionPattern(num_frames_per_chunk, window_frames, sink_frames)
-        for name, value in (("num_layers", num_layers), ("batch_size", batch_size), ("tokens_per_frame", tokens_per_frame)):
+        for name, value in (
+            ("num_layers", num_layers),
+            ("batch_size", batch_size),
+            ("tokens_per_frame", tokens_per_frame),
+        ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         self.num_layers = num_layers
@@ -107,7 +111,9 @@ class RollingKVCache:
         if batch_size != self.batch_size:
             raise ValueError(f"the KV cache was built for batch size {self.batch_size}, got {batch_size}")
         if dtype != self.dtype:
-            raise ValueError(f"the KV cache holds {self.dtype} keys, got {dtype}; build the cache with dtype={dtype}")
+            raise ValueError(
+                f"the KV cache holds {self.dtype} keys, got {dtype}; build the cache with dtype={dtype}"
+            )
         if frame_offset != self.num_frames:
             raise ValueError(
                 f"chunk starts at frame {frame_offset} but the cache holds frames [0, {self.num_frames}): "
@@ -151,7 +157,9 @@ class RollingKVCache:
             while frame + run < num_frames and self._slot(self.num_frames + frame + run) == slot + run:
                 run += 1
             self.keys[layer, :, slot * tpf : (slot + run) * tpf] = keys[:, frame * tpf : (frame + run) * tpf]
-            self.values[layer, :, slot * tpf : (slot + run) * tpf] = values[:, frame * tpf : (frame + run) * tpf]
+            self.values[layer, :, slot * tpf : (slot + run) * tpf] = values[
+                :, frame * tpf : (frame + run) * tpf
+            ]
             frame += run
 
     def advance(self, num_frames: int) -> None:

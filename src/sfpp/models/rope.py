@@ -65,7 +65,9 @@ class Rope3D(nn.Module):
             self.register_buffer(f"cos_{name}", angles.cos().float(), persistent=False)
             self.register_buffer(f"sin_{name}", angles.sin().float(), persistent=False)
 
-    def forward(self, frame_offset: int, num_frames: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, frame_offset: int, num_frames: int, height: int, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cos and sin for a grid of ``num_frames x height x width`` tokens starting at a frame.
 
         Args:

@@ -1,0 +1,36 @@
+"""Flow-matching diffusion math shared by the teacher, the student, the critic and the rollouts."""
+
+from sfpp.diffusion.rollout import FewStepSampler, RolloutChunk, rollout, stream_rollout
+from sfpp.diffusion.schedule import (
+    FlowMatchSchedule,
+    SigmaLike,
+    add_noise,
+    euler_step,
+    expand_sigma,
+    flow_from_x0,
+    flow_target,
+    noise_from_x0,
+    shift_sigma,
+    unshift_sigma,
+    x0_from_flow,
+    x0_from_noise,
+)
+
+__all__ = [
+    "FewStepSampler",
+    "RolloutChunk",
+    "rollout",
+    "stream_rollout",
+    "FlowMatchSchedule",
+    "SigmaLike",
+    "add_noise",
+    "euler_step",
+    "expand_sigma",
+    "flow_from_x0",
+    "flow_target",
+    "noise_from_x0",
+    "shift_sigma",
+    "unshift_sigma",
+    "x0_from_flow",
+    "x0_from_noise",
+]

@@ -1,0 +1,175 @@
+"""Chunk-wise few-step streaming rollout through a rolling KV cache.
+
+For each chunk of ``num_frames_per_chunk`` latent frames:
+
+1. start from Gaussian noise at the first denoising timestep;
+2. for every timestep of the few-step list, predict the flow conditioned on the cache, turn it
+   into a clean estimate ``x0 = x_t - sigma * flow`` and, unless it is the last step, re-noise that
+   estimate to the next timestep with fresh noise (the few-step consistency sampler of CausVid /
+   Self-Forcing);
+3. run the model once more on the clean chunk at ``context_timestep`` (0) with ``write_cache`` so
+   its keys and values join the cache, exactly as at inference time.
+
+Chunks are yielded as soon as they are finished, so a caller can decode and write a long video
+while it is being generated, with memory that does not grow with its length. Training (which adds
+gradient control) and inference share this code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from sfpp.diffusion.schedule import FlowMatchSchedule, add_noise, x0_from_flow
+from sfpp.models.causal_wan import CausalWanDiT
+from sfpp.models.kv_cache import RollingKVCache
+
+__all__ = ["FewStepSampler", "RolloutChunk", "rollout", "stream_rollout"]
+
+
+@dataclass(frozen=True)
+class FewStepSampler:
+    """The student's few-step denoising schedule.
+
+    Args:
+        timesteps: Denoising timesteps on the 0..1000 scale, strictly decreasing, already warped
+            through the shifted schedule (see :meth:`FlowMatchSchedule.warp_timesteps`).
+        context_timestep: Timestep of the clean pass that writes a finished chunk into the cache.
+        num_train_timesteps: Scale of the timesteps (sigma = t / num_train_timesteps).
+    """
+
+    timesteps: Sequence[float]
+    context_timestep: float = 0.0
+    num_train_timesteps: int = 1000
+
+    def __post_init__(self) -> None:
+        steps = list(self.timesteps)
+        if not steps:
+            raise ValueError("FewStepSampler needs at least one denoising timestep")
+        if any(b >= a for a, b in zip(steps, steps[1:], strict=False)):
+            raise ValueError(f"denoising timesteps must be strictly decreasing, got {steps}")
+        if steps[0] > self.num_train_timesteps or steps[-1] <= 0:
+            raise ValueError(f"denoising timesteps must lie in (0, {self.num_train_timesteps}], got {steps}")
+
+    @classmethod
+    def from_steps(
+        cls, steps: Sequence[float] = (1000, 750, 500, 250), shift: float = 5.0, context_timestep: float = 0.0
+    ) -> FewStepSampler:
+        """Warp a nominal step list (e.g. ``[1000, 750, 500, 250]``) through the shifted schedule."""
+        warped = FlowMatchSchedule(shift=shift).warp_timesteps(steps)
+        return cls(timesteps=tuple(float(t) for t in warped), context_timestep=context_timestep)
+
+    @property
+    def sigmas(self) -> list[float]:
+        """Noise levels of the denoising steps."""
+        return [t / self.num_train_timesteps for t in self.timesteps]
+
+
+@dataclass
+class RolloutChunk:
+    """A finished chunk of a rollout.
+
+    Attributes:
+        frame_offset: Absolute index of its first latent frame.
+        latents: Clean latents ``(B, C, F_chunk, H, W)``.
+    """
+
+    frame_offset: int
+    latents: torch.Tensor
+
+
+def _check_rollout(model: CausalWanDiT, cache: RollingKVCache, num_frames: int) -> None:
+    """Fail before any work for settings that cannot be generated."""
+    if not model.causal:
+        raise ValueError("streaming rollout needs a block-causal model (causal=True)")
+    chunk = model.num_frames_per_chunk
+    if num_frames < 1 or num_frames % chunk:
+        raise ValueError(
+            f"num_frames={num_frames} is not a positive multiple of num_frames_per_chunk={chunk}; "
+            f"round it to whole chunks (e.g. {max(chunk, num_frames - num_frames % chunk)})"
+        )
+    end = cache.num_frames + num_frames
+    if end > model.rope_max_seq_len:
+        raise ValueError(
+            f"generating frames [{cache.num_frames}, {end}) exceeds the RoPE table of {model.rope_max_seq_len} "
+            "latent frames; generate fewer frames or raise the model's `rope_max_seq_len`"
+        )
+
+
+def stream_rollout(
+    model: CausalWanDiT,
+    context: torch.Tensor,
+    cache: RollingKVCache,
+    num_frames: int,
+    latent_shape: tuple[int, int, int],
+    sampler: FewStepSampler,
+    generator: torch.Generator | None = None,
+    initial_noise: torch.Tensor | None = None,
+) -> Iterator[RolloutChunk]:
+    """Generate ``num_frames`` latent frames chunk by chunk, continuing from the cache's state.
+
+    Args:
+        model: Block-causal :class:`CausalWanDiT`.
+        context: Text embeddings ``(B, L_text, text_dim)``.
+        cache: Rolling cache from ``model.new_kv_cache``; generation continues at its
+            ``num_frames`` (0 for a new video).
+        num_frames: Latent frames to generate, a multiple of the model's chunk size.
+        latent_shape: ``(C, H, W)`` of one latent frame.
+        sampler: The few-step schedule.
+        generator: Source of every random draw (seed it for reproducible videos).
+        initial_noise: Optional ``(B, C, num_frames, H, W)`` starting noise, drawn from
+            ``generator`` chunk by chunk when omitted (which keeps memory flat in length).
+
+    Yields:
+        One :class:`RolloutChunk` per chunk, in order.
+    """
+    _check_rollout(model, cache, num_frames)
+    batch = cache.batch_size
+    channels, height, width = latent_shape
+    chunk = model.num_frames_per_chunk
+    if initial_noise is not None and initial_noise.shape != (batch, channels, num_frames, height, width):
+        raise ValueError(
+            f"initial_noise must be {(batch, channels, num_frames, height, width)}, got {tuple(initial_noise.shape)}"
+        )
+    param = next(model.parameters())
+    shape = (batch, channels, chunk, height, width)
+    draw = lambda: torch.randn(shape, generator=generator, device=param.device, dtype=param.dtype)  # noqa: E731
+    context = context.to(param.dtype)
+    sigmas = sampler.sigmas
+
+    for start in range(0, num_frames, chunk):
+        frame_offset = cache.num_frames
+        x_t = draw() if initial_noise is None else initial_noise[:, :, start : start + chunk].to(param.dtype)
+        x0 = x_t
+        for step, (timestep, sigma) in enumerate(zip(sampler.timesteps, sigmas, strict=True)):
+            t = torch.full((batch,), timestep, device=param.device)
+            flow = model(x_t, t, context, kv_cache=cache, frame_offset=frame_offset)
+            x0 = x0_from_flow(flow, x_t, sigma)
+            if step + 1 < len(sigmas):
+                x_t = add_noise(x0, draw(), sigmas[step + 1])
+        with torch.no_grad():  # the clean pass only writes the cache
+            t = torch.full((batch,), sampler.context_timestep, device=param.device)
+            model(x0, t, context, kv_cache=cache, frame_offset=frame_offset, write_cache=True)
+        yield RolloutChunk(frame_offset=frame_offset, latents=x0)
+
+
+def rollout(
+    model: CausalWanDiT,
+    context: torch.Tensor,
+    cache: RollingKVCache,
+    num_frames: int,
+    latent_shape: tuple[int, int, int],
+    sampler: FewStepSampler,
+    generator: torch.Generator | None = None,
+    initial_noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Generate ``num_frames`` latent frames and return them concatenated ``(B, C, F, H, W)``.
+
+    Same arguments as :func:`stream_rollout`; use that one for long videos.
+    """
+    chunks = stream_rollout(
+        model, context, cache, num_frames, latent_shape, sampler, generator, initial_noise
+    )
+    return torch.cat([c.latents for c in chunks], dim=2)  # (B, C, F, H, W)

@@ -1,0 +1,115 @@
+import pytest
+import torch
+
+from sfpp.diffusion import FewStepSampler, add_noise, rollout, stream_rollout, x0_from_flow
+from sfpp.models import FrameAttentionPattern, build_model
+
+SAMPLER = FewStepSampler.from_steps([1000, 750, 500, 250], shift=5.0)
+
+
+def _model(chunk=2, **kw):
+    torch.manual_seed(0)
+    return build_model("tiny", causal=True, num_frames_per_chunk=chunk, attention_backend="sdpa", **kw).eval()
+
+
+def _context(batch=2, seed=3):
+    return torch.randn(batch, 5, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def _reference_rollout(model, context, noise, sampler, renoise, pattern):
+    """O(N^2) rollout without a cache: every call re-runs the clean prefix under the frame pattern."""
+    chunk = model.num_frames_per_chunk
+    batch, frames = noise.shape[0], noise.shape[2]
+    clean = noise[:, :, :0]
+    draws = iter(renoise)
+    for s in range(0, frames, chunk):
+        x_t = noise[:, :, s : s + chunk]
+        for i, (t, sigma) in enumerate(zip(sampler.timesteps, sampler.sigmas, strict=True)):
+            x = torch.cat([clean, x_t], dim=2)
+            steps = torch.cat(
+                [torch.full((batch, s), sampler.context_timestep), torch.full((batch, chunk), t)], dim=1
+            )
+            flow = model(x, steps, context, attention_pattern=pattern)[:, :, s:]
+            x0 = x0_from_flow(flow, x_t, sigma)
+            if i + 1 < len(sampler.sigmas):
+                x_t = add_noise(x0, next(draws), sampler.sigmas[i + 1])
+        clean = torch.cat([clean, x0], dim=2)
+    return clean
+
+
+@pytest.mark.parametrize(("window", "sink"), [(12, 0), (4, 0), (4, 2)])
+def test_cached_rollout_equals_uncached_reference(window, sink):
+    model, context = _model(2), _context()
+    frames = 12
+    g = torch.Generator().manual_seed(7)
+    noise = torch.randn(2, 4, frames, 8, 8, generator=g)
+    # The rollout draws re-noising noise from the generator in order: replay the same draws.
+    g_replay = torch.Generator().manual_seed(11)
+    renoise = [torch.randn(2, 4, 2, 8, 8, generator=g_replay) for _ in range(frames // 2 * 3)]
+    cache = model.new_kv_cache(2, 8, 8, window_frames=window, sink_frames=sink)
+    with torch.no_grad():
+        cached = rollout(
+            model, context, cache, frames, (4, 8, 8), SAMPLER, torch.Generator().manual_seed(11), noise
+        )
+        pattern = FrameAttentionPattern(2, window_frames=window, sink_frames=sink)
+        reference = _reference_rollout(model, context, noise, SAMPLER, renoise, pattern)
+    assert cached.shape == (2, 4, frames, 8, 8)
+    assert (cached - reference).abs().max() <= 1e-5
+
+
+def test_same_seed_same_video_and_streaming_continues_the_cache():
+    model, context = _model(2), _context()
+
+    def run(seed):
+        cache = model.new_kv_cache(2, 8, 8, window_frames=4)
+        with torch.no_grad():
+            return rollout(model, context, cache, 8, (4, 8, 8), SAMPLER, torch.Generator().manual_seed(seed))
+
+    a, b, c = run(1), run(1), run(2)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+    # Two calls of 4 frames on one cache give the same video as one call of 8.
+    cache = model.new_kv_cache(2, 8, 8, window_frames=4)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        first = rollout(model, context, cache, 4, (4, 8, 8), SAMPLER, g)
+        second = rollout(model, context, cache, 4, (4, 8, 8), SAMPLER, g)
+    assert torch.equal(torch.cat([first, second], dim=2), a)
+
+
+def test_stream_yields_chunks_in_order():
+    model, context = _model(2), _context()
+    cache = model.new_kv_cache(2, 8, 8, window_frames=4)
+    with torch.no_grad():
+        chunks = list(
+            stream_rollout(model, context, cache, 10, (4, 8, 8), SAMPLER, torch.Generator().manual_seed(0))
+        )
+    assert [c.frame_offset for c in chunks] == [0, 2, 4, 6, 8]
+    assert all(c.latents.shape == (2, 4, 2, 8, 8) for c in chunks)
+    assert cache.num_frames == 10
+
+
+def test_few_step_sampler_warps_reference_steps():
+    assert [round(t, 3) for t in SAMPLER.timesteps] == [1000.0, 937.5, 833.333, 625.0]
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        FewStepSampler(timesteps=(500.0, 750.0))
+    with pytest.raises(ValueError, match="at least one"):
+        FewStepSampler(timesteps=())
+
+
+def test_rollout_rejects_impossible_requests_before_work():
+    model, context = _model(3, rope_max_seq_len=12), _context()
+    cache = model.new_kv_cache(2, 8, 8, window_frames=6)
+    with pytest.raises(ValueError, match="multiple of num_frames_per_chunk=3"):
+        next(stream_rollout(model, context, cache, 10, (4, 8, 8), SAMPLER))
+    with pytest.raises(ValueError, match="rope_max_seq_len"):
+        next(stream_rollout(model, context, cache, 15, (4, 8, 8), SAMPLER))
+    with pytest.raises(ValueError, match="initial_noise"):
+        next(
+            stream_rollout(
+                model, context, cache, 6, (4, 8, 8), SAMPLER, initial_noise=torch.zeros(1, 4, 6, 8, 8)
+            )
+        )
+    bidirectional = build_model("tiny")
+    with pytest.raises(ValueError, match="block-causal"):
+        next(stream_rollout(bidirectional, context, cache, 6, (4, 8, 8), SAMPLER))
