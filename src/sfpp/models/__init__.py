@@ -6,6 +6,7 @@ from sfpp.models.flavours import FLAVOURS, build_model
 from sfpp.models.frame_mask import FrameAttentionPattern
 from sfpp.models.kv_cache import RollingKVCache
 from sfpp.models.rope import Rope3D
+from sfpp.models.wan_weights import WanWeightsError, build_from_pretrained, load_wan_weights, save_wan_weights
 
 __all__ = [
     "FLAVOURS",
@@ -13,6 +14,10 @@ __all__ = [
     "FrameAttentionPattern",
     "Rope3D",
     "RollingKVCache",
+    "WanWeightsError",
     "build_attention_backend",
+    "build_from_pretrained",
     "build_model",
+    "load_wan_weights",
+    "save_wan_weights",
 ]
