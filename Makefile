@@ -1,0 +1,80 @@
+# sfpp developer tasks. `make` (or `make help`) lists them.
+#
+# The install step puts torch in first: a bare `torch` requirement resolved by pip on a machine
+# without torch pulls the multi-GB CUDA build. On a CPU-only machine we pin the CPU wheel; on a
+# machine with a working `nvidia-smi` pip's default (CUDA) build is what we want; a torch that is
+# already importable in the venv is always kept.
+
+PY ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+PIP_FLAGS ?= -q
+# pip warns once per package about index locations of this machine's pip config that do not
+# exist; drop those lines and keep every other message (errors included) on stderr.
+PIP_NOISE := 2> >(grep -v -E "^WARNING: Location '[^']*' is ignored" >&2)
+
+BIN := $(VENV)/bin
+PYTHON := $(BIN)/python
+PIP := $(PYTHON) -m pip
+STAMP := $(VENV)/.installed
+SRC_DIRS := src tests
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+.PHONY: help install test test-full bench lint format clean distclean
+
+help: ## Show this list of targets
+	@echo "Usage: make <target> [PY=python3]"
+	@echo
+	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-zA-Z0-9_.-]+:[^#]*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(PYTHON):
+	$(PY) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PYTHON)
+	@if $(PYTHON) -c "import torch" >/dev/null 2>&1; then \
+		echo "keeping the installed torch $$($(PYTHON) -c 'import torch; print(torch.__version__)')"; \
+	elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
+		echo "CUDA machine: torch comes from pip's default resolution"; \
+	else \
+		echo "no GPU: installing the CPU build torch==$(TORCH_VERSION)"; \
+		$(PIP) install $(PIP_FLAGS) "torch==$(TORCH_VERSION)" $(PIP_NOISE); \
+	fi
+	@echo "installing sfpp editable with the dev extra"
+	@$(PIP) install $(PIP_FLAGS) -e '.[dev]' $(PIP_NOISE)
+	@touch $@
+
+install: $(STAMP) ## Create .venv (if missing) and install sfpp editable with the dev extra
+
+test: install ## Run the fast test suite (no slow, no gpu, no benchmarks)
+	$(BIN)/pytest -q
+
+test-full: install ## Run every test that needs no GPU, slow ones included
+	$(BIN)/pytest -q -o addopts='' -ra --strict-markers -m 'not gpu' --ignore=tests/benchmarks
+
+bench: install ## Run every tests/benchmarks/bench_*.py script and print its table
+	@shopt -s nullglob; scripts=(tests/benchmarks/bench_*.py); \
+	if [ $${#scripts[@]} -eq 0 ]; then echo "no benchmark scripts in tests/benchmarks/"; exit 0; fi; \
+	for script in "$${scripts[@]}"; do \
+		echo "== $$script"; \
+		$(PYTHON) "$$script"; \
+	done
+
+lint: install ## Check style: ruff check and ruff format --check
+	$(BIN)/ruff check $(SRC_DIRS)
+	$(BIN)/ruff format --check $(SRC_DIRS)
+
+format: install ## Fix what ruff can fix and reformat the code
+	$(BIN)/ruff check --fix $(SRC_DIRS)
+	$(BIN)/ruff format $(SRC_DIRS)
+
+clean: ## Remove caches, build artefacts and run outputs (keeps .venv)
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
+	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info
+	rm -rf outputs multirun lightning_logs
+
+distclean: clean ## Like clean, and remove .venv too
+	rm -rf $(VENV)

@@ -1,0 +1,61 @@
+"""Training entry point: ``python -m sfpp.train [overrides]``.
+
+Composes ``conf/train.yaml``, instantiates the datamodule, the stage (a LightningModule), the
+callbacks, the loggers and the Trainer, then calls ``Trainer.fit``. Nothing else happens here:
+what a run does is decided by the config, e.g.::
+
+    python -m sfpp.train --cfg job                       # print the composed config
+    python -m sfpp.train experiment=<name>
+    python -m sfpp.train stage=<name> model=toy trainer=cpu ckpt_path=<last.ckpt>
+"""
+
+from __future__ import annotations
+
+import hydra
+import lightning
+from omegaconf import DictConfig
+
+from sfpp.utils.config_dir import find_config_dir, list_group_options
+from sfpp.utils.instantiate import instantiate_callbacks, instantiate_loggers
+
+
+class MissingStageError(ValueError):
+    """Raised when the composed config selects no training stage."""
+
+
+def train(cfg: DictConfig) -> None:
+    """Fit the configured stage.
+
+    Args:
+        cfg: The composed ``train`` config.
+
+    Raises:
+        MissingStageError: if ``cfg.stage`` is unset.
+    """
+    lightning.seed_everything(cfg.seed, workers=True)
+
+    if cfg.get("stage") is None:
+        stages = list_group_options("stage")
+        available = ", ".join(stages) if stages else f"none yet in {find_config_dir() / 'stage'}"
+        raise MissingStageError(
+            "No training stage selected: pass `stage=<name>` or an `experiment=<name>` that sets one "
+            f"(available stages: {available})."
+        )
+
+    datamodule = hydra.utils.instantiate(cfg.data) if cfg.get("data") is not None else None
+    module = hydra.utils.instantiate(cfg.stage)
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+
+def main() -> None:
+    """Parse the command line with Hydra and run :func:`train`."""
+    hydra_main = hydra.main(version_base="1.3", config_path=str(find_config_dir()), config_name="train")
+    hydra_main(train)()
+
+
+if __name__ == "__main__":
+    main()

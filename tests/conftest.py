@@ -1,0 +1,63 @@
+"""Shared fixtures: the real Hydra config, composed and shrunk for CPU tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from sfpp.utils.config_dir import find_config_dir
+
+CONFIG_DIR: Path = find_config_dir()
+
+ComposeTrain = Callable[..., DictConfig]
+
+
+def _shrink_for_cpu(cfg: DictConfig) -> None:
+    """Make any trainer config a short single-process CPU run."""
+    trainer = cfg.trainer
+    trainer.accelerator = "cpu"
+    trainer.devices = 1
+    trainer.num_nodes = 1
+    trainer.precision = "32-true"
+    trainer.max_steps = 2
+    trainer.log_every_n_steps = 1
+    if "strategy" in trainer:
+        trainer.strategy = "auto"
+
+
+@pytest.fixture
+def compose_train(tmp_path: Path) -> Iterator[ComposeTrain]:
+    """Factory composing ``conf/train.yaml`` as ``python -m sfpp.train`` would.
+
+    Call it with a list of command-line style overrides. The result keeps its ``hydra`` node and
+    is registered with ``HydraConfig`` so that ``${hydra:...}`` interpolations resolve; every path
+    points into ``tmp_path``; with ``shrink=True`` (default) the trainer is a 2-step CPU run.
+    """
+
+    def _compose(overrides: Sequence[str] = (), shrink: bool = True) -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR), job_name="test"):
+            cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            cfg.paths.root_dir = str(tmp_path)
+            cfg.paths.output_dir = str(tmp_path / "output")
+            if shrink:
+                _shrink_for_cpu(cfg)
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()
+    HydraConfig.instance().cfg = None
+
+
+@pytest.fixture
+def cfg_train(compose_train: ComposeTrain) -> DictConfig:
+    """The default ``train`` config, shrunk for a CPU test."""
+    return compose_train()
