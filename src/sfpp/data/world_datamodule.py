@@ -1,0 +1,191 @@
+"""LightningDataModule serving clips of the built-in world (:mod:`sfpp.data.world`).
+
+Training draws from the training prompts only, validation cycles through the held-out prompts.
+Every item is a pure function of ``(seed, split, index)``, so the same seed gives the same batches
+in any process and with any number of workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from sfpp.data.world import (
+    WorldSpec,
+    derive_seed,
+    heldout_prompts,
+    prompt_of,
+    render,
+    sample_spec,
+    spec_from_prompt,
+    train_prompts,
+)
+
+__all__ = ["WorldDataModule", "WorldVideoDataset"]
+
+_TRAIN_STREAM = 0
+_VAL_STREAM = 1
+
+
+class WorldVideoDataset(Dataset):
+    """A map-style dataset of world clips; item ``i`` is rendered from a seed derived from ``(seed, stream, i)``.
+
+    Args:
+        world: World settings.
+        prompts: Prompts the videos are drawn from.
+        num_frames: Frames per clip.
+        length: Number of items (a virtual epoch for training).
+        seed: Base seed.
+        stream: Distinguishes datasets sharing a base seed (training vs validation).
+        cycle_prompts: If true, item ``i`` uses ``prompts[i % len(prompts)]`` (fixed evaluation
+            prompts); otherwise the prompt is drawn with :func:`~sfpp.data.world.sample_spec`.
+
+    Raises:
+        ValueError: For an empty prompt list or non-positive sizes.
+    """
+
+    def __init__(
+        self,
+        world: WorldSpec,
+        prompts: Sequence[str],
+        num_frames: int,
+        length: int,
+        seed: int,
+        stream: int,
+        cycle_prompts: bool = False,
+    ) -> None:
+        if not prompts:
+            raise ValueError("WorldVideoDataset needs at least one prompt")
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        if length < 1:
+            raise ValueError(f"dataset length must be >= 1, got {length}")
+        self.world = world
+        self.prompts = tuple(prompts)
+        self.num_frames = num_frames
+        self.length = length
+        self.seed = seed
+        self.stream = stream
+        self.cycle_prompts = cycle_prompts
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """Render item ``index`` as ``{"video": (C, F, H, W) float32 in [-1, 1], "prompt": str}``."""
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for a dataset of length {self.length}")
+        video_seed = derive_seed(self.seed, self.stream, index)
+        if self.cycle_prompts:
+            spec = spec_from_prompt(self.prompts[index % len(self.prompts)], video_seed, self.world)
+        else:
+            spec = sample_spec(video_seed, self.world, self.prompts)
+        video = torch.from_numpy(render(spec, self.num_frames))  # (C, F, H, W)
+        return {"video": video, "prompt": prompt_of(spec)}
+
+
+class WorldDataModule(L.LightningDataModule):
+    """Clips of the built-in world for training (training prompts) and validation (held-out prompts).
+
+    Batches are ``{"video": (B, 3, F, H, W) float32 in [-1, 1], "prompt": list[str]}``. The training
+    loader is sequential over a virtual epoch of ``train_size`` distinct random videos (no
+    shuffling is needed: every index is an independent draw), the validation loader cycles through
+    the held-out prompts with fixed seeds.
+
+    Args:
+        num_frames: Frames per clip (the teacher horizon).
+        batch_size: Clips per batch.
+        frame_size: Frame side in pixels.
+        max_objects: Largest number of objects per video (1 or 2).
+        num_workers: DataLoader worker processes.
+        seed: Base seed of every video.
+        train_size: Length of the virtual training epoch.
+        val_size: Number of validation clips.
+        min_object_size: Smallest object side in pixels.
+        max_object_size: Largest object side in pixels.
+
+    Raises:
+        ValueError: For impossible settings, naming the setting.
+    """
+
+    def __init__(
+        self,
+        num_frames: int = 8,
+        batch_size: int = 32,
+        frame_size: int = 16,
+        max_objects: int = 2,
+        num_workers: int = 0,
+        seed: int = 0,
+        train_size: int = 1_000_000,
+        val_size: int = 64,
+        min_object_size: int = 5,
+        max_object_size: int = 7,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("num_frames", num_frames),
+            ("batch_size", batch_size),
+            ("train_size", train_size),
+            ("val_size", val_size),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.save_hyperparameters()
+        self.world = WorldSpec(
+            frame_size=frame_size,
+            max_objects=max_objects,
+            min_size=min_object_size,
+            max_size=max_object_size,
+        )
+        self.num_frames = num_frames
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.train_prompts = train_prompts(max_objects)
+        self.val_prompts = heldout_prompts(max_objects)
+        self.train_dataset = WorldVideoDataset(
+            self.world, self.train_prompts, num_frames, train_size, seed, _TRAIN_STREAM
+        )
+        self.val_dataset = WorldVideoDataset(
+            self.world, self.val_prompts, num_frames, val_size, seed, _VAL_STREAM, cycle_prompts=True
+        )
+
+    def _loader(self, dataset: WorldVideoDataset) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Sequential loader over the virtual training epoch."""
+        return self._loader(self.train_dataset)
+
+    def val_dataloader(self) -> DataLoader:
+        """Loader over the held-out prompts with fixed seeds."""
+        return self._loader(self.val_dataset)
+
+    def ground_truth(self, prompt: str, seed: int, num_frames: int, start_frame: int = 0) -> torch.Tensor:
+        """A long real video for a prompt, e.g. the reference for a long student rollout.
+
+        Args:
+            prompt: A prompt of the world's grammar.
+            seed: Seed of the video's sizes, positions, velocities and background.
+            num_frames: Frames to render.
+            start_frame: First frame index (a window equals the slice of a longer render).
+
+        Returns:
+            Float32 tensor ``(3, num_frames, H, W)`` in ``[-1, 1]``.
+        """
+        spec = spec_from_prompt(prompt, seed, self.world)
+        return torch.from_numpy(render(spec, num_frames, start_frame))
