@@ -38,6 +38,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_LOGGED_CHOICES: set[tuple[str, str]] = set()  # "auto" logs each choice once per process
 
 
 class AttentionBackend(Protocol):
@@ -171,13 +172,12 @@ class AutoAttention:
 
     def __init__(self) -> None:
         self._backends: dict[str, AttentionBackend] = {}
-        self._logged: set[tuple[str, str]] = set()
 
     def _get(self, name: str, reason: str) -> AttentionBackend:
         if name not in self._backends:
             self._backends[name] = _BACKENDS[name]()
-        if (name, reason) not in self._logged:
-            self._logged.add((name, reason))
+        if (name, reason) not in _LOGGED_CHOICES:
+            _LOGGED_CHOICES.add((name, reason))
             log.info("attention backend 'auto' chose %s for %s", name, reason)
         return self._backends[name]
 
