@@ -1,0 +1,5 @@
+"""Lightning callbacks."""
+
+from sfpp.callbacks.video_samples import VideoSampleCallback
+
+__all__ = ["VideoSampleCallback"]

@@ -1,0 +1,159 @@
+"""Stage 0: pretrain a bidirectional flow-matching teacher (the built-in world's stand-in for Wan2.1).
+
+Orchestration only: the model, text encoder, codec, noise schedule, sampler and quality metric
+are components passed in by the config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sfpp.diffusion.sampling import EulerSampler
+from sfpp.diffusion.schedule import add_noise, flow_target, shift_sigma
+from sfpp.models.causal_wan import CausalWanDiT
+from sfpp.models.ema import EMA
+
+__all__ = ["TeacherModule"]
+
+
+class TeacherModule(L.LightningModule):
+    """Flow-matching pretraining with classifier-free-guidance dropout and an EMA copy.
+
+    Args:
+        model: Bidirectional :class:`CausalWanDiT` (``causal=False``).
+        text_encoder: Maps ``list[str]`` to ``(embeddings (B, L, D), mask (B, L))``.
+        codec: Pixels to latents (``encode``/``decode``); the built-in world uses pixels directly.
+        optimizer: Partial optimiser, built after sharding on the trainable parameters.
+        lr_scheduler: Optional partial LR scheduler (stepped every optimisation step).
+        train_text_encoder: Train the text encoder with the teacher (the world's small encoder)
+            instead of keeping it frozen (umT5).
+        timestep_shift: Shift of the training noise levels (``sigma = shift(u)``, ``u ~ U(0, 1)``).
+        cfg_dropout: Probability of replacing a prompt by the empty prompt (the CFG null condition).
+        ema_decay: Decay of the EMA copy used for sampling and evaluation.
+        ema_start_step: Steps before the EMA starts averaging.
+        sampler: Euler sampler (steps, shift, CFG scale) for validation samples.
+        quality_metric: Optional ``metric(videos (B, 3, F, H, W) in [-1, 1], prompts) -> dict`` logged
+            under ``val/`` on the validation prompts.
+        sample_seed: Seed of the validation samples' noise.
+    """
+
+    def __init__(
+        self,
+        model: CausalWanDiT,
+        text_encoder: nn.Module,
+        codec: Any,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        lr_scheduler: Callable[..., Any] | None = None,
+        train_text_encoder: bool = True,
+        timestep_shift: float = 1.0,
+        cfg_dropout: float = 0.1,
+        ema_decay: float = 0.999,
+        ema_start_step: int = 0,
+        sampler: EulerSampler | None = None,
+        quality_metric: Callable[..., dict[str, float]] | None = None,
+        sample_seed: int = 1234,
+    ) -> None:
+        super().__init__()
+        if model.causal:
+            raise ValueError("the teacher is bidirectional: build its model with causal=false")
+        if not 0.0 <= cfg_dropout < 1.0:
+            raise ValueError(f"cfg_dropout must be in [0, 1), got {cfg_dropout}")
+        # Components are saved by Hydra's config of the run; the checkpoint keeps the scalar settings.
+        self.save_hyperparameters(
+            ignore=["model", "text_encoder", "codec", "quality_metric", "sampler", "optimizer", "lr_scheduler"]
+        )
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.model = model
+        self.text_encoder = text_encoder
+        if not train_text_encoder:
+            text_encoder.requires_grad_(False).eval()
+        self.codec = codec
+        self.ema = EMA(model, decay=ema_decay, start_step=ema_start_step)
+        self.sampler = sampler or EulerSampler()
+        self.quality_metric = quality_metric
+        self.timestep_shift = timestep_shift
+        self.cfg_dropout = cfg_dropout
+
+    # -- conditioning --------------------------------------------------------------------------
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Text embeddings ``(B, L, D)`` on the module's device."""
+        embeddings, _ = self.text_encoder(prompts)
+        return embeddings.to(self.device)
+
+    # -- training ------------------------------------------------------------------------------
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """One flow-matching step on a batch ``{"video": (B, 3, F, H, W), "prompt": list[str]}``."""
+        x0 = self.codec.encode(batch["video"])  # (B, C, F, h, w)
+        batch_size = x0.shape[0]
+        drop = torch.rand(batch_size, device=self.device) < self.cfg_dropout
+        prompts = ["" if d else p for p, d in zip(batch["prompt"], drop.tolist(), strict=True)]
+        context = self.encode_prompts(prompts)
+        sigma = shift_sigma(torch.rand(batch_size, device=self.device), self.timestep_shift)  # (B,)
+        noise = torch.randn_like(x0)
+        x_t = add_noise(x0, noise, sigma)
+        flow = self.model(x_t, sigma * 1000.0, context)
+        loss = F.mse_loss(flow.float(), flow_target(x0, noise).float())
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Update the EMA copy after every optimisation step."""
+        self.ema.update(self.model, self.global_step)
+
+    # -- sampling and validation ---------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample_videos(
+        self, prompts: list[str], num_frames: int, frame_size: tuple[int, int], seed: int | None = None
+    ) -> torch.Tensor:
+        """Sample videos with the EMA teacher.
+
+        Args:
+            prompts: One prompt per video.
+            num_frames: Latent frames per video.
+            frame_size: ``(height, width)`` of the decoded frames.
+            seed: Noise seed (default: ``sample_seed``); the same seed gives the same videos.
+
+        Returns:
+            Decoded videos ``(B, 3, F', H, W)`` in ``[-1, 1]``.
+        """
+        height, width = frame_size
+        stride = self.codec.spatial_stride
+        generator = torch.Generator().manual_seed(self.hparams.sample_seed if seed is None else seed)
+        shape = (len(prompts), self.codec.latent_channels, num_frames, height // stride, width // stride)
+        noise = torch.randn(shape, generator=generator).to(self.device)
+        context = self.encode_prompts(prompts)
+        null_context = self.encode_prompts([""] * len(prompts))
+        result = self.sampler.sample(self.ema.module, noise, context, null_context)
+        return self.codec.decode(result.x0).clamp(-1, 1)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Sample the validation prompts and log the quality metric (when one is configured)."""
+        if self.quality_metric is None:
+            return
+        video = batch["video"]  # (B, 3, F, H, W)
+        num_latent_frames = self.codec.num_latent_frames(video.shape[2])
+        seed = self.hparams.sample_seed + batch_idx
+        samples = self.sample_videos(batch["prompt"], num_latent_frames, tuple(video.shape[-2:]), seed)
+        for name, value in self.quality_metric(samples.cpu(), batch["prompt"]).items():
+            self.log(f"val/{name}", float(value), batch_size=video.shape[0])
+
+    # -- optimisation --------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> Any:
+        """Build the optimiser (after sharding) on the trainable parameters."""
+        params = [p for p in self.trainer.model.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params=params)
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

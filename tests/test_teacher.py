@@ -1,0 +1,107 @@
+import csv
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from sfpp.codecs import PixelCodec
+from sfpp.data.world_datamodule import WorldDataModule
+from sfpp.diffusion.sampling import EulerSampler
+from sfpp.models import build_model
+from sfpp.stages.teacher import TeacherModule
+from sfpp.text.world import WorldTextEncoder
+from sfpp.train import train
+
+
+def _teacher(lr=3e-3, **kw):
+    torch.manual_seed(0)
+    model = build_model("tiny", in_channels=3, out_channels=3, patch_size=(1, 4, 4), attention_backend="sdpa")
+    return TeacherModule(
+        model=model,
+        text_encoder=WorldTextEncoder(embed_dim=16),
+        codec=PixelCodec(),
+        optimizer=lambda params: torch.optim.AdamW(params, lr=lr),
+        sampler=EulerSampler(num_steps=4, shift=3.0, guidance_scale=2.0),
+        **kw,
+    )
+
+
+def _losses(log_dir: Path) -> list[float]:
+    (metrics,) = log_dir.rglob("metrics.csv")
+    with metrics.open() as f:
+        return [float(row["train/loss"]) for row in csv.DictReader(f) if row.get("train/loss")]
+
+
+def test_teacher_loss_falls_on_a_fixed_batch(tmp_path):
+    L.seed_everything(0)
+    module = _teacher()
+    text_before = [p.detach().clone() for p in module.text_encoder.parameters()]
+    data = WorldDataModule(num_frames=4, batch_size=8, seed=0)
+    trainer = L.Trainer(
+        max_steps=120, overfit_batches=1, logger=CSVLogger(tmp_path), log_every_n_steps=1,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+    )
+    trainer.fit(module, datamodule=data)
+    losses = _losses(tmp_path)
+    first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
+    assert last < 0.75 * first, (first, last)  # noise and sigma are redrawn every step: the floor is not 0
+    # The text encoder learns with the teacher.
+    assert any(not torch.equal(a, b) for a, b in zip(text_before, module.text_encoder.parameters(), strict=True))
+
+
+def test_ema_tracks_the_online_model():
+    module = _teacher()
+    module.ema.decay = 0.5
+    with torch.no_grad():
+        for p in module.model.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in module.ema.module.parameters()]
+    module.ema.update(module.model, step=10)
+    for b, e, o in zip(before, module.ema.module.parameters(), module.model.parameters(), strict=True):
+        assert torch.allclose(e, 0.5 * b + 0.5 * o)
+    assert not any(p.requires_grad for p in module.ema.module.parameters())
+
+
+def test_same_seed_same_samples():
+    module = _teacher()
+    prompts = ["a red circle bouncing on a dark background", "a blue square bouncing on a dark background"]
+    a = module.sample_videos(prompts, 4, (16, 16), seed=3)
+    b = module.sample_videos(prompts, 4, (16, 16), seed=3)
+    c = module.sample_videos(prompts, 4, (16, 16), seed=4)
+    assert a.shape == (2, 3, 4, 16, 16) and a.min() >= -1 and a.max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_causal_model_is_refused():
+    with pytest.raises(ValueError, match="causal=false"):
+        TeacherModule(
+            model=build_model("tiny", causal=True), text_encoder=WorldTextEncoder(16), codec=PixelCodec(),
+            optimizer=torch.optim.AdamW,
+        )
+
+
+TINY_WORLD = [
+    "model=tiny", "++model.in_channels=3", "++model.out_channels=3", "++model.patch_size=[1,4,4]",
+    "text.embed_dim=16", "data.batch_size=2", "data.num_frames=4", "data.val_size=2",
+    "stage.sampler.num_steps=2", "debug=fast_dev_run",
+]
+
+
+@pytest.mark.parametrize("experiment", ["tiny", "toy_teacher"])
+def test_teacher_experiments_run_with_fast_dev_run(compose_train, experiment):
+    cfg = compose_train([f"experiment={experiment}", *TINY_WORLD])
+    train(cfg)
+
+
+def test_tiny_experiment_trains_and_writes_samples_and_checkpoints(compose_train):
+    cfg = compose_train(["experiment=tiny"], shrink=False)
+    train(cfg)
+    out = Path(cfg.paths.output_dir)
+    assert (out / "checkpoints" / "last.ckpt").exists()
+    assert sorted(p.name for p in (out / "samples").glob("*.png")) == ["step_000003.png", "step_000006.png"]
+    assert list((out / "samples").glob("*.mp4"))
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert any(k.startswith("ema.module.") for k in ckpt["state_dict"])
+    assert ckpt["global_step"] == 6
