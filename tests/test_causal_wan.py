@@ -130,3 +130,16 @@ def test_attention_pattern_override():
     windowed = model(x, t, c, attention_pattern=FrameAttentionPattern(2, window_frames=2))
     assert torch.allclose(full[:, :, :4], windowed[:, :, :4], atol=1e-6)  # window covers the past here
     assert not torch.allclose(full[:, :, 6:], windowed[:, :, 6:])
+
+
+def test_x0_prediction_returns_the_matching_flow():
+    torch.manual_seed(0)
+    flow_model = build_model("tiny", attention_backend="sdpa")
+    torch.manual_seed(0)
+    x0_model = build_model("tiny", attention_backend="sdpa", prediction_type="x0")
+    x, t, c = _inputs()
+    raw = flow_model(x, t, c)  # same weights: the raw head output, read as x0 by the x0 model
+    sigma = (t / 1000)[:, None, :, None, None]
+    assert torch.allclose(x0_model(x, t, c), (x - raw) / sigma, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="prediction_type"):
+        build_model("tiny", prediction_type="eps")

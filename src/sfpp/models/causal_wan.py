@@ -285,6 +285,12 @@ class CausalWanDiT(nn.Module):
         causal: Block-causal over chunks (student) instead of bidirectional (teacher, critic).
         num_frames_per_chunk: Latent frames per chunk when ``causal``.
         attention_backend: ``auto``, ``flash``, ``flex`` or ``sdpa`` (see :mod:`sfpp.models.attention`).
+        prediction_type: What the head's raw output means. ``flow`` (Wan2.1): the flow itself.
+            ``x0``: the clean latents, converted to the flow ``(x_t - x0) / sigma`` before returning,
+            so callers always receive a flow. Small models learn much faster predicting ``x0``
+            (the built-in world's teacher uses it); Wan checkpoints are ``flow``.
+        min_sigma: Floor of ``sigma`` in the ``x0 -> flow`` conversion (the clean pass at
+            ``t = 0`` returns a finite, unused flow).
     """
 
     _no_split_modules = ("WanBlock",)
@@ -307,8 +313,14 @@ class CausalWanDiT(nn.Module):
         causal: bool = False,
         num_frames_per_chunk: int = 3,
         attention_backend: str = "auto",
+        prediction_type: str = "flow",
+        min_sigma: float = 1e-3,
     ) -> None:
         super().__init__()
+        if prediction_type not in ("flow", "x0"):
+            raise ValueError(f"prediction_type must be 'flow' or 'x0', got {prediction_type!r}")
+        if prediction_type == "x0" and in_channels != out_channels:
+            raise ValueError("prediction_type='x0' needs out_channels == in_channels")
         patch_size = tuple(patch_size)
         if len(patch_size) != 3 or patch_size[0] != 1:
             raise ValueError(
@@ -328,6 +340,8 @@ class CausalWanDiT(nn.Module):
         self.num_frames_per_chunk = num_frames_per_chunk
         self.default_pattern = FrameAttentionPattern(num_frames_per_chunk if causal else None)
         self.attention_backend = attention_backend
+        self.prediction_type = prediction_type
+        self.min_sigma = min_sigma
         self.backend: AttentionBackend = build_attention_backend(attention_backend)
         self._mask_cache: OrderedDict[tuple, Any] = OrderedDict()
 
@@ -502,7 +516,11 @@ class CausalWanDiT(nn.Module):
         out = self.head(tokens, time_emb)  # (B, L, p_t * p_h * p_w * C)
         out = out.reshape(batch, *grid, p_t, p_h, p_w, self.out_channels)  # (B, F', H', W', p_t, p_h, p_w, C)
         out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, F', p_t, H', p_h, W', p_w)
-        return out.reshape(batch, self.out_channels, num_frames, height, width)  # (B, C, F, H, W)
+        out = out.reshape(batch, self.out_channels, num_frames, height, width)  # (B, C, F, H, W)
+        if self.prediction_type == "x0":  # x0 -> flow = (x_t - x0) / sigma
+            sigma = (timestep.float() / 1000.0).clamp_min(self.min_sigma)[:, None, :, None, None]  # (B, 1, F, 1, 1)
+            out = ((x.float() - out.float()) / sigma).type_as(out)
+        return out
 
     @classmethod
     def from_flavour(cls, flavour: str, **overrides: Any) -> CausalWanDiT:

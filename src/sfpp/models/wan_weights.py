@@ -368,6 +368,7 @@ ARCHITECTURE_KEYS: tuple[str, ...] = (
     "eps",
     "cross_attn_norm",
     "rope_max_seq_len",
+    "prediction_type",
 )
 
 
@@ -833,6 +834,7 @@ def architecture_config(model: CausalWanDiT) -> dict[str, Any]:
         "eps": float(model.head.norm.eps),
         "cross_attn_norm": isinstance(first.norm3, nn.LayerNorm) if first is not None else True,
         "rope_max_seq_len": int(model.rope_max_seq_len),
+        "prediction_type": str(model.prediction_type),
     }
 
 
