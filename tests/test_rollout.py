@@ -113,3 +113,55 @@ def test_rollout_rejects_impossible_requests_before_work():
     bidirectional = build_model("tiny")
     with pytest.raises(ValueError, match="block-causal"):
         next(stream_rollout(bidirectional, context, cache, 6, (4, 8, 8), SAMPLER))
+
+
+def test_exit_steps_stop_each_chunk_early():
+    model, context = _model(2), _context()
+    noise = torch.randn(2, 4, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        cache = model.new_kv_cache(2, 8, 8, window_frames=4)
+        early = rollout(
+            model, context, cache, 4, (4, 8, 8), SAMPLER, torch.Generator().manual_seed(1), noise, [0, 0]
+        )
+        cache = model.new_kv_cache(2, 8, 8, window_frames=4)
+        one_step = FewStepSampler(timesteps=SAMPLER.timesteps[:1])
+        reference = rollout(
+            model, context, cache, 4, (4, 8, 8), one_step, torch.Generator().manual_seed(1), noise
+        )
+    assert torch.equal(early, reference)  # exiting at step 0 == a one-step sampler
+    with pytest.raises(ValueError, match="one step index"):
+        next(
+            stream_rollout(
+                model,
+                context,
+                model.new_kv_cache(2, 8, 8, window_frames=4),
+                4,
+                (4, 8, 8),
+                SAMPLER,
+                exit_steps=[0, 4],
+            )
+        )
+
+
+def test_gradient_only_reaches_chunks_in_the_window():
+    model, context = _model(2), _context()
+    model.train()
+    cache = model.new_kv_cache(2, 8, 8, window_frames=4)
+    chunks = list(
+        stream_rollout(
+            model,
+            context,
+            cache,
+            8,
+            (4, 8, 8),
+            SAMPLER,
+            torch.Generator().manual_seed(0),
+            exit_steps=[3, 1, 2, 0],
+            grad_from_frame=4,
+        )
+    )
+    assert [c.latents.requires_grad for c in chunks] == [False, False, True, True]
+    torch.cat([c.latents for c in chunks[2:]], dim=2).square().mean().backward()
+    grad = model.patch_embedding.weight.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    assert cache.keys.grad_fn is None  # the cache never holds a graph

@@ -107,8 +107,18 @@ def stream_rollout(
     sampler: FewStepSampler,
     generator: torch.Generator | None = None,
     initial_noise: torch.Tensor | None = None,
+    exit_steps: Sequence[int] | None = None,
+    grad_from_frame: int | None = None,
 ) -> Iterator[RolloutChunk]:
     """Generate ``num_frames`` latent frames chunk by chunk, continuing from the cache's state.
+
+    Training (Self-Forcing) controls two things, inference neither:
+
+    * ``exit_steps``: per chunk, the index of the denoising step whose clean estimate is the chunk's
+      output; later steps are skipped (the student learns every step count of its schedule).
+    * ``grad_from_frame``: chunks starting at or after this frame keep the autograd graph of their
+      exit step only; every other model call runs without gradients. ``None`` leaves the
+      caller's grad mode in charge of everything.
 
     Args:
         model: Block-causal :class:`CausalWanDiT`.
@@ -121,6 +131,8 @@ def stream_rollout(
         generator: Source of every random draw (seed it for reproducible videos).
         initial_noise: Optional ``(B, C, num_frames, H, W)`` starting noise, drawn from
             ``generator`` chunk by chunk when omitted (which keeps memory flat in length).
+        exit_steps: One step index per generated chunk (default: the last step for every chunk).
+        grad_from_frame: First frame whose chunk keeps the graph of its exit step.
 
     Yields:
         One :class:`RolloutChunk` per chunk, in order.
@@ -139,19 +151,30 @@ def stream_rollout(
     context = context.to(param.dtype)
     sigmas = sampler.sigmas
 
-    for start in range(0, num_frames, chunk):
+    num_chunks = num_frames // chunk
+    exits = [len(sigmas) - 1] * num_chunks if exit_steps is None else list(exit_steps)
+    if len(exits) != num_chunks or any(not 0 <= e < len(sigmas) for e in exits):
+        raise ValueError(
+            f"exit_steps must give one step index in [0, {len(sigmas)}) per chunk ({num_chunks} chunks), got {exits}"
+        )
+
+    for index, start in enumerate(range(0, num_frames, chunk)):
         frame_offset = cache.num_frames
         x_t = draw() if initial_noise is None else initial_noise[:, :, start : start + chunk].to(param.dtype)
-        x0 = x_t
-        for step, (timestep, sigma) in enumerate(zip(sampler.timesteps, sigmas, strict=True)):
-            t = torch.full((batch,), timestep, device=param.device)
-            flow = model(x_t, t, context, kv_cache=cache, frame_offset=frame_offset)
-            x0 = x0_from_flow(flow, x_t, sigma)
-            if step + 1 < len(sigmas):
+        keeps_grad = grad_from_frame is not None and frame_offset >= grad_from_frame
+        for step in range(exits[index] + 1):
+            t = torch.full((batch,), sampler.timesteps[step], device=param.device)
+            grad_mode = (
+                torch.is_grad_enabled() if grad_from_frame is None else keeps_grad and step == exits[index]
+            )
+            with torch.set_grad_enabled(grad_mode):
+                flow = model(x_t, t, context, kv_cache=cache, frame_offset=frame_offset)
+                x0 = x0_from_flow(flow, x_t, sigmas[step])
+            if step < exits[index]:
                 x_t = add_noise(x0, draw(), sigmas[step + 1])
         with torch.no_grad():  # the clean pass only writes the cache
             t = torch.full((batch,), sampler.context_timestep, device=param.device)
-            model(x0, t, context, kv_cache=cache, frame_offset=frame_offset, write_cache=True)
+            model(x0.detach(), t, context, kv_cache=cache, frame_offset=frame_offset, write_cache=True)
         yield RolloutChunk(frame_offset=frame_offset, latents=x0)
 
 
@@ -164,12 +187,23 @@ def rollout(
     sampler: FewStepSampler,
     generator: torch.Generator | None = None,
     initial_noise: torch.Tensor | None = None,
+    exit_steps: Sequence[int] | None = None,
+    grad_from_frame: int | None = None,
 ) -> torch.Tensor:
     """Generate ``num_frames`` latent frames and return them concatenated ``(B, C, F, H, W)``.
 
     Same arguments as :func:`stream_rollout`; use that one for long videos.
     """
     chunks = stream_rollout(
-        model, context, cache, num_frames, latent_shape, sampler, generator, initial_noise
+        model,
+        context,
+        cache,
+        num_frames,
+        latent_shape,
+        sampler,
+        generator,
+        initial_noise,
+        exit_steps,
+        grad_from_frame,
     )
     return torch.cat([c.latents for c in chunks], dim=2)  # (B, C, F, H, W)

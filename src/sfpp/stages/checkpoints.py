@@ -1,0 +1,70 @@
+"""Load the weights of a submodule from a stage's Lightning checkpoint.
+
+Later stages start from earlier ones: ODE init from the teacher's EMA weights, DMD from the ODE-init
+student, GRPO from the DMD student, and the built-in world's frozen text encoder from the teacher's
+checkpoint. A Lightning checkpoint stores ``state_dict`` keys prefixed by the attribute path of
+each submodule (``ema.module.``, ``text_encoder.``, ``generator.`` ...); this module selects a
+prefix and loads it, strictly, into a freshly built module, so configs can say::
+
+    model:
+      _target_: sfpp.stages.checkpoints.load_submodule
+      module: {_target_: sfpp.models.build_model, flavour: toy}
+      checkpoint: outputs/toy_teacher/.../last.ckpt
+      prefix: ema.module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["checkpoint_prefixes", "load_submodule"]
+
+
+def _state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {path} does not exist; train the stage that writes it first or fix the path in the config"
+        )
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(payload, dict) or "state_dict" not in payload:
+        raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict' entry)")
+    return payload["state_dict"]
+
+
+def checkpoint_prefixes(checkpoint: str | Path) -> list[str]:
+    """The top-level submodule prefixes stored in a checkpoint (e.g. ``['ema.', 'model.', ...]``)."""
+    return sorted({key.split(".", 1)[0] + "." for key in _state_dict(checkpoint)})
+
+
+def load_submodule(module: nn.Module, checkpoint: str | Path, prefix: str) -> nn.Module:
+    """Load the entries of ``checkpoint`` under ``prefix`` into ``module`` (strict) and return it.
+
+    Args:
+        module: A freshly built module with the same architecture as the saved one.
+        checkpoint: Path of a Lightning ``.ckpt``.
+        prefix: Attribute path of the submodule in the saving LightningModule, with a trailing dot
+            (``ema.module.`` for the teacher's EMA weights, ``text_encoder.``, ``generator.``).
+
+    Raises:
+        FileNotFoundError: If the checkpoint does not exist.
+        ValueError: If nothing is stored under ``prefix`` (listing the prefixes that are) or the
+            keys or shapes do not match ``module``.
+    """
+    state = _state_dict(checkpoint)
+    selected = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+    if not selected:
+        available = sorted({key.split(".", 1)[0] + "." for key in state})
+        raise ValueError(
+            f"no weights under prefix {prefix!r} in {checkpoint}; top-level prefixes: {available}"
+        )
+    try:
+        module.load_state_dict(selected, strict=True)
+    except RuntimeError as error:
+        raise ValueError(
+            f"weights under {prefix!r} in {checkpoint} do not fit {type(module).__name__}: {error}"
+        ) from error
+    return module
