@@ -277,3 +277,18 @@ def test_datamodule_errors_name_the_setting() -> None:
         WorldDataModule(max_objects=4)
     with pytest.raises(IndexError):
         WorldDataModule(train_size=3).train_dataset[3]
+
+
+def test_resumable_loader_continues_mid_epoch():
+    from sfpp.data.resumable import ResumableDataLoader
+
+    data = list(range(10))
+    loader = ResumableDataLoader(data, batch_size=2)
+    it = iter(loader)
+    seen = [next(it).tolist() for _ in range(2)]
+    state = loader.state_dict()
+    assert seen == [[0, 1], [2, 3]] and state == {"batches_consumed": 2}
+    resumed = ResumableDataLoader(data, batch_size=2)
+    resumed.load_state_dict(state)
+    assert [b.tolist() for b in resumed] == [[4, 5], [6, 7], [8, 9]]
+    assert [b.tolist() for b in resumed][0] == [0, 1]  # the offset applies to one pass only

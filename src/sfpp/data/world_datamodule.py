@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from sfpp.data.resumable import ResumableDataLoader
 from sfpp.data.world import (
     WorldSpec,
     derive_seed,
@@ -168,8 +169,13 @@ class WorldDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Sequential loader over the virtual training epoch."""
-        return self._loader(self.train_dataset)
+        """Sequential loader over the virtual training epoch; resumes mid-epoch from a checkpoint."""
+        return ResumableDataLoader(
+            self.train_dataset,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
         """Loader over the held-out prompts with fixed seeds."""

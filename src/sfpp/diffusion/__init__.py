@@ -1,5 +1,8 @@
 """Flow-matching diffusion math shared by the teacher, the student, the critic and the rollouts."""
 
+from sfpp.diffusion.lengths import Rounding, VideoTiming, parse_length
+from sfpp.diffusion.losses import dmd_loss, flow_matching_loss, ode_regression_loss, real_and_fake_x0
+from sfpp.diffusion.reinject import NoiseReinjector
 from sfpp.diffusion.rollout import FewStepSampler, RolloutChunk, rollout, stream_rollout
 from sfpp.diffusion.schedule import (
     FlowMatchSchedule,
@@ -15,6 +18,7 @@ from sfpp.diffusion.schedule import (
     x0_from_flow,
     x0_from_noise,
 )
+from sfpp.diffusion.window import WindowSampler
 
 __all__ = [
     "FewStepSampler",
@@ -33,4 +37,13 @@ __all__ = [
     "unshift_sigma",
     "x0_from_flow",
     "x0_from_noise",
+    "Rounding",
+    "VideoTiming",
+    "parse_length",
+    "dmd_loss",
+    "flow_matching_loss",
+    "ode_regression_loss",
+    "real_and_fake_x0",
+    "NoiseReinjector",
+    "WindowSampler",
 ]

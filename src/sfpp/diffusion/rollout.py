@@ -147,7 +147,11 @@ def stream_rollout(
         )
     param = next(model.parameters())
     shape = (batch, channels, chunk, height, width)
-    draw = lambda: torch.randn(shape, generator=generator, device=param.device, dtype=param.dtype)  # noqa: E731
+    noise_device = generator.device if generator is not None else param.device
+
+    def draw() -> torch.Tensor:  # on the generator's device, so a CPU generator gives the same video anywhere
+        return torch.randn(shape, generator=generator, device=noise_device).to(param.device, param.dtype)
+
     context = context.to(param.dtype)
     sigmas = sampler.sigmas
 

@@ -2,6 +2,7 @@
 
 from sfpp.models.attention import build_attention_backend
 from sfpp.models.causal_wan import CausalWanDiT
+from sfpp.models.critic import ScoreCritic
 from sfpp.models.flavours import FLAVOURS, build_model
 from sfpp.models.frame_mask import FrameAttentionPattern
 from sfpp.models.kv_cache import RollingKVCache
@@ -20,4 +21,5 @@ __all__ = [
     "build_model",
     "load_wan_weights",
     "save_wan_weights",
+    "ScoreCritic",
 ]

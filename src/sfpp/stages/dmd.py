@@ -1,0 +1,282 @@
+"""Stage 2: extended DMD (Self-Forcing++), with Self-Forcing as the short-horizon case.
+
+Every optimisation step starts the same way: the student rolls out ``rollout_frames`` latent frames
+chunk by chunk through its rolling KV cache, exactly as at inference, and a window of
+``window_frames`` (the teacher's horizon) is drawn inside the rollout. Only what the window needs
+is generated (nothing past its end), and only the window's chunks keep a graph, at one randomly
+drawn denoising step each. Then either
+
+* the critic (the "fake score") takes a flow-matching step on the detached window, or
+* the generator takes a DMD step: the window is re-noised on the schedule (backward noise
+  initialisation) and pushed along ``(fake x0 - real x0)``, the difference between the critic's and
+  the frozen teacher's (CFG) denoised estimates, normalised per sample.
+
+With ``rollout_frames == window_frames`` this is Self-Forcing; with a rollout many times the
+window it is Self-Forcing++: the teacher never sees more than its horizon yet supervises every part
+of a long rollout. The schedule of critic and generator updates is a pure function of the step
+count, and every random draw comes from a generator seeded by ``(seed, step)``, so a resumed run
+continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from sfpp.diffusion.lengths import VideoTiming
+from sfpp.diffusion.losses import dmd_loss, flow_matching_loss, real_and_fake_x0
+from sfpp.diffusion.reinject import NoiseReinjector
+from sfpp.diffusion.rollout import FewStepSampler, rollout, stream_rollout
+from sfpp.diffusion.window import WindowSampler
+from sfpp.models.causal_wan import CausalWanDiT
+from sfpp.models.critic import ScoreCritic
+from sfpp.models.ema import EMA
+
+__all__ = ["DMDModule", "update_kind"]
+
+
+def update_kind(step: int, critic_updates_per_generator: int, critic_warmup_steps: int) -> str:
+    """Which network the optimisation step ``step`` updates: ``"critic"`` or ``"generator"``.
+
+    The first ``critic_warmup_steps`` steps train the critic alone; afterwards every
+    ``critic_updates_per_generator + 1``-th step is a generator step.
+    """
+    if step < critic_warmup_steps:
+        return "critic"
+    cycle = critic_updates_per_generator + 1
+    return "generator" if (step - critic_warmup_steps) % cycle == critic_updates_per_generator else "critic"
+
+
+class DMDModule(L.LightningModule):
+    """Distribution matching distillation of a causal student over long self-rollouts.
+
+    Args:
+        generator: Block-causal student :class:`CausalWanDiT` (from the ODE init).
+        teacher: Frozen bidirectional teacher (the "real score").
+        text_encoder: Frozen prompt encoder, ``list[str] -> (embeddings, mask)``.
+        codec: Latents to pixels, for sample videos.
+        sampler: The student's few-step schedule.
+        generator_optimizer: Partial optimiser for the generator.
+        critic_optimizer: Partial optimiser for the critic.
+        rollout_frames: Length N of each training rollout (N = K: Self-Forcing), in latent frames
+            or as seconds (``"100s"``, converted with ``fps`` and the codec's temporal stride and
+            rounded down to whole chunks).
+        window_frames: Length K of the supervised window (the teacher's horizon), same units.
+        latent_shape: ``(C, h, w)`` of one latent frame.
+        window_mode: Where the window starts: ``uniform`` over chunk starts (Self-Forcing++),
+            ``last`` or ``beta`` (ablations; see :class:`WindowSampler`).
+        window_beta: Beta parameters of the ``beta`` mode.
+        reinjector: Noise levels of the DMD and critic steps.
+        cache_window_frames: Past frames kept by the rollout's rolling KV cache.
+        sink_frames: Frames from the start kept in the cache.
+        real_guidance_scale: CFG scale of the teacher's score.
+        critic_updates_per_generator: Critic steps per generator step.
+        critic_warmup_steps: Critic-only steps at the start.
+        grad_clip_norm: Gradient clipping of both networks (``None``: off).
+        ema_decay: Decay of the generator's EMA (used for samples).
+        ema_start_step: Generator updates before the EMA starts averaging.
+        fps: Frame rate of the pixel video, for lengths given in seconds.
+        seed: Base seed of the per-step random draws.
+    """
+
+    def __init__(
+        self,
+        generator: CausalWanDiT,
+        teacher: CausalWanDiT,
+        text_encoder: nn.Module,
+        codec: Any,
+        sampler: FewStepSampler,
+        generator_optimizer: Callable[..., torch.optim.Optimizer],
+        critic_optimizer: Callable[..., torch.optim.Optimizer],
+        rollout_frames: int | str,
+        window_frames: int | str,
+        latent_shape: tuple[int, int, int],
+        window_mode: str = "uniform",
+        window_beta: tuple[float, float] = (2.0, 1.0),
+        reinjector: NoiseReinjector | None = None,
+        cache_window_frames: int | None = None,
+        sink_frames: int = 0,
+        real_guidance_scale: float = 3.0,
+        critic_updates_per_generator: int = 5,
+        critic_warmup_steps: int = 0,
+        grad_clip_norm: float | None = 1.0,
+        ema_decay: float = 0.99,
+        ema_start_step: int = 0,
+        fps: float = 16.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not generator.causal or teacher.causal:
+            raise ValueError("DMD needs a block-causal generator (causal=true) and a bidirectional teacher")
+        chunk = generator.num_frames_per_chunk
+        timing = VideoTiming(fps=fps, temporal_stride=codec.temporal_stride, num_frames_per_chunk=chunk)
+        rollout_frames = timing.parse_length(rollout_frames)
+        window_frames = timing.parse_length(window_frames)
+        if window_frames > rollout_frames:
+            raise ValueError(f"window_frames={window_frames} is longer than rollout_frames={rollout_frames}")
+        if window_frames % chunk or rollout_frames % chunk:
+            raise ValueError(
+                f"window_frames={window_frames} and rollout_frames={rollout_frames} must be whole chunks "
+                f"of num_frames_per_chunk={chunk}"
+            )
+        self.automatic_optimization = False
+        self.rollout_frames, self.window_frames = rollout_frames, window_frames
+        self.save_hyperparameters(
+            ignore=[
+                "generator",
+                "teacher",
+                "text_encoder",
+                "codec",
+                "sampler",
+                "generator_optimizer",
+                "critic_optimizer",
+                "reinjector",
+            ]
+        )
+        self.generator = generator
+        self.teacher = teacher.requires_grad_(False).eval()
+        self.critic = ScoreCritic.from_teacher(teacher)
+        self.text_encoder = text_encoder.requires_grad_(False).eval()
+        self.codec = codec
+        self.sampler = sampler
+        self.ema = EMA(generator, decay=ema_decay, start_step=ema_start_step)
+        self.window_sampler = WindowSampler(window_frames, window_mode, chunk, tuple(window_beta))
+        self.reinjector = reinjector or NoiseReinjector()
+        self.generator_optimizer_factory = generator_optimizer
+        self.critic_optimizer_factory = critic_optimizer
+        self.latent_shape = tuple(latent_shape)
+        self.cache_window_frames = cache_window_frames or window_frames
+        self._null_context: torch.Tensor | None = None
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _rng(self, step: int) -> torch.Generator:
+        """The generator of every random draw of optimisation step ``step`` (resume-safe)."""
+        return torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + step)
+
+    def _contexts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            context = self.text_encoder(prompts)[0].to(self.device)
+            null_context = self.text_encoder([""] * len(prompts))[0].to(self.device)
+        return context, null_context
+
+    def _rollout_window(
+        self, context: torch.Tensor, rng: torch.Generator, keep_graph: bool
+    ) -> tuple[torch.Tensor, int]:
+        """Roll the student out to the end of a sampled window; return the window ``(B, C, K, h, w)``."""
+        chunk = self.generator.num_frames_per_chunk
+        start = self.window_sampler.sample(self.rollout_frames, rng)
+        end = start + self.window_frames
+        num_steps = len(self.sampler.timesteps)
+        exit_steps = torch.randint(0, num_steps, (end // chunk,), generator=rng).tolist()
+        cache = self.generator.new_kv_cache(
+            context.shape[0],
+            *self.latent_shape[1:],
+            window_frames=self.cache_window_frames,
+            sink_frames=self.hparams.sink_frames,
+        )
+        chunks = stream_rollout(
+            self.generator,
+            context,
+            cache,
+            end,
+            self.latent_shape,
+            self.sampler,
+            rng,
+            exit_steps=exit_steps,
+            grad_from_frame=start if keep_graph else end,
+        )
+        window = torch.cat([c.latents for c in chunks if c.frame_offset >= start], dim=2)  # (B, C, K, h, w)
+        return window, start
+
+    # -- training ------------------------------------------------------------------------------
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """One critic or generator update (see :func:`update_kind`)."""
+        began = time.perf_counter()
+        step = self.global_step
+        kind = update_kind(step, self.hparams.critic_updates_per_generator, self.hparams.critic_warmup_steps)
+        generator_opt, critic_opt = self.optimizers()
+        rng = self._rng(step)
+        context, null_context = self._contexts(list(batch["prompt"]))
+        window, start = self._rollout_window(context, rng, keep_graph=kind == "generator")
+        x_t, noise, timestep, sigma = self.reinjector(window.detach(), rng)
+        batch_size = window.shape[0]
+
+        if kind == "critic":
+            flow = self.critic(x_t, timestep, context)
+            loss = flow_matching_loss(flow, window.detach(), noise)
+            critic_opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            self._clip(self.critic)
+            critic_opt.step()
+            self.log("train/critic_loss", loss, prog_bar=True, batch_size=batch_size)
+        else:
+            real_x0, fake_x0 = real_and_fake_x0(
+                self.teacher,
+                self.critic,
+                x_t,
+                timestep,
+                sigma,
+                context,
+                null_context,
+                self.hparams.real_guidance_scale,
+            )
+            loss, metrics = dmd_loss(window, real_x0, fake_x0)
+            generator_opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            self._clip(self.generator)
+            generator_opt.step()
+            self.ema.update(self.generator, self._generator_updates(step))
+            self.log("train/generator_loss", loss, prog_bar=True, batch_size=batch_size)
+            for name, value in metrics.items():
+                self.log(f"train/{name}", value, batch_size=batch_size)
+        self.log("train/window_start_frame", float(start), batch_size=batch_size)
+        self.log("train/video_std", window.detach().float().std(), batch_size=batch_size)
+        self.log("train/seconds_per_step", time.perf_counter() - began, batch_size=batch_size)
+
+    def _generator_updates(self, step: int) -> int:
+        """Generator updates done before optimisation step ``step``."""
+        warm, cycle = self.hparams.critic_warmup_steps, self.hparams.critic_updates_per_generator + 1
+        return max(0, step - warm) // cycle
+
+    def _clip(self, module: nn.Module) -> None:
+        if self.hparams.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in module.parameters() if p.grad is not None], self.hparams.grad_clip_norm
+            )
+
+    # -- sampling ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample_videos(
+        self, prompts: list[str], num_frames: int, frame_size: tuple[int, int], seed: int | None = None
+    ) -> torch.Tensor:
+        """Stream videos of ``num_frames`` latent frames with the EMA student; ``(B, 3, F', H, W)``."""
+        model = self.ema.module
+        context, _ = self._contexts(prompts)
+        cache = model.new_kv_cache(
+            len(prompts),
+            *self.latent_shape[1:],
+            window_frames=self.cache_window_frames,
+            sink_frames=self.hparams.sink_frames,
+        )
+        generator = torch.Generator().manual_seed(self.hparams.seed if seed is None else seed)
+        latents = rollout(model, context, cache, num_frames, self.latent_shape, self.sampler, generator)
+        return self.codec.decode(latents).clamp(-1, 1)
+
+    # -- optimisation --------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Generator and critic optimisers (in that order), built after sharding."""
+        generator_params = [p for p in self.generator.parameters() if p.requires_grad]
+        critic_params = [p for p in self.critic.parameters() if p.requires_grad]
+        return [
+            self.generator_optimizer_factory(params=generator_params),
+            self.critic_optimizer_factory(params=critic_params),
+        ]

@@ -1,0 +1,164 @@
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from sfpp.codecs import PixelCodec
+from sfpp.data.world_datamodule import WorldDataModule
+from sfpp.diffusion import FewStepSampler
+from sfpp.diffusion.losses import dmd_loss, flow_matching_loss, real_and_fake_x0
+from sfpp.models import build_model
+from sfpp.stages.dmd import DMDModule, update_kind
+from sfpp.text.world import WorldTextEncoder
+
+PROMPTS = ["a red circle bouncing on a dark background", "a blue square bouncing on a dark background"]
+
+
+def _tiny(causal):
+    return build_model(
+        "tiny",
+        causal=causal,
+        num_frames_per_chunk=2,
+        in_channels=3,
+        out_channels=3,
+        patch_size=(1, 4, 4),
+        attention_backend="sdpa",
+        prediction_type="x0",
+    )
+
+
+def _module(rollout_frames=8, window_frames=4, ratio=2, warmup=0, seed=0, **kw):
+    torch.manual_seed(0)
+    teacher = _tiny(False)
+    generator = _tiny(True)
+    generator.load_state_dict(teacher.state_dict())
+    return DMDModule(
+        generator=generator,
+        teacher=teacher,
+        text_encoder=WorldTextEncoder(embed_dim=16),
+        codec=PixelCodec(),
+        sampler=FewStepSampler.from_steps([1000, 750, 500, 250], shift=3.0),
+        generator_optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, betas=(0.0, 0.999)),
+        critic_optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, betas=(0.0, 0.999)),
+        rollout_frames=rollout_frames,
+        window_frames=window_frames,
+        latent_shape=(3, 16, 16),
+        cache_window_frames=4,
+        critic_updates_per_generator=ratio,
+        critic_warmup_steps=warmup,
+        real_guidance_scale=2.0,
+        ema_start_step=0,
+        seed=seed,
+        **kw,
+    )
+
+
+def test_update_schedule():
+    kinds = [update_kind(s, critic_updates_per_generator=2, critic_warmup_steps=3) for s in range(12)]
+    assert kinds == ["critic"] * 3 + ["critic", "critic", "generator"] * 3
+    assert [update_kind(s, 0, 0) for s in range(3)] == ["generator"] * 3
+
+
+def test_dmd_gradient_reaches_generator_only_and_critic_step_leaves_it_alone():
+    module = _module()
+    context, null_context = module._contexts(PROMPTS)
+    rng = module._rng(0)
+    window, start = module._rollout_window(context, rng, keep_graph=True)
+    assert window.shape == (2, 3, 4, 16, 16) and window.requires_grad and start in (0, 2, 4)
+    x_t, noise, t, sigma = module.reinjector(window.detach(), rng)
+    real_x0, fake_x0 = real_and_fake_x0(
+        module.teacher, module.critic, x_t, t, sigma, context, null_context, 2.0
+    )
+    loss, metrics = dmd_loss(window, real_x0, fake_x0)
+    loss.backward()
+    first = module.generator.patch_embedding.weight.grad
+    assert first is not None and torch.isfinite(first).all() and first.abs().sum() > 0
+    assert module.generator.blocks[0].self_attn.q.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in module.teacher.parameters())
+    assert all(p.grad is None for p in module.critic.parameters())
+    assert torch.isfinite(metrics["dmd_grad_norm"])
+    # A critic step on the detached window does not touch the generator's gradients.
+    saved = first.clone()
+    flow_matching_loss(module.critic(x_t, t, context), window.detach(), noise).backward()
+    assert torch.equal(module.generator.patch_embedding.weight.grad, saved)
+    assert module.critic.model.patch_embedding.weight.grad.abs().sum() > 0
+
+
+def test_window_gradient_only_from_window_chunks():
+    module = _module(rollout_frames=8, window_frames=4, window_mode="last")
+    context, _ = module._contexts(PROMPTS)
+    window, start = module._rollout_window(context, module._rng(3), keep_graph=False)
+    assert start == 4 and not window.requires_grad
+
+
+def _trainer(tmp_path, max_steps, **kw):
+    return L.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        deterministic=True,
+        **kw,
+    )
+
+
+def _data():
+    return WorldDataModule(num_frames=1, batch_size=2, seed=0)
+
+
+def test_optimiser_steps_follow_the_ratio(tmp_path):
+    module = _module(ratio=2, warmup=1)
+    _trainer(tmp_path, 7, enable_checkpointing=False).fit(module, datamodule=_data())
+    generator_opt, critic_opt = module.optimizers()
+
+    def steps(opt):
+        return int(next(iter(opt.optimizer.state.values()))["step"])
+
+    # steps 0..6: warm-up critic at 0, then (critic, critic, generator) x 2
+    assert steps(generator_opt) == 2 and steps(critic_opt) == 5
+    assert module.global_step == 7
+
+
+def test_resume_continues_the_same_trajectory(tmp_path):
+    L.seed_everything(0)
+    straight = _module(ratio=1)
+    _trainer(tmp_path / "a", 5, enable_checkpointing=False).fit(straight, datamodule=_data())
+
+    L.seed_everything(0)
+    first = _module(ratio=1)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)
+    _trainer(tmp_path / "b", 4, callbacks=[ckpt]).fit(first, datamodule=_data())
+    L.seed_everything(0)
+    resumed = _module(ratio=1)
+    (path,) = (tmp_path / "ckpt").glob("*.ckpt")
+    _trainer(tmp_path / "c", 5, enable_checkpointing=False).fit(resumed, datamodule=_data(), ckpt_path=path)
+
+    for name in ("generator", "critic", "ema"):
+        a, b = getattr(straight, name).state_dict(), getattr(resumed, name).state_dict()
+        for key in a:
+            assert torch.allclose(a[key], b[key], atol=1e-6), (name, key)
+    opt_a, opt_b = straight.optimizers()[0].optimizer, resumed.optimizers()[0].optimizer
+    state_a, state_b = next(iter(opt_a.state.values())), next(iter(opt_b.state.values()))
+    assert torch.allclose(state_a["exp_avg_sq"], state_b["exp_avg_sq"], atol=1e-9)
+
+
+def test_lengths_in_seconds_and_bad_settings():
+    module = _module(rollout_frames="7s", window_frames=4, fps=1.0)  # pixel codec: 1 frame per latent frame
+    assert module.rollout_frames == 8 - 8 % 2 and module.window_frames == 4
+    with pytest.raises(ValueError, match="window_frames=8 is longer than rollout_frames=4"):
+        _module(rollout_frames=4, window_frames=8)
+    with pytest.raises(ValueError, match="bidirectional teacher"):
+        DMDModule(
+            generator=_tiny(False),
+            teacher=_tiny(False),
+            text_encoder=WorldTextEncoder(16),
+            codec=PixelCodec(),
+            sampler=FewStepSampler(timesteps=(1000.0,)),
+            generator_optimizer=torch.optim.AdamW,
+            critic_optimizer=torch.optim.AdamW,
+            rollout_frames=4,
+            window_frames=4,
+            latent_shape=(3, 16, 16),
+        )
