@@ -23,14 +23,19 @@ class MissingStageError(ValueError):
     """Raised when the composed config selects no training stage."""
 
 
-def train(cfg: DictConfig) -> None:
+def train(cfg: DictConfig) -> float | None:
     """Fit the configured stage.
 
     Args:
         cfg: The composed ``train`` config.
 
+    Returns:
+        The value of ``cfg.optimized_metric`` at the end of training (what an optimiser-driven
+        sweep minimises or maximises), or ``None`` when no metric is named.
+
     Raises:
         MissingStageError: if ``cfg.stage`` is unset.
+        KeyError: if ``optimized_metric`` names a metric the run never logged.
     """
     lightning.seed_everything(cfg.seed, workers=True)
 
@@ -49,6 +54,15 @@ def train(cfg: DictConfig) -> None:
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    metric = cfg.get("optimized_metric")
+    if metric is None:
+        return None
+    if metric not in trainer.callback_metrics:
+        raise KeyError(
+            f"optimized_metric={metric!r} was not logged; logged metrics: {sorted(trainer.callback_metrics)}"
+        )
+    return float(trainer.callback_metrics[metric])
 
 
 def main() -> None:
