@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from sfpp.diffusion import FewStepSampler, add_noise, rollout, stream_rollout, x0_from_flow
+from sfpp.diffusion import FewStepSampler, add_noise, stream_rollout, x0_from_flow
+from sfpp.diffusion.rollout import rollout
 from sfpp.models import FrameAttentionPattern, build_model
 
 SAMPLER = FewStepSampler.from_steps([1000, 750, 500, 250], shift=5.0)

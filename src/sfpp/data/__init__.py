@@ -1,5 +1,12 @@
-"""Data: the built-in procedural world and its LightningDataModule; prompt lists for DMD and GRPO."""
+"""Data: the built-in procedural world and its LightningDataModule; prompt lists for DMD and GRPO; ODE pairs."""
 
+from sfpp.data.ode_pairs import (
+    OdePairGenerator,
+    OdePairsDataModule,
+    OdePairsDataset,
+    OdePairSettingsError,
+    OdePairWriter,
+)
 from sfpp.data.prompts import (
     PromptDataModule,
     PromptDataset,
@@ -51,4 +58,9 @@ __all__ = [
     "sample_spec",
     "spec_from_prompt",
     "train_prompts",
+    "OdePairGenerator",
+    "OdePairSettingsError",
+    "OdePairWriter",
+    "OdePairsDataModule",
+    "OdePairsDataset",
 ]
