@@ -292,3 +292,17 @@ def test_resumable_loader_continues_mid_epoch():
     resumed.load_state_dict(state)
     assert [b.tolist() for b in resumed] == [[4, 5], [6, 7], [8, 9]]
     assert [b.tolist() for b in resumed][0] == [0, 1]  # the offset applies to one pass only
+
+
+def test_resumable_loader_accepts_a_sampler_injected_by_lightning():
+    from torch.utils.data import SequentialSampler
+
+    from sfpp.data.resumable import ResumableDataLoader
+
+    data = list(range(6))
+    loader = ResumableDataLoader(data, batch_size=2, sampler=SequentialSampler(data))
+    assert [b.tolist() for b in loader] == [[0, 1], [2, 3], [4, 5]]
+    with pytest.warns(UserWarning, match="restarts the epoch"):
+        loader.load_state_dict({"batches_consumed": 1})
+    with pytest.raises(ValueError, match="shuffle"):
+        ResumableDataLoader(data, batch_size=2, shuffle=True)

@@ -61,13 +61,16 @@ class VideoSampleCallback(L.Callback):
 
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step = trainer.global_step
-        if step == self._last_step or not trainer.is_global_zero:
+        if step == self._last_step:
             return
         self._last_step = step
         was_training = pl_module.training
         pl_module.eval()
+        # Every rank samples (a sharded model needs all of them); only rank 0 writes.
         videos = pl_module.sample_videos(self.prompts, self.num_frames, self.frame_size, seed=self.seed).cpu()
         pl_module.train(was_training)
+        if not trainer.is_global_zero:
+            return
         out = Path(self.output_dir or trainer.default_root_dir) / "samples"
         grid = write_frame_grid(out / f"step_{step:06d}.png", videos, upscale=self.upscale)
         for i, video in enumerate(videos):

@@ -9,6 +9,7 @@ their index (the built-in world, prompt lists with a seeded order).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,22 +36,31 @@ class OffsetSampler(Sampler[int]):
 class ResumableDataLoader(DataLoader):
     """Sequential DataLoader with a mid-epoch ``state_dict`` (batches consumed this epoch).
 
+    Lightning rebuilds train loaders with a sampler of its own in some cases (a
+    ``DistributedSampler`` for several processes, a sequential one for ``overfit_batches``); the
+    loader then uses that sampler and a resumed run restarts the epoch (with a warning), since a
+    foreign sampler cannot be fast-forwarded.
+
     Args:
         dataset: Map-style dataset.
         batch_size: Items per batch.
-        **kwargs: Other DataLoader arguments (``sampler`` and ``shuffle`` are not allowed).
+        sampler: Only for Lightning's re-instantiation (see above).
+        **kwargs: Other DataLoader arguments (``shuffle=True`` is refused: the order is fixed).
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, **kwargs: Any) -> None:
-        if "sampler" in kwargs or kwargs.get("shuffle"):
-            raise ValueError("ResumableDataLoader walks the dataset in order; it takes no sampler or shuffle")
-        self._offset_sampler = OffsetSampler(len(dataset))  # type: ignore[arg-type]
-        super().__init__(dataset, batch_size=batch_size, sampler=self._offset_sampler, **kwargs)
+    def __init__(
+        self, dataset: Dataset, batch_size: int, sampler: Sampler | None = None, **kwargs: Any
+    ) -> None:
+        if kwargs.pop("shuffle", False):
+            raise ValueError("ResumableDataLoader walks the dataset in order; shuffle=True is not supported")
+        self._offset_sampler = OffsetSampler(len(dataset)) if sampler is None else None  # type: ignore[arg-type]
+        super().__init__(dataset, batch_size=batch_size, sampler=sampler or self._offset_sampler, **kwargs)
         self._epoch_start = 0
         self._consumed = 0
 
     def __iter__(self) -> Iterator[Any]:
-        self._epoch_start = self._offset_sampler.offset // self.batch_size
+        offset = self._offset_sampler.offset if self._offset_sampler is not None else 0
+        self._epoch_start = offset // self.batch_size
         self._consumed = self._epoch_start
         for batch in super().__iter__():
             self._consumed += 1
@@ -63,4 +73,10 @@ class ResumableDataLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Start the next pass after the batches a checkpointed run had consumed."""
+        if self._offset_sampler is None:
+            warnings.warn(
+                "this train loader uses a sampler injected by Lightning; the resumed run restarts the epoch",
+                stacklevel=2,
+            )
+            return
         self._offset_sampler.offset = int(state["batches_consumed"]) * self.batch_size

@@ -100,7 +100,13 @@ class NoiseReinjector:
         target = generator.device if device is None else device
         return timestep.to(target), sigma.to(target)
 
-    def __call__(self, x0: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def __call__(
+        self,
+        x0: Tensor,
+        generator: torch.Generator,
+        batch_slice: slice | None = None,
+        global_batch: int | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Re-noise ``x0``: ``x_t = (1 - sigma) * x0 + sigma * eps``.
 
         The timesteps are drawn first, then the noise, both from ``generator`` and on its device
@@ -108,21 +114,42 @@ class NoiseReinjector:
         latents' device avoids drawing on the host and copying). ``x0``'s graph is kept (the
         caller detaches if it wants to).
 
+        Under data parallelism ``x0`` holds this rank's rows of a global batch: with
+        ``global_batch`` and ``batch_slice`` the timesteps and noise are drawn for all
+        ``global_batch`` samples and the ``batch_slice`` rows are kept, so every rank draws the same
+        numbers from a shared generator and N processes reproduce one process with the global batch.
+
         Args:
             x0: Clean latents ``(B, C, F, H, W)`` (any ``(B, ...)`` shape works).
             generator: Source of every draw (seeded by the caller).
+            batch_slice: This rank's rows of the global batch (e.g. ``slice(rank, None, world_size)``);
+                ``None``: ``x0`` is the whole batch.
+            global_batch: Size of the global batch; given together with ``batch_slice``.
 
         Returns:
             ``(x_t, noise, timestep, sigma)``: ``x_t`` and ``noise`` shaped and typed like ``x0``;
             ``timestep`` and ``sigma`` float32 ``(B,)`` on ``x0``'s device.
 
         Raises:
-            ValueError: If ``x0`` has no batch axis.
+            ValueError: If ``x0`` has no batch axis, if only one of ``batch_slice`` and
+                ``global_batch`` is given, or if the slice does not select ``B`` rows of the global batch.
         """
         if x0.ndim < 1:
             raise ValueError(f"x0 must have a batch axis, (B, C, F, H, W), got shape {tuple(x0.shape)}")
-        timestep, sigma = self.sample_timesteps(x0.shape[0], generator, device=x0.device)
-        noise = torch.randn(x0.shape, generator=generator, device=generator.device, dtype=x0.dtype)
+        if (batch_slice is None) != (global_batch is None):
+            raise ValueError("give batch_slice and global_batch together (or neither)")
+        batch = x0.shape[0]
+        if batch_slice is None:
+            global_batch, batch_slice = batch, slice(None)
+        elif len(range(global_batch)[batch_slice]) != batch:
+            raise ValueError(
+                f"batch_slice={batch_slice} selects {len(range(global_batch)[batch_slice])} of global_batch="
+                f"{global_batch} samples, but x0 has a batch of {batch}"
+            )
+        timestep, sigma = self.sample_timesteps(global_batch, generator, device=x0.device)
+        timestep, sigma = timestep[batch_slice], sigma[batch_slice]
+        shape = (global_batch, *x0.shape[1:])
+        noise = torch.randn(shape, generator=generator, device=generator.device, dtype=x0.dtype)[batch_slice]
         noise = noise.to(x0.device)
         x_t = add_noise(x0, noise, sigma)
         return x_t, noise, timestep, sigma

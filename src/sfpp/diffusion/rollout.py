@@ -17,7 +17,7 @@ gradient control) and inference share this code.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -109,6 +109,7 @@ def stream_rollout(
     initial_noise: torch.Tensor | None = None,
     exit_steps: Sequence[int] | None = None,
     grad_from_frame: int | None = None,
+    noise_fn: Callable[[tuple[int, ...]], torch.Tensor] | None = None,
 ) -> Iterator[RolloutChunk]:
     """Generate ``num_frames`` latent frames chunk by chunk, continuing from the cache's state.
 
@@ -133,6 +134,11 @@ def stream_rollout(
             ``generator`` chunk by chunk when omitted (which keeps memory flat in length).
         exit_steps: One step index per generated chunk (default: the last step for every chunk).
         grad_from_frame: First frame whose chunk keeps the graph of its exit step.
+        noise_fn: Optional source of the per-chunk noise, called with the chunk's shape
+            ``(B, C, F_chunk, H, W)`` instead of drawing ``torch.randn`` from ``generator``; it
+            returns standard normal noise of that shape (the rollout casts it to the model's device
+            and dtype). Data-parallel training uses it to draw the noise of the global batch from a
+            shared generator and keep this rank's rows, so that N processes reproduce one process.
 
     Yields:
         One :class:`RolloutChunk` per chunk, in order.
@@ -150,7 +156,12 @@ def stream_rollout(
     noise_device = generator.device if generator is not None else param.device
 
     def draw() -> torch.Tensor:  # on the generator's device, so a CPU generator gives the same video anywhere
-        return torch.randn(shape, generator=generator, device=noise_device).to(param.device, param.dtype)
+        if noise_fn is None:
+            return torch.randn(shape, generator=generator, device=noise_device).to(param.device, param.dtype)
+        noise = noise_fn(shape)
+        if tuple(noise.shape) != shape:
+            raise ValueError(f"noise_fn must return noise of shape {shape}, got {tuple(noise.shape)}")
+        return noise.to(param.device, param.dtype)
 
     context = context.to(param.dtype)
     sigmas = sampler.sigmas
@@ -193,6 +204,7 @@ def rollout(
     initial_noise: torch.Tensor | None = None,
     exit_steps: Sequence[int] | None = None,
     grad_from_frame: int | None = None,
+    noise_fn: Callable[[tuple[int, ...]], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Generate ``num_frames`` latent frames and return them concatenated ``(B, C, F, H, W)``.
 
@@ -209,5 +221,6 @@ def rollout(
         initial_noise,
         exit_steps,
         grad_from_frame,
+        noise_fn,
     )
     return torch.cat([c.latents for c in chunks], dim=2)  # (B, C, F, H, W)

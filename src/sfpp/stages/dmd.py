@@ -16,6 +16,16 @@ window it is Self-Forcing++: the teacher never sees more than its horizon yet su
 of a long rollout. The schedule of critic and generator updates is a pure function of the step
 count, and every random draw comes from a generator seeded by ``(seed, step)``, so a resumed run
 continues exactly where it stopped.
+
+Data parallelism (``trainer=ddp`` or ``trainer=fsdp``): every rank holds the same per-step generator.
+Per-step scalars (window start, exit steps) are drawn once and agree on all ranks; per-sample draws
+(rollout noise, re-noising timesteps and noise) are drawn for the global batch and each rank keeps
+its own rows: rank ``r`` of ``W`` holds global samples ``r, r + W, r + 2W, ...``, the layout of
+torch's ``DistributedSampler``. N processes with a local batch B thus take the same steps as one
+process with the batch N * B dealt in that order (Lightning's default training sampler also
+shuffles, so reproducing a particular single-process run needs ``DistributedSampler(shuffle=False)``
+or a data module that deals samples itself). Under ``trainer=fsdp`` :meth:`DMDModule.configure_model` shards the
+generator, critic, teacher and EMA copy with FSDP2 (see :mod:`sfpp.models.parallelize`).
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from sfpp.diffusion.lengths import VideoTiming
 from sfpp.diffusion.losses import dmd_loss, flow_matching_loss, real_and_fake_x0
@@ -36,6 +47,11 @@ from sfpp.diffusion.window import WindowSampler
 from sfpp.models.causal_wan import CausalWanDiT
 from sfpp.models.critic import ScoreCritic
 from sfpp.models.ema import EMA
+from sfpp.models.parallelize import (
+    apply_activation_checkpointing,
+    check_trainable_parameters_sharded,
+    parallelize_stage_modules,
+)
 
 __all__ = ["DMDModule", "update_kind"]
 
@@ -82,6 +98,11 @@ class DMDModule(L.LightningModule):
         ema_start_step: Generator updates before the EMA starts averaging.
         fps: Frame rate of the pixel video, for lengths given in seconds.
         seed: Base seed of the per-step random draws.
+        mixed_precision: bf16 compute with float32 reduction and master weights, applied by the
+            FSDP2 sharding of ``trainer=fsdp`` on CUDA (:func:`~sfpp.models.parallelize.parallelize_model`);
+            an error on any other setup.
+        activation_checkpointing: Recompute the generator's and critic's block activations in the
+            backward pass (CUDA memory at the paper's scale; works anywhere, with or without FSDP2).
     """
 
     def __init__(
@@ -109,6 +130,8 @@ class DMDModule(L.LightningModule):
         ema_start_step: int = 0,
         fps: float = 16.0,
         seed: int = 0,
+        mixed_precision: bool = False,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if not generator.causal or teacher.causal:
@@ -151,7 +174,56 @@ class DMDModule(L.LightningModule):
         self.critic_optimizer_factory = critic_optimizer
         self.latent_shape = tuple(latent_shape)
         self.cache_window_frames = cache_window_frames or window_frames
+        # Under the bf16 policy the blocks compute in bf16 while the sharded parameters stay float32.
+        self._cache_dtype = torch.bfloat16 if mixed_precision else None
         self._null_context: torch.Tensor | None = None
+
+    # -- parallelism ---------------------------------------------------------------------------
+
+    def configure_model(self) -> None:
+        """Shard the networks with FSDP2 when the strategy provides a device mesh (``trainer=fsdp``).
+
+        Lightning may call this more than once: modules already sharded (or already checkpointed)
+        are left as they are. Without a mesh, only activation checkpointing applies.
+
+        Raises:
+            ValueError: For ``mixed_precision`` without a device mesh, or if a trainable parameter
+                ends up unsharded.
+        """
+        trained = [self.generator, self.critic.model]
+        mesh = self.device_mesh
+        if mesh is None:
+            if self.hparams.mixed_precision:
+                raise ValueError(
+                    "mixed_precision=True is the bf16 policy of FSDP2 sharding and needs trainer=fsdp on CUDA; "
+                    "on a single device set it to false and use trainer.precision=bf16-mixed"
+                )
+            if self.hparams.activation_checkpointing:
+                for model in trained:
+                    apply_activation_checkpointing(model)
+            return
+        parallelize_stage_modules(
+            mesh,
+            trained=trained,
+            frozen=[self.teacher, self.ema.module],
+            mixed_precision=self.hparams.mixed_precision,
+            activation_checkpointing=self.hparams.activation_checkpointing,
+        )
+        check_trainable_parameters_sharded(self)
+
+    def _rows_of_global_batch(self, local_batch: int) -> tuple[slice | None, int | None]:
+        """``(batch_slice, global_batch)`` of this rank, or ``(None, None)`` in a single process.
+
+        Rank ``r`` of ``W`` holds global samples ``r, r + W, ...`` (the layout of torch's
+        ``DistributedSampler``, whose rank and size the strategy reports); every rank must have the
+        same local batch.
+        """
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        sampler_kwargs = getattr(strategy, "distributed_sampler_kwargs", None)
+        if not sampler_kwargs or sampler_kwargs["num_replicas"] == 1:
+            return None, None
+        world, rank = sampler_kwargs["num_replicas"], sampler_kwargs["rank"]
+        return slice(rank, None, world), local_batch * world
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -179,7 +251,17 @@ class DMDModule(L.LightningModule):
             *self.latent_shape[1:],
             window_frames=self.cache_window_frames,
             sink_frames=self.hparams.sink_frames,
+            dtype=self._cache_dtype,
         )
+        batch_slice, global_batch = self._rows_of_global_batch(context.shape[0])
+        noise_fn = None
+        if batch_slice is not None:
+
+            def noise_fn(shape: tuple[int, ...]) -> torch.Tensor:
+                """The noise of the whole global batch, this rank's rows."""
+                noise = torch.randn((global_batch, *shape[1:]), generator=rng, device=rng.device)
+                return noise[batch_slice]
+
         chunks = stream_rollout(
             self.generator,
             context,
@@ -190,6 +272,7 @@ class DMDModule(L.LightningModule):
             rng,
             exit_steps=exit_steps,
             grad_from_frame=start if keep_graph else end,
+            noise_fn=noise_fn,
         )
         window = torch.cat([c.latents for c in chunks if c.frame_offset >= start], dim=2)  # (B, C, K, h, w)
         return window, start
@@ -205,15 +288,17 @@ class DMDModule(L.LightningModule):
         rng = self._rng(step)
         context, null_context = self._contexts(list(batch["prompt"]))
         window, start = self._rollout_window(context, rng, keep_graph=kind == "generator")
-        x_t, noise, timestep, sigma = self.reinjector(window.detach(), rng)
         batch_size = window.shape[0]
+        x_t, noise, timestep, sigma = self.reinjector(
+            window.detach(), rng, *self._rows_of_global_batch(batch_size)
+        )
 
         if kind == "critic":
             flow = self.critic(x_t, timestep, context)
             loss = flow_matching_loss(flow, window.detach(), noise)
             critic_opt.zero_grad(set_to_none=True)
             self.manual_backward(loss)
-            self._clip(self.critic)
+            self._clip(self.critic, "critic", batch_size)
             critic_opt.step()
             self.log("train/critic_loss", loss, prog_bar=True, batch_size=batch_size)
         else:
@@ -230,7 +315,7 @@ class DMDModule(L.LightningModule):
             loss, metrics = dmd_loss(window, real_x0, fake_x0)
             generator_opt.zero_grad(set_to_none=True)
             self.manual_backward(loss)
-            self._clip(self.generator)
+            self._clip(self.generator, "generator", batch_size)
             generator_opt.step()
             self.ema.update(self.generator, self._generator_updates(step))
             self.log("train/generator_loss", loss, prog_bar=True, batch_size=batch_size)
@@ -245,11 +330,20 @@ class DMDModule(L.LightningModule):
         warm, cycle = self.hparams.critic_warmup_steps, self.hparams.critic_updates_per_generator + 1
         return max(0, step - warm) // cycle
 
-    def _clip(self, module: nn.Module) -> None:
-        if self.hparams.grad_clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(
-                [p for p in module.parameters() if p.grad is not None], self.hparams.grad_clip_norm
-            )
+    def _clip(self, module: nn.Module, name: str, batch_size: int) -> None:
+        """Clip the gradients of ``module`` and log their norm before clipping.
+
+        ``clip_grad_norm_`` handles FSDP2's DTensor gradients: the norm is that of the whole
+        (unsharded) gradient, reduced across ranks.
+        """
+        if self.hparams.grad_clip_norm is None:
+            return
+        norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in module.parameters() if p.grad is not None], self.hparams.grad_clip_norm
+        )
+        if isinstance(norm, DTensor):
+            norm = norm.full_tensor()
+        self.log(f"train/{name}_grad_norm", norm, batch_size=batch_size)
 
     # -- sampling ------------------------------------------------------------------------------
 
@@ -265,6 +359,7 @@ class DMDModule(L.LightningModule):
             *self.latent_shape[1:],
             window_frames=self.cache_window_frames,
             sink_frames=self.hparams.sink_frames,
+            dtype=self._cache_dtype,
         )
         generator = torch.Generator().manual_seed(self.hparams.seed if seed is None else seed)
         latents = rollout(model, context, cache, num_frames, self.latent_shape, self.sampler, generator)

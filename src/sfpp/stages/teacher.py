@@ -18,6 +18,11 @@ from sfpp.diffusion.sampling import EulerSampler
 from sfpp.diffusion.schedule import add_noise, flow_target, shift_sigma, x0_from_flow
 from sfpp.models.causal_wan import CausalWanDiT
 from sfpp.models.ema import EMA
+from sfpp.models.parallelize import (
+    apply_activation_checkpointing,
+    check_trainable_parameters_sharded,
+    parallelize_stage_modules,
+)
 
 __all__ = ["TeacherModule"]
 
@@ -44,6 +49,11 @@ class TeacherModule(L.LightningModule):
         quality_metric: Optional ``metric(videos (B, 3, F, H, W) in [-1, 1], prompts) -> dict`` logged
             under ``val/`` on the validation prompts.
         sample_seed: Seed of the validation samples' noise.
+        mixed_precision: bf16 compute with float32 reduction and master weights, applied by the
+            FSDP2 sharding of ``trainer=fsdp`` on CUDA (:func:`~sfpp.models.parallelize.parallelize_model`);
+            an error on any other setup.
+        activation_checkpointing: Recompute the model's block activations in the backward pass
+            (CUDA memory at the paper's scale; works anywhere, with or without FSDP2).
     """
 
     def __init__(
@@ -62,6 +72,8 @@ class TeacherModule(L.LightningModule):
         sampler: EulerSampler | None = None,
         quality_metric: Callable[..., dict[str, float]] | None = None,
         sample_seed: int = 1234,
+        mixed_precision: bool = False,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if model.causal:
@@ -72,7 +84,15 @@ class TeacherModule(L.LightningModule):
             raise ValueError(f"cfg_dropout must be in [0, 1), got {cfg_dropout}")
         # Components are saved by Hydra's config of the run; the checkpoint keeps the scalar settings.
         self.save_hyperparameters(
-            ignore=["model", "text_encoder", "codec", "quality_metric", "sampler", "optimizer", "lr_scheduler"]
+            ignore=[
+                "model",
+                "text_encoder",
+                "codec",
+                "quality_metric",
+                "sampler",
+                "optimizer",
+                "lr_scheduler",
+            ]
         )
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
@@ -87,6 +107,41 @@ class TeacherModule(L.LightningModule):
         self.timestep_shift = timestep_shift
         self.loss_space = loss_space
         self.cfg_dropout = cfg_dropout
+
+    # -- parallelism ---------------------------------------------------------------------------
+
+    def configure_model(self) -> None:
+        """Shard the model (and a trainable text encoder) with FSDP2 when the strategy provides a mesh.
+
+        Lightning may call this more than once: modules already sharded (or already checkpointed)
+        are left as they are. The EMA copy is sharded like the model; a frozen text encoder stays
+        replicated. Without a mesh, only activation checkpointing applies.
+
+        Raises:
+            ValueError: For ``mixed_precision`` without a device mesh, or if a trainable parameter
+                ends up unsharded.
+        """
+        mesh = self.device_mesh
+        if mesh is None:
+            if self.hparams.mixed_precision:
+                raise ValueError(
+                    "mixed_precision=True is the bf16 policy of FSDP2 sharding and needs trainer=fsdp on CUDA; "
+                    "on a single device set it to false and use trainer.precision=bf16-mixed"
+                )
+            if self.hparams.activation_checkpointing:
+                apply_activation_checkpointing(self.model)
+            return
+        trained: list[nn.Module] = [self.model]
+        if any(p.requires_grad for p in self.text_encoder.parameters()):
+            trained.append(self.text_encoder)
+        parallelize_stage_modules(
+            mesh,
+            trained=trained,
+            frozen=[self.ema.module],
+            mixed_precision=self.hparams.mixed_precision,
+            activation_checkpointing=self.hparams.activation_checkpointing,
+        )
+        check_trainable_parameters_sharded(self)
 
     # -- conditioning --------------------------------------------------------------------------
 

@@ -1,0 +1,399 @@
+"""FSDP2 sharding, activation checkpointing and the data-parallel random draws of the DMD stage.
+
+The fast tests run in this process on a one-process gloo group. The slow test trains two DMD steps
+with two CPU processes (Lightning's ModelParallelStrategy) and compares the weights with one process
+on the global batch; it launches this file as a script (``python tests/test_parallelize.py OUT``),
+so the test process never joins a process group of its own.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import hydra
+import lightning as L
+import pytest
+import torch
+import torch.distributed as dist
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.tensor import DTensor
+from torch.utils.data import DataLoader, DistributedSampler
+
+from sfpp.codecs import PixelCodec
+from sfpp.data.world import train_prompts
+from sfpp.diffusion import FewStepSampler
+from sfpp.diffusion.reinject import NoiseReinjector
+from sfpp.diffusion.rollout import stream_rollout
+from sfpp.models import build_model
+from sfpp.models.causal_wan import CausalWanDiT
+from sfpp.models.parallelize import (
+    apply_activation_checkpointing,
+    check_trainable_parameters_sharded,
+    is_sharded,
+    parallelize_model,
+)
+from sfpp.stages.dmd import DMDModule
+from sfpp.stages.teacher import TeacherModule
+from sfpp.text.world import WorldTextEncoder
+
+PROMPTS = list(train_prompts()[::37][:8])
+SAMPLER = FewStepSampler.from_steps([1000, 750, 500, 250], shift=3.0)
+NETWORKS = ("generator", "critic", "ema")
+
+
+def _tiny(causal: bool) -> CausalWanDiT:
+    return build_model(
+        "tiny",
+        causal=causal,
+        num_frames_per_chunk=2,
+        in_channels=3,
+        out_channels=3,
+        patch_size=(1, 4, 4),
+        attention_backend="sdpa",
+        prediction_type="x0",
+    )
+
+
+def _dmd(**kw) -> DMDModule:
+    """A tiny DMD stage with SGD (an update proportional to the gradient shows any scale error)."""
+    torch.manual_seed(0)
+    teacher = _tiny(False)
+    generator = _tiny(True)
+    generator.load_state_dict(teacher.state_dict())
+    settings = dict(
+        generator_optimizer=lambda params: torch.optim.SGD(params, lr=0.5),
+        critic_optimizer=lambda params: torch.optim.SGD(params, lr=0.5),
+        rollout_frames=8,
+        window_frames=4,
+        latent_shape=(3, 16, 16),
+        cache_window_frames=4,
+        critic_updates_per_generator=1,
+        critic_warmup_steps=0,
+        real_guidance_scale=2.0,
+        ema_start_step=0,
+        ema_decay=0.5,
+    )
+    settings.update(kw)
+    return DMDModule(
+        generator=generator,
+        teacher=teacher,
+        text_encoder=WorldTextEncoder(embed_dim=16),
+        codec=PixelCodec(),
+        sampler=SAMPLER,
+        **settings,
+    )
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Iterator[DeviceMesh]:
+    """A one-process gloo group and its CPU mesh, torn down after the test."""
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        yield init_device_mesh("cpu", (1,))
+    finally:
+        dist.destroy_process_group()
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def _rollout(model: CausalWanDiT, context: torch.Tensor) -> torch.Tensor:
+    """Six frames with every chunk keeping its graph; the 4-frame cache is overwritten on the way."""
+    cache = model.new_kv_cache(2, 16, 16, window_frames=4)
+    generator = torch.Generator().manual_seed(1)
+    chunks = stream_rollout(
+        model, context, cache, 6, (3, 16, 16), SAMPLER, generator, exit_steps=[1, 3, 2], grad_from_frame=0
+    )
+    return torch.cat([c.latents for c in chunks], dim=2)  # (B, C, F, H, W)
+
+
+def _outputs_and_grads(model: CausalWanDiT, seed: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    torch.manual_seed(seed)
+    context = torch.randn(2, 5, 16)
+    if model.causal:
+        out = _rollout(model, context)
+    else:
+        out = model(torch.randn(2, 3, 4, 16, 16), torch.tensor([500.0, 300.0]), context)
+    out.square().mean().backward()
+    grads = {n: _full(p.grad) for n, p in model.named_parameters() if p.grad is not None}
+    return out.detach(), {n.replace("_checkpoint_wrapped_module.", ""): g for n, g in grads.items()}
+
+
+# -- parallelize_model ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal-rollout"])
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointed"])
+def test_sharded_model_matches_the_unsharded_one(mesh: DeviceMesh, causal: bool, checkpointing: bool) -> None:
+    torch.manual_seed(0)
+    reference = _tiny(causal)
+    sharded = parallelize_model(copy.deepcopy(reference), mesh, False, checkpointing)
+    assert is_sharded(sharded) and all(is_sharded(block) for block in sharded.blocks)
+    assert all(isinstance(p, DTensor) for p in sharded.parameters())
+    assert set(sharded.state_dict()) == set(reference.state_dict())
+
+    out_ref, grads_ref = _outputs_and_grads(reference)
+    out, grads = _outputs_and_grads(sharded)
+    torch.testing.assert_close(out, out_ref, rtol=0, atol=1e-6)
+    assert grads.keys() == grads_ref.keys() and len(grads) > 10
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, grads_ref[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_activation_checkpointing_without_sharding_gives_the_same_gradients() -> None:
+    torch.manual_seed(0)
+    reference = _tiny(True)
+    checkpointed = copy.deepcopy(reference)
+    apply_activation_checkpointing(checkpointed)
+    apply_activation_checkpointing(checkpointed)  # idempotent
+    assert checkpointed.state_dict().keys() == reference.state_dict().keys()
+    out_ref, grads_ref = _outputs_and_grads(reference)
+    out, grads = _outputs_and_grads(checkpointed)
+    torch.testing.assert_close(out, out_ref, rtol=0, atol=0)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, grads_ref[name], rtol=0, atol=0, msg=name)
+
+
+def test_settings_that_cannot_work_fail_clearly(mesh: DeviceMesh) -> None:
+    with pytest.raises(ValueError, match="mixed_precision=True .* CUDA only"):
+        parallelize_model(_tiny(False), mesh, mixed_precision=True, activation_checkpointing=False)
+    model = parallelize_model(_tiny(False), mesh, False, False)
+    with pytest.raises(ValueError, match="already sharded"):
+        parallelize_model(model, mesh, False, False)
+    with pytest.raises(ValueError, match="before sharding"):
+        apply_activation_checkpointing(model)
+    with pytest.raises(TypeError, match="shards a CausalWanDiT"):
+        parallelize_model(torch.nn.Linear(2, 2), mesh, False, False)
+    with pytest.raises(ValueError, match="not sharded by FSDP2: weight, bias"):
+        check_trainable_parameters_sharded(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="needs trainer=fsdp"):
+        _dmd(mixed_precision=True).configure_model()
+
+
+# -- the DMD stage ---------------------------------------------------------------------------------
+
+
+def test_dmd_configure_model_shards_every_network_once(mesh: DeviceMesh) -> None:
+    module = _dmd(activation_checkpointing=True)
+    module._device_mesh = mesh
+    module.configure_model()
+    module.configure_model()  # Lightning may call it again
+    for network in (module.generator, module.critic.model, module.teacher, module.ema.module):
+        assert is_sharded(network) and all(isinstance(p, DTensor) for p in network.parameters())
+    assert not any(isinstance(p, DTensor) for p in module.text_encoder.parameters())  # frozen: replicated
+    generator_opt, critic_opt = module.configure_optimizers()
+    for opt, network in ((generator_opt, module.generator), (critic_opt, module.critic)):
+        params = opt.param_groups[0]["params"]
+        assert params and all(isinstance(p, DTensor) for p in params)
+        assert {id(p) for p in params} == {id(p) for p in network.parameters()}
+
+    # The EMA update works shard by shard on identically sharded DTensors.
+    with torch.no_grad():
+        for p in module.generator.parameters():
+            p.add_(1.0)
+    before = [_full(p).clone() for p in module.ema.module.parameters()]
+    module.ema.update(module.generator, step=5)
+    after = [_full(p) for p in module.ema.module.parameters()]
+    for old, new in zip(before, after, strict=True):
+        torch.testing.assert_close(new, old + 0.5)  # ema_decay=0.5
+
+
+def test_teacher_configure_model_shards_model_ema_and_trainable_text_encoder(mesh: DeviceMesh) -> None:
+    torch.manual_seed(0)
+    model = build_model("tiny", in_channels=3, out_channels=3, patch_size=(1, 4, 4), attention_backend="sdpa")
+    text_encoder = WorldTextEncoder(embed_dim=16)
+    reference = text_encoder(PROMPTS[:2])[0]
+    module = TeacherModule(
+        model=model,
+        text_encoder=text_encoder,
+        codec=PixelCodec(),
+        optimizer=torch.optim.AdamW,
+        activation_checkpointing=True,
+    )
+    module._device_mesh = mesh
+    module.configure_model()
+    module.configure_model()
+    for network in (module.model, module.ema.module, module.text_encoder):
+        assert is_sharded(network) and all(isinstance(p, DTensor) for p in network.parameters())
+    torch.testing.assert_close(module.encode_prompts(PROMPTS[:2]), reference)
+    with pytest.raises(ValueError, match="needs trainer=fsdp"):
+        TeacherModule(
+            model=_tiny(False),
+            text_encoder=WorldTextEncoder(16),
+            codec=PixelCodec(),
+            optimizer=torch.optim.AdamW,
+            mixed_precision=True,
+        ).configure_model()
+
+
+def test_clip_grad_norm_handles_dtensor_gradients(mesh: DeviceMesh) -> None:
+    torch.manual_seed(0)
+    reference = _tiny(False)
+    sharded = parallelize_model(copy.deepcopy(reference), mesh, False, False)
+    _outputs_and_grads(reference)
+    _outputs_and_grads(sharded)
+    norm_ref = torch.nn.utils.clip_grad_norm_(list(reference.parameters()), 1e-3)
+    norm = torch.nn.utils.clip_grad_norm_(list(sharded.parameters()), 1e-3)
+    torch.testing.assert_close(_full(norm), norm_ref)
+    for p, q in zip(reference.parameters(), sharded.parameters(), strict=True):
+        torch.testing.assert_close(_full(q.grad), p.grad, rtol=1e-5, atol=1e-9)
+
+
+def _as_rank(module: DMDModule, rank: int, world: int) -> None:
+    strategy = SimpleNamespace(distributed_sampler_kwargs={"num_replicas": world, "rank": rank})
+    module._trainer = SimpleNamespace(strategy=strategy)
+
+
+def test_each_rank_draws_its_rows_of_the_global_batch() -> None:
+    """Rank r of 2 with local samples (r, r + 2) reproduces those rows of the 4-sample step."""
+    module = _dmd()
+    context, _ = module._contexts(PROMPTS[:4])
+    with torch.no_grad():
+        window, start = module._rollout_window(context, module._rng(3), keep_graph=False)
+    drawn = module.reinjector(window, module._rng(4))
+    for rank in (0, 1):
+        _as_rank(module, rank, 2)
+        with torch.no_grad():
+            local, local_start = module._rollout_window(context[rank::2], module._rng(3), keep_graph=False)
+        assert local_start == start
+        torch.testing.assert_close(local, window[rank::2], rtol=0, atol=1e-6)
+        local_drawn = module.reinjector(local, module._rng(4), *module._rows_of_global_batch(2))
+        for mine, full in zip(local_drawn, drawn, strict=True):
+            torch.testing.assert_close(mine, full[rank::2], rtol=0, atol=1e-6)
+
+
+def test_reinjector_rows_settings() -> None:
+    reinjector = NoiseReinjector()
+    x0 = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="together"):
+        reinjector(x0, torch.Generator(), batch_slice=slice(0, 2))
+    with pytest.raises(ValueError, match="selects 3 of global_batch=6"):
+        reinjector(x0, torch.Generator(), batch_slice=slice(0, None, 2), global_batch=6)
+
+
+def test_fsdp_trainer_config_builds_a_model_parallel_strategy(compose_train) -> None:
+    cfg = compose_train(["trainer=fsdp", "trainer.devices=2", "trainer.accelerator=cpu"], shrink=False)
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=False)
+    assert isinstance(trainer.strategy, ModelParallelStrategy)
+    assert trainer.strategy._data_parallel_size == 2 and trainer.strategy._tensor_parallel_size == 1
+    assert trainer.precision == "32-true"
+
+
+# -- two processes against one ----------------------------------------------------------------------
+
+
+class _PromptList(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return len(PROMPTS)
+
+    def __getitem__(self, index: int) -> dict[str, str]:
+        return {"prompt": PROMPTS[index]}
+
+
+class _Prompts(L.LightningDataModule):
+    """Prompts in order; rank r of W gets samples r, r + W, ... (Lightning's own sampler would shuffle)."""
+
+    def __init__(self, batch_size: int) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        sampler = (
+            DistributedSampler(_PromptList(), num_replicas=world, rank=rank, shuffle=False)
+            if world > 1
+            else None
+        )
+        return DataLoader(_PromptList(), batch_size=self.batch_size, sampler=sampler)
+
+
+def _train_two_steps(devices: int, batch_size: int, **kw) -> tuple[DMDModule, L.Trainer]:
+    """One critic step then one generator step; ``batch_size`` is the per-process batch."""
+    module = _dmd(grad_clip_norm=0.03, **kw)
+    strategy = (
+        ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1) if devices > 1 else "auto"
+    )
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        devices=devices,
+        strategy=strategy,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=_Prompts(batch_size))
+    return module, trainer
+
+
+def _results(module: DMDModule, trainer: L.Trainer) -> dict:
+    """Full (gathered) weights and the logged gradient norms; gathering is collective."""
+    state = {
+        name: {k: _full(v).detach().clone() for k, v in getattr(module, name).state_dict().items()}
+        for name in NETWORKS
+    }
+    names = ("train/critic_grad_norm", "train/generator_grad_norm")
+    norms = {k: float(v) for k, v in trainer.callback_metrics.items() if k in names}
+    return {"state": state, "norms": norms}
+
+
+@pytest.mark.slow
+def test_two_processes_take_the_steps_of_one_process_with_the_global_batch(tmp_path: Path) -> None:
+    began = time.perf_counter()
+    out = tmp_path / "two_processes.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    run = subprocess.run(
+        [sys.executable, __file__, str(out)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    two = torch.load(out)
+    print(f"two-process run: {time.perf_counter() - began:.1f} s")
+
+    torch.manual_seed(0)
+    module, trainer = _train_two_steps(devices=1, batch_size=4)
+    one = _results(module, trainer)
+    initial = _dmd().state_dict()
+
+    assert set(one["norms"]) == {"train/critic_grad_norm", "train/generator_grad_norm"}
+    print(f"gradient norms: one process {one['norms']}, two processes {two['norms']}")
+    for name, value in one["norms"].items():
+        assert value > 0.03, f"{name}={value}: the test wants clipping active"
+        assert two["norms"][name] == pytest.approx(value, rel=1e-4), name
+    worst = max(
+        (two["state"][n][k] - w).abs().max().item() for n in NETWORKS for k, w in one["state"][n].items()
+    )
+    print(f"largest weight difference: {worst:.2e}")
+    for network in NETWORKS:
+        moved = 0
+        for key, weight in one["state"][network].items():
+            torch.testing.assert_close(
+                two["state"][network][key], weight, rtol=0, atol=1e-5, msg=f"{network}.{key}"
+            )
+            moved += not torch.equal(weight, initial[f"{network}.{key}"])
+        assert moved > 0, f"{network} did not change: the comparison would prove nothing"
+
+
+def _main(out: str) -> None:
+    """The two-process run (rank 0 is this process; Lightning launches rank 1 with the same argv)."""
+    module, trainer = _train_two_steps(devices=2, batch_size=2, activation_checkpointing=True)
+    results = _results(module, trainer)
+    if trainer.is_global_zero:
+        torch.save(results, out)
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1])
