@@ -40,15 +40,23 @@ def test_teacher_loss_falls_on_a_fixed_batch(tmp_path):
     text_before = [p.detach().clone() for p in module.text_encoder.parameters()]
     data = WorldDataModule(num_frames=4, batch_size=8, seed=0)
     trainer = L.Trainer(
-        max_steps=120, overfit_batches=1, logger=CSVLogger(tmp_path), log_every_n_steps=1,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+        max_steps=120,
+        overfit_batches=1,
+        logger=CSVLogger(tmp_path),
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
     )
     trainer.fit(module, datamodule=data)
     losses = _losses(tmp_path)
     first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
     assert last < 0.75 * first, (first, last)  # noise and sigma are redrawn every step: the floor is not 0
     # The text encoder learns with the teacher.
-    assert any(not torch.equal(a, b) for a, b in zip(text_before, module.text_encoder.parameters(), strict=True))
+    assert any(
+        not torch.equal(a, b) for a, b in zip(text_before, module.text_encoder.parameters(), strict=True)
+    )
 
 
 def test_ema_tracks_the_online_model():
@@ -77,15 +85,24 @@ def test_same_seed_same_samples():
 def test_causal_model_is_refused():
     with pytest.raises(ValueError, match="causal=false"):
         TeacherModule(
-            model=build_model("tiny", causal=True), text_encoder=WorldTextEncoder(16), codec=PixelCodec(),
+            model=build_model("tiny", causal=True),
+            text_encoder=WorldTextEncoder(16),
+            codec=PixelCodec(),
             optimizer=torch.optim.AdamW,
         )
 
 
 TINY_WORLD = [
-    "model=tiny", "++model.in_channels=3", "++model.out_channels=3", "++model.patch_size=[1,4,4]",
-    "text.embed_dim=16", "data.batch_size=2", "data.num_frames=4", "data.val_size=2",
-    "stage.sampler.num_steps=2", "debug=fast_dev_run",
+    "model=tiny",
+    "++model.in_channels=3",
+    "++model.out_channels=3",
+    "++model.patch_size=[1,4,4]",
+    "text.embed_dim=16",
+    "data.batch_size=2",
+    "data.num_frames=4",
+    "data.val_size=2",
+    "stage.sampler.num_steps=2",
+    "debug=fast_dev_run",
 ]
 
 

@@ -338,7 +338,9 @@ def test_save_and_build_round_trip(ours, tmp_path):
     config = json.loads((tmp_path / "saved" / "config.json").read_text())
     assert config["_class_name"] == "CausalWanDiT"
     assert {k: v for k, v in config.items() if k != "_class_name"} == {
-        **TINY_OURS, "patch_size": [1, 2, 2], "prediction_type": "flow"
+        **TINY_OURS,
+        "patch_size": [1, 2, 2],
+        "prediction_type": "flow",
     }
     rebuilt = build_from_pretrained(tmp_path / "saved", attention_backend="sdpa").eval()
     x, t, c = _inputs()

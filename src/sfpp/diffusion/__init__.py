@@ -3,6 +3,7 @@
 from sfpp.diffusion.lengths import Rounding, VideoTiming, parse_length
 from sfpp.diffusion.losses import dmd_loss, flow_matching_loss, ode_regression_loss, real_and_fake_x0
 from sfpp.diffusion.reinject import NoiseReinjector
+
 # The function `rollout` stays in its module (sfpp.diffusion.rollout.rollout): exporting it here would
 # shadow the module and break config targets such as sfpp.diffusion.rollout.FewStepSampler.
 from sfpp.diffusion.rollout import FewStepSampler, RolloutChunk, stream_rollout

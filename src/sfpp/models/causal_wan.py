@@ -518,7 +518,8 @@ class CausalWanDiT(nn.Module):
         out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, F', p_t, H', p_h, W', p_w)
         out = out.reshape(batch, self.out_channels, num_frames, height, width)  # (B, C, F, H, W)
         if self.prediction_type == "x0":  # x0 -> flow = (x_t - x0) / sigma
-            sigma = (timestep.float() / 1000.0).clamp_min(self.min_sigma)[:, None, :, None, None]  # (B, 1, F, 1, 1)
+            sigma = (timestep.float() / 1000.0).clamp_min(self.min_sigma)  # (B, F)
+            sigma = sigma[:, None, :, None, None]  # (B, 1, F, 1, 1)
             out = ((x.float() - out.float()) / sigma).type_as(out)
         return out
 
