@@ -162,3 +162,17 @@ def test_lengths_in_seconds_and_bad_settings():
             window_frames=4,
             latent_shape=(3, 16, 16),
         )
+
+
+def test_validation_scores_long_rollouts(tmp_path):
+    calls = []
+
+    def metric(videos, prompts):
+        calls.append(tuple(videos.shape))
+        return {"clean_frame_fraction": 0.5}
+
+    module = _module(quality_metric=metric, val_rollout_frames=12)
+    trainer = _trainer(tmp_path, 1, enable_checkpointing=False, limit_val_batches=1, val_check_interval=1)
+    trainer.fit(module, datamodule=_data())
+    assert calls and set(calls) == {(2, 3, 12, 16, 16)}
+    assert float(trainer.callback_metrics["val/clean_frame_fraction"]) == 0.5

@@ -103,6 +103,11 @@ class DMDModule(L.LightningModule):
             an error on any other setup.
         activation_checkpointing: Recompute the generator's and critic's block activations in the
             backward pass (CUDA memory at the paper's scale; works anywhere, with or without FSDP2).
+        quality_metric: Optional ``metric(videos (B, 3, F, H, W) in [-1, 1], prompts) -> dict``; the
+            validation loop streams ``val_rollout_frames`` with the EMA student on the validation
+            prompts and logs each value as ``val/<name>`` (quality past the teacher's horizon).
+        val_rollout_frames: Length of the validation rollouts (latent frames or seconds); defaults
+            to ``rollout_frames``.
     """
 
     def __init__(
@@ -132,6 +137,8 @@ class DMDModule(L.LightningModule):
         seed: int = 0,
         mixed_precision: bool = False,
         activation_checkpointing: bool = False,
+        quality_metric: Callable[..., dict[str, float]] | None = None,
+        val_rollout_frames: int | str | None = None,
     ) -> None:
         super().__init__()
         if not generator.causal or teacher.causal:
@@ -140,6 +147,10 @@ class DMDModule(L.LightningModule):
         timing = VideoTiming(fps=fps, temporal_stride=codec.temporal_stride, num_frames_per_chunk=chunk)
         rollout_frames = timing.parse_length(rollout_frames)
         window_frames = timing.parse_length(window_frames)
+        self.val_rollout_frames = (
+            rollout_frames if val_rollout_frames is None else timing.parse_length(val_rollout_frames)
+        )
+        self.quality_metric = quality_metric
         if window_frames > rollout_frames:
             raise ValueError(f"window_frames={window_frames} is longer than rollout_frames={rollout_frames}")
         if window_frames % chunk or rollout_frames % chunk:
@@ -159,6 +170,7 @@ class DMDModule(L.LightningModule):
                 "generator_optimizer",
                 "critic_optimizer",
                 "reinjector",
+                "quality_metric",
             ]
         )
         self.generator = generator
@@ -364,6 +376,17 @@ class DMDModule(L.LightningModule):
         generator = torch.Generator().manual_seed(self.hparams.seed if seed is None else seed)
         latents = rollout(model, context, cache, num_frames, self.latent_shape, self.sampler, generator)
         return self.codec.decode(latents).clamp(-1, 1)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Score EMA-student rollouts of ``val_rollout_frames`` on the validation prompts."""
+        if self.quality_metric is None:
+            return
+        prompts = list(batch["prompt"])
+        videos = self.sample_videos(
+            prompts, self.val_rollout_frames, (0, 0), seed=self.hparams.seed + batch_idx
+        )
+        for name, value in self.quality_metric(videos.cpu(), prompts).items():
+            self.log(f"val/{name}", float(value), batch_size=len(prompts))
 
     # -- optimisation --------------------------------------------------------------------------
 
