@@ -52,6 +52,7 @@ from sfpp.models.parallelize import (
     check_trainable_parameters_sharded,
     parallelize_stage_modules,
 )
+from sfpp.stages.components import freeze, move_plain_components
 
 __all__ = ["DMDModule", "update_kind"]
 
@@ -176,7 +177,7 @@ class DMDModule(L.LightningModule):
         self.generator = generator
         self.teacher = teacher.requires_grad_(False).eval()
         self.critic = ScoreCritic.from_teacher(teacher)
-        self.text_encoder = text_encoder.requires_grad_(False).eval()
+        self.text_encoder = freeze(text_encoder)
         self.codec = codec
         self.sampler = sampler
         self.ema = EMA(generator, decay=ema_decay, start_step=ema_start_step)
@@ -238,6 +239,10 @@ class DMDModule(L.LightningModule):
         return slice(rank, None, world), local_batch * world
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def on_fit_start(self) -> None:
+        """Move plain-object components (umT5, the Wan VAE) to the training device."""
+        move_plain_components(self.device, self.text_encoder, self.codec)
 
     def _rng(self, step: int) -> torch.Generator:
         """The generator of every random draw of optimisation step ``step`` (resume-safe)."""

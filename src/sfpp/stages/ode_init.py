@@ -18,12 +18,12 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from sfpp.diffusion.rollout import FewStepSampler, rollout
 from sfpp.diffusion.schedule import x0_from_flow
 from sfpp.models.causal_wan import CausalWanDiT
 from sfpp.models.ema import EMA
+from sfpp.stages.components import freeze, move_plain_components
 
 __all__ = ["ODEInitModule", "chunkwise_states"]
 
@@ -109,11 +109,7 @@ class ODEInitModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.generator = generator
-        self.text_encoder = text_encoder
-        if hasattr(text_encoder, "freeze"):
-            text_encoder.freeze()
-        elif isinstance(text_encoder, nn.Module):
-            text_encoder.requires_grad_(False).eval()
+        self.text_encoder = freeze(text_encoder)
         self.codec = codec
         self.sampler = sampler
         self.ema = EMA(generator, decay=ema_decay, start_step=ema_start_step)
@@ -137,9 +133,7 @@ class ODEInitModule(L.LightningModule):
             ValueError: If the datamodule's pairs were stored at other noise levels than the
                 student's schedule.
         """
-        for component in (self.text_encoder, self.codec):
-            if component is not None and not isinstance(component, nn.Module) and hasattr(component, "to"):
-                component.to(self.device)
+        move_plain_components(self.device, self.text_encoder, self.codec)
         stored = getattr(self.trainer.datamodule, "student_sigmas", None)
         if stored is None:
             return

@@ -1,0 +1,118 @@
+"""The DMD experiments run end to end (fast_dev_run) on tiny models from tiny checkpoints."""
+
+import pytest
+import torch
+
+from sfpp.models import build_model
+from sfpp.text.world import WorldTextEncoder
+from sfpp.train import train
+
+TINY = {"in_channels": 3, "out_channels": 3, "patch_size": (1, 4, 4), "prediction_type": "x0"}
+
+
+@pytest.fixture
+def tiny_checkpoints(tmp_path):
+    torch.manual_seed(0)
+    teacher = build_model("tiny", **TINY)
+    text = WorldTextEncoder(embed_dim=16)
+    student = build_model("tiny", causal=True, num_frames_per_chunk=2, **TINY)
+    teacher_ckpt, student_ckpt = tmp_path / "teacher.ckpt", tmp_path / "student.ckpt"
+    state = {f"ema.module.{k}": v for k, v in teacher.state_dict().items()}
+    state |= {f"text_encoder.{k}": v for k, v in text.state_dict().items()}
+    torch.save({"state_dict": state}, teacher_ckpt)
+    torch.save({"state_dict": {f"generator.{k}": v for k, v in student.state_dict().items()}}, student_ckpt)
+    return teacher_ckpt, student_ckpt
+
+
+@pytest.mark.parametrize("experiment", ["toy_self_forcing", "toy_extend"])
+def test_toy_dmd_experiments_run(compose_train, tiny_checkpoints, experiment):
+    teacher_ckpt, student_ckpt = tiny_checkpoints
+    cfg = compose_train(
+        [
+            f"experiment={experiment}",
+            "model=tiny",
+            "++model.in_channels=3",
+            "++model.out_channels=3",
+            "++model.patch_size=[1,4,4]",
+            "stage.teacher.module.flavour=tiny",
+            "++stage.teacher.module.in_channels=3",
+            "++stage.teacher.module.out_channels=3",
+            "++stage.teacher.module.patch_size=[1,4,4]",
+            "text.module.embed_dim=16",
+            f"teacher_ckpt={teacher_ckpt}",
+            f"student_ckpt={student_ckpt}",
+            "data.batch_size=2",
+            "data.val_size=2",
+            "stage.critic_warmup_steps=0",
+            "stage.val_rollout_frames=8",
+            "callbacks.video_samples.num_frames=4",
+            "debug=fast_dev_run",
+        ]
+    )
+    train(cfg)
+
+
+@pytest.mark.parametrize("experiment", ["self_forcing_1_3b", "extend_100s"])
+def test_paper_dmd_experiments_need_local_weights(compose_train, experiment):
+    cfg = compose_train([f"experiment={experiment}"], shrink=False)
+    with pytest.raises(Exception, match="wan_dir|student_ckpt|data.path"):  # a clear error, no download
+        train(cfg)
+
+
+@pytest.fixture(scope="module")
+def tiny_wan_dir(tmp_path_factory):
+    """A diffusers-style Wan directory with tiny random parts: transformer/, vae/, text_encoder/, tokenizer/."""
+    from diffusers import AutoencoderKLWan
+    from test_codecs import TINY_VAE_CONFIG
+    from test_umt5 import build_model as build_umt5
+    from test_umt5 import build_tokenizer
+
+    from sfpp.models.wan_weights import save_wan_weights
+
+    root = tmp_path_factory.mktemp("wan")
+    torch.manual_seed(0)
+    AutoencoderKLWan(**TINY_VAE_CONFIG).save_pretrained(root / "vae")
+    tokenizer = build_tokenizer()
+    tokenizer.save_pretrained(root / "tokenizer")
+    build_umt5(len(tokenizer)).save_pretrained(root / "text_encoder")
+    z = TINY_VAE_CONFIG["z_dim"]
+    save_wan_weights(build_model("tiny", in_channels=z, out_channels=z, text_dim=32), root / "transformer")
+    student = build_model(
+        "tiny", causal=True, num_frames_per_chunk=3, in_channels=z, out_channels=z, text_dim=32
+    )
+    torch.save(
+        {"state_dict": {f"generator.{k}": v for k, v in student.state_dict().items()}}, root / "student.ckpt"
+    )
+    return root, z
+
+
+@pytest.mark.parametrize(("experiment", "rollout_frames"), [("self_forcing_1_3b", 21), ("extend_100s", 399)])
+def test_paper_dmd_experiments_instantiate_with_tiny_parts(
+    compose_train, tiny_wan_dir, experiment, rollout_frames
+):
+    import hydra
+
+    from sfpp.stages.dmd import DMDModule
+
+    root, z = tiny_wan_dir
+    cfg = compose_train(
+        [
+            f"experiment={experiment}",
+            f"wan_dir={root}",
+            f"student_ckpt={root / 'student.ckpt'}",
+            "model=tiny",
+            f"++model.in_channels={z}",
+            f"++model.out_channels={z}",
+            "++model.text_dim=32",
+            f"stage.latent_shape=[{z},8,8]",
+            "codec.dtype=float32",
+            "text.dtype=float32",
+        ]
+    )
+    module = hydra.utils.instantiate(cfg.stage)
+    assert isinstance(module, DMDModule)
+    assert module.generator.causal and not module.teacher.causal
+    assert (module.rollout_frames, module.window_frames) == (rollout_frames, 21)
+    assert module.hparams.critic_updates_per_generator == 5 and module.hparams.real_guidance_scale == 3.0
+    embeddings, _ = module.text_encoder(["a cat sits on a mat"])
+    assert embeddings.shape[-1] == 32
