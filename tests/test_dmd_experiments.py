@@ -63,11 +63,11 @@ def test_paper_dmd_experiments_need_local_weights(compose_train, experiment):
 def tiny_wan_dir(tmp_path_factory):
     """A diffusers-style Wan directory with tiny random parts: transformer/, vae/, text_encoder/, tokenizer/."""
     from diffusers import AutoencoderKLWan
+
+    from sfpp.models.wan_weights import save_wan_weights
     from test_codecs import TINY_VAE_CONFIG
     from test_umt5 import build_model as build_umt5
     from test_umt5 import build_tokenizer
-
-    from sfpp.models.wan_weights import save_wan_weights
 
     root = tmp_path_factory.mktemp("wan")
     torch.manual_seed(0)
