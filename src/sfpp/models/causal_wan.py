@@ -54,8 +54,8 @@ class FP32RMSNorm(nn.RMSNorm):
 # 1. Attention ---------------------------------------------------------------------------------
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with RMS q/k norm across heads and 3D RoPE.
+class _Projections(nn.Module):
+    """Wan's attention parameters: q, k, v, o projections and RMS norms of q and k across heads.
 
     Args:
         dim: Model width.
@@ -72,6 +72,10 @@ class SelfAttention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.norm_q = FP32RMSNorm(dim, eps=eps)
         self.norm_k = FP32RMSNorm(dim, eps=eps)
+
+
+class SelfAttention(_Projections):
+    """Multi-head self-attention with RMS q/k norm across heads and 3D RoPE."""
 
     def forward(
         self,
@@ -105,24 +109,8 @@ class SelfAttention(nn.Module):
         return self.o(out.flatten(2))  # (B, L, dim)
 
 
-class CrossAttention(nn.Module):
-    """Multi-head attention from video tokens to text tokens, with RMS q/k norm.
-
-    Args:
-        dim: Model width.
-        num_heads: Attention heads.
-        eps: RMSNorm epsilon.
-    """
-
-    def __init__(self, dim: int, num_heads: int, eps: float) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = FP32RMSNorm(dim, eps=eps)
-        self.norm_k = FP32RMSNorm(dim, eps=eps)
+class CrossAttention(_Projections):
+    """Multi-head attention from video tokens to text tokens, with RMS q/k norm."""
 
     def text_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of the embedded text ``(B, Lt, dim)``, each ``(B, Lt, H, D)``."""

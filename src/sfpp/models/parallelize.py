@@ -291,6 +291,45 @@ def parallelize_stage_modules(
                 fully_shard(module, mesh=mesh, reshard_after_forward=reshard_after_forward, mp_policy=compute)
 
 
+def configure_stage_modules(
+    owner: nn.Module,
+    device_mesh: DeviceMesh | None,
+    trained: Iterable[nn.Module],
+    frozen: Iterable[nn.Module] = (),
+    mixed_precision: bool = False,
+    activation_checkpointing: bool = False,
+) -> None:
+    """What a stage's ``configure_model`` does, with or without a device mesh (idempotent).
+
+    With a mesh (``trainer=fsdp``): shard ``trained`` and ``frozen`` (see
+    :func:`parallelize_stage_modules`) and check that every trainable parameter of ``owner`` is a
+    shard. Without one: only activation checkpointing of the trained :class:`CausalWanDiT` models.
+
+    Raises:
+        ValueError: For ``mixed_precision`` without a mesh, or a trainable parameter left unsharded.
+    """
+    trained = list(trained)
+    if device_mesh is None:
+        if mixed_precision:
+            raise ValueError(
+                "mixed_precision=True is the bf16 policy of FSDP2 sharding and needs trainer=fsdp on CUDA; "
+                "on a single device set it to false and use trainer.precision=bf16-mixed"
+            )
+        if activation_checkpointing:
+            for model in trained:
+                if isinstance(model, CausalWanDiT):
+                    apply_activation_checkpointing(model)
+        return
+    parallelize_stage_modules(
+        device_mesh,
+        trained=trained,
+        frozen=frozen,
+        mixed_precision=mixed_precision,
+        activation_checkpointing=activation_checkpointing,
+    )
+    check_trainable_parameters_sharded(owner)
+
+
 def check_trainable_parameters_sharded(module: nn.Module) -> None:
     """Fail if a trainable parameter of ``module`` is not an FSDP2 shard.
 

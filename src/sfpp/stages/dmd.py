@@ -47,11 +47,7 @@ from sfpp.diffusion.window import WindowSampler
 from sfpp.models.causal_wan import CausalWanDiT
 from sfpp.models.critic import ScoreCritic
 from sfpp.models.ema import EMA
-from sfpp.models.parallelize import (
-    apply_activation_checkpointing,
-    check_trainable_parameters_sharded,
-    parallelize_stage_modules,
-)
+from sfpp.models.parallelize import configure_stage_modules
 from sfpp.stages.components import freeze, move_plain_components
 
 __all__ = ["DMDModule", "update_kind"]
@@ -203,26 +199,14 @@ class DMDModule(L.LightningModule):
             ValueError: For ``mixed_precision`` without a device mesh, or if a trainable parameter
                 ends up unsharded.
         """
-        trained = [self.generator, self.critic.model]
-        mesh = self.device_mesh
-        if mesh is None:
-            if self.hparams.mixed_precision:
-                raise ValueError(
-                    "mixed_precision=True is the bf16 policy of FSDP2 sharding and needs trainer=fsdp on CUDA; "
-                    "on a single device set it to false and use trainer.precision=bf16-mixed"
-                )
-            if self.hparams.activation_checkpointing:
-                for model in trained:
-                    apply_activation_checkpointing(model)
-            return
-        parallelize_stage_modules(
-            mesh,
-            trained=trained,
+        configure_stage_modules(
+            self,
+            self.device_mesh,
+            trained=[self.generator, self.critic.model],
             frozen=[self.teacher, self.ema.module],
             mixed_precision=self.hparams.mixed_precision,
             activation_checkpointing=self.hparams.activation_checkpointing,
         )
-        check_trainable_parameters_sharded(self)
 
     def _rows_of_global_batch(self, local_batch: int) -> tuple[slice | None, int | None]:
         """``(batch_slice, global_batch)`` of this rank, or ``(None, None)`` in a single process.

@@ -18,11 +18,7 @@ from sfpp.diffusion.sampling import EulerSampler
 from sfpp.diffusion.schedule import add_noise, flow_target, shift_sigma, x0_from_flow
 from sfpp.models.causal_wan import CausalWanDiT
 from sfpp.models.ema import EMA
-from sfpp.models.parallelize import (
-    apply_activation_checkpointing,
-    check_trainable_parameters_sharded,
-    parallelize_stage_modules,
-)
+from sfpp.models.parallelize import configure_stage_modules
 
 __all__ = ["TeacherModule"]
 
@@ -121,27 +117,17 @@ class TeacherModule(L.LightningModule):
             ValueError: For ``mixed_precision`` without a device mesh, or if a trainable parameter
                 ends up unsharded.
         """
-        mesh = self.device_mesh
-        if mesh is None:
-            if self.hparams.mixed_precision:
-                raise ValueError(
-                    "mixed_precision=True is the bf16 policy of FSDP2 sharding and needs trainer=fsdp on CUDA; "
-                    "on a single device set it to false and use trainer.precision=bf16-mixed"
-                )
-            if self.hparams.activation_checkpointing:
-                apply_activation_checkpointing(self.model)
-            return
         trained: list[nn.Module] = [self.model]
         if any(p.requires_grad for p in self.text_encoder.parameters()):
             trained.append(self.text_encoder)
-        parallelize_stage_modules(
-            mesh,
+        configure_stage_modules(
+            self,
+            self.device_mesh,
             trained=trained,
             frozen=[self.ema.module],
             mixed_precision=self.hparams.mixed_precision,
             activation_checkpointing=self.hparams.activation_checkpointing,
         )
-        check_trainable_parameters_sharded(self)
 
     # -- conditioning --------------------------------------------------------------------------
 
