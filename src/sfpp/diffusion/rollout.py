@@ -26,7 +26,7 @@ from sfpp.diffusion.schedule import FlowMatchSchedule, add_noise, x0_from_flow
 from sfpp.models.causal_wan import CausalWanDiT
 from sfpp.models.kv_cache import RollingKVCache
 
-__all__ = ["FewStepSampler", "RolloutChunk", "rollout", "stream_rollout"]
+__all__ = ["FewStepSampler", "RolloutChunk", "rollout", "rollout_from_seed", "stream_rollout"]
 
 
 @dataclass(frozen=True)
@@ -224,3 +224,41 @@ def rollout(
         noise_fn,
     )
     return torch.cat([c.latents for c in chunks], dim=2)  # (B, C, F, H, W)
+
+
+def rollout_from_seed(
+    model: CausalWanDiT,
+    context: torch.Tensor,
+    num_frames: int,
+    latent_shape: tuple[int, int, int],
+    sampler: FewStepSampler,
+    seed: int,
+    window_frames: int,
+    sink_frames: int = 0,
+    cache_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """A new video from a seed: a fresh rolling cache and a CPU generator (same video on any device).
+
+    Args:
+        model: Block-causal :class:`CausalWanDiT`.
+        context: Text embeddings ``(B, L_text, text_dim)``.
+        num_frames: Latent frames to generate.
+        latent_shape: ``(C, H, W)`` of one latent frame.
+        sampler: The few-step schedule.
+        seed: Seed of every random draw.
+        window_frames: Past frames kept by the cache.
+        sink_frames: Frames from the start kept by the cache.
+        cache_dtype: Cache dtype (default: the model's).
+
+    Returns:
+        Latents ``(B, C, F, H, W)``.
+    """
+    cache = model.new_kv_cache(
+        context.shape[0],
+        *latent_shape[1:],
+        window_frames=window_frames,
+        sink_frames=sink_frames,
+        dtype=cache_dtype,
+    )
+    generator = torch.Generator().manual_seed(seed)
+    return rollout(model, context, cache, num_frames, latent_shape, sampler, generator)

@@ -42,7 +42,7 @@ from torch.distributed.tensor import DTensor
 from sfpp.diffusion.lengths import VideoTiming
 from sfpp.diffusion.losses import dmd_loss, flow_matching_loss, real_and_fake_x0
 from sfpp.diffusion.reinject import NoiseReinjector
-from sfpp.diffusion.rollout import FewStepSampler, rollout, stream_rollout
+from sfpp.diffusion.rollout import FewStepSampler, rollout_from_seed, stream_rollout
 from sfpp.diffusion.window import WindowSampler
 from sfpp.models.causal_wan import CausalWanDiT
 from sfpp.models.critic import ScoreCritic
@@ -353,17 +353,18 @@ class DMDModule(L.LightningModule):
         self, prompts: list[str], num_frames: int, frame_size: tuple[int, int], seed: int | None = None
     ) -> torch.Tensor:
         """Stream videos of ``num_frames`` latent frames with the EMA student; ``(B, 3, F', H, W)``."""
-        model = self.ema.module
         context, _ = self._contexts(prompts)
-        cache = model.new_kv_cache(
-            len(prompts),
-            *self.latent_shape[1:],
+        latents = rollout_from_seed(
+            self.ema.module,
+            context,
+            num_frames,
+            self.latent_shape,
+            self.sampler,
+            seed=self.hparams.seed if seed is None else seed,
             window_frames=self.cache_window_frames,
             sink_frames=self.hparams.sink_frames,
-            dtype=self._cache_dtype,
+            cache_dtype=self._cache_dtype,
         )
-        generator = torch.Generator().manual_seed(self.hparams.seed if seed is None else seed)
-        latents = rollout(model, context, cache, num_frames, self.latent_shape, self.sampler, generator)
         return self.codec.decode(latents).clamp(-1, 1)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

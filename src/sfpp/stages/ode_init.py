@@ -19,7 +19,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from sfpp.diffusion.rollout import FewStepSampler, rollout
+from sfpp.diffusion.rollout import FewStepSampler, rollout_from_seed
 from sfpp.diffusion.schedule import x0_from_flow
 from sfpp.models.causal_wan import CausalWanDiT
 from sfpp.models.ema import EMA
@@ -215,14 +215,16 @@ class ODEInitModule(L.LightningModule):
         height, width = frame_size
         stride = self.codec.spatial_stride
         latent_shape = (self.codec.latent_channels, height // stride, width // stride)
-        model = self.ema.module
-        cache = model.new_kv_cache(
-            len(prompts), latent_shape[1], latent_shape[2], window_frames=self.cache_window_frames
-        )
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(self.hparams.sample_seed if seed is None else seed)
         context = self.encode_prompts(prompts)
-        latents = rollout(model, context, cache, num_frames, latent_shape, self.sampler, generator)
+        latents = rollout_from_seed(
+            self.ema.module,
+            context,
+            num_frames,
+            latent_shape,
+            self.sampler,
+            seed=self.hparams.sample_seed if seed is None else seed,
+            window_frames=self.cache_window_frames,
+        )
         return self.codec.decode(latents).clamp(-1, 1)
 
     # -- optimisation --------------------------------------------------------------------------
