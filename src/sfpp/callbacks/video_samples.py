@@ -8,6 +8,7 @@ from typing import Any
 
 import imageio.v2 as imageio
 import lightning as L
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from sfpp.io.video import write_frame_grid, write_video
@@ -32,6 +33,9 @@ class VideoSampleCallback(L.Callback):
         seed: Noise seed (same seed, same samples).
         fps: Frame rate of the mp4s.
         upscale: Nearest-neighbour upscaling of the written frames.
+        flow: Also write the optical flow between consecutive frames, coloured with ``flow_vis``
+            (:func:`sfpp.rewards.render_flow`), as ``step_<N>_<i>_flow.mp4`` and ``step_<N>_flow.png``
+            (what the continuity reward of GRPO looks at).
     """
 
     def __init__(
@@ -44,6 +48,7 @@ class VideoSampleCallback(L.Callback):
         seed: int = 0,
         fps: int = 8,
         upscale: int = 8,
+        flow: bool = False,
     ) -> None:
         if not prompts:
             raise ValueError("VideoSampleCallback needs at least one prompt")
@@ -57,6 +62,7 @@ class VideoSampleCallback(L.Callback):
         self.seed = seed
         self.fps = fps
         self.upscale = upscale
+        self.flow = flow
         self._last_step = -1
 
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -75,10 +81,26 @@ class VideoSampleCallback(L.Callback):
         grid = write_frame_grid(out / f"step_{step:06d}.png", videos, upscale=self.upscale)
         for i, video in enumerate(videos):
             write_video(out / f"step_{step:06d}_{i}.mp4", video, fps=self.fps, upscale=self.upscale)
+        if self.flow and videos.shape[2] >= 2:
+            self._write_flow(out, step, videos)
         log.info("wrote samples of step %d to %s", step, grid)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("samples_grid", imageio.imread(grid), step, dataformats="HWC")
+
+    def _write_flow(self, out: Path, step: int, videos: torch.Tensor) -> None:
+        """Write the colour-coded flow of every video (mp4s and a grid)."""
+        from sfpp.rewards import render_flow
+
+        flows = []
+        for i, video in enumerate(videos):
+            colours = torch.from_numpy(render_flow(video)).float()  # (F - 1, H, W, 3) uint8 values
+            flow_video = (
+                colours.permute(3, 0, 1, 2) / 127.5 - 1.0
+            )  # (F-1, H, W, 3) -> (3, F-1, H, W) in [-1, 1]
+            write_video(out / f"step_{step:06d}_{i}_flow.mp4", flow_video, fps=self.fps, upscale=self.upscale)
+            flows.append(flow_video)
+        write_frame_grid(out / f"step_{step:06d}_flow.png", torch.stack(flows), upscale=self.upscale)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         """Sample every ``every_n_steps`` optimisation steps."""

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from sfpp.diffusion.schedule import FlowMatchSchedule, add_noise, x0_from_flow
+from sfpp.diffusion.policy import ChunkTrajectory, StepTransition
+from sfpp.diffusion.schedule import FlowMatchSchedule, x0_from_flow
 from sfpp.models.causal_wan import CausalWanDiT
 from sfpp.models.kv_cache import RollingKVCache
 
@@ -110,6 +111,8 @@ def stream_rollout(
     exit_steps: Sequence[int] | None = None,
     grad_from_frame: int | None = None,
     noise_fn: Callable[[tuple[int, ...]], torch.Tensor] | None = None,
+    transition: StepTransition | None = None,
+    trajectory: list[ChunkTrajectory] | None = None,
 ) -> Iterator[RolloutChunk]:
     """Generate ``num_frames`` latent frames chunk by chunk, continuing from the cache's state.
 
@@ -139,6 +142,11 @@ def stream_rollout(
             returns standard normal noise of that shape (the rollout casts it to the model's device
             and dtype). Data-parallel training uses it to draw the noise of the global batch from a
             shared generator and keep this rank's rows, so that N processes reproduce one process.
+        transition: How a step's clean estimate moves to the next step's state (default:
+            :class:`~sfpp.diffusion.policy.StepTransition` with ``eta = 1``, the plain re-noising).
+        trajectory: When given, a list that receives one
+            :class:`~sfpp.diffusion.policy.ChunkTrajectory` per chunk (states, log-probabilities
+            of the moves, clean latents; all detached), for the GRPO update.
 
     Yields:
         One :class:`RolloutChunk` per chunk, in order.
@@ -165,6 +173,7 @@ def stream_rollout(
 
     context = context.to(param.dtype)
     sigmas = sampler.sigmas
+    transition = transition or StepTransition()
 
     num_chunks = num_frames // chunk
     exits = [len(sigmas) - 1] * num_chunks if exit_steps is None else list(exit_steps)
@@ -177,6 +186,7 @@ def stream_rollout(
         frame_offset = cache.num_frames
         x_t = draw() if initial_noise is None else initial_noise[:, :, start : start + chunk].to(param.dtype)
         keeps_grad = grad_from_frame is not None and frame_offset >= grad_from_frame
+        record = ChunkTrajectory(frame_offset) if trajectory is not None else None
         for step in range(exits[index] + 1):
             t = torch.full((batch,), sampler.timesteps[step], device=param.device)
             grad_mode = (
@@ -185,11 +195,29 @@ def stream_rollout(
             with torch.set_grad_enabled(grad_mode):
                 flow = model(x_t, t, context, kv_cache=cache, frame_offset=frame_offset)
                 x0 = x0_from_flow(flow, x_t, sigmas[step])
+            if record is not None:
+                record.states.append(x_t.detach())
+                record.steps.append(step)
             if step < exits[index]:
-                x_t = add_noise(x0, draw(), sigmas[step + 1])
+                x_next = transition.sample(x0, x_t, sigmas[step], sigmas[step + 1], draw())
+                if record is not None:
+                    with torch.no_grad():
+                        record.log_probs.append(
+                            transition.log_prob(x_next, x0, x_t, sigmas[step], sigmas[step + 1])
+                        )
+                x_t = x_next
+            elif transition.stochastic_output:  # the chunk's output is drawn around the last x0
+                out = transition.sample(x0, x_t, sigmas[step], 0.0, draw())
+                if record is not None:
+                    with torch.no_grad():
+                        record.log_probs.append(transition.log_prob(out, x0, x_t, sigmas[step], 0.0))
+                x0 = out
         with torch.no_grad():  # the clean pass only writes the cache
             t = torch.full((batch,), sampler.context_timestep, device=param.device)
             model(x0.detach(), t, context, kv_cache=cache, frame_offset=frame_offset, write_cache=True)
+        if record is not None:
+            record.latents = x0.detach()
+            trajectory.append(record)
         yield RolloutChunk(frame_offset=frame_offset, latents=x0)
 
 
@@ -205,6 +233,8 @@ def rollout(
     exit_steps: Sequence[int] | None = None,
     grad_from_frame: int | None = None,
     noise_fn: Callable[[tuple[int, ...]], torch.Tensor] | None = None,
+    transition: StepTransition | None = None,
+    trajectory: list[ChunkTrajectory] | None = None,
 ) -> torch.Tensor:
     """Generate ``num_frames`` latent frames and return them concatenated ``(B, C, F, H, W)``.
 
@@ -222,6 +252,8 @@ def rollout(
         exit_steps,
         grad_from_frame,
         noise_fn,
+        transition,
+        trajectory,
     )
     return torch.cat([c.latents for c in chunks], dim=2)  # (B, C, F, H, W)
 

@@ -34,21 +34,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import lightning as L
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 from sfpp.diffusion.lengths import VideoTiming
 from sfpp.diffusion.losses import dmd_loss, flow_matching_loss, real_and_fake_x0
 from sfpp.diffusion.reinject import NoiseReinjector
-from sfpp.diffusion.rollout import FewStepSampler, rollout_from_seed, stream_rollout
+from sfpp.diffusion.rollout import FewStepSampler, stream_rollout
 from sfpp.diffusion.window import WindowSampler
 from sfpp.models.causal_wan import CausalWanDiT
 from sfpp.models.critic import ScoreCritic
-from sfpp.models.ema import EMA
 from sfpp.models.parallelize import configure_stage_modules
-from sfpp.stages.components import freeze, move_plain_components
+from sfpp.stages.student import StudentStage
 
 __all__ = ["DMDModule", "update_kind"]
 
@@ -65,7 +62,7 @@ def update_kind(step: int, critic_updates_per_generator: int, critic_warmup_step
     return "generator" if (step - critic_warmup_steps) % cycle == critic_updates_per_generator else "critic"
 
 
-class DMDModule(L.LightningModule):
+class DMDModule(StudentStage):
     """Distribution matching distillation of a causal student over long self-rollouts.
 
     Args:
@@ -137,17 +134,15 @@ class DMDModule(L.LightningModule):
         quality_metric: Callable[..., dict[str, float]] | None = None,
         val_rollout_frames: int | str | None = None,
     ) -> None:
-        super().__init__()
         if not generator.causal or teacher.causal:
             raise ValueError("DMD needs a block-causal generator (causal=true) and a bidirectional teacher")
         chunk = generator.num_frames_per_chunk
         timing = VideoTiming(fps=fps, temporal_stride=codec.temporal_stride, num_frames_per_chunk=chunk)
         rollout_frames = timing.parse_length(rollout_frames)
         window_frames = timing.parse_length(window_frames)
-        self.val_rollout_frames = (
+        val_rollout_frames = (
             rollout_frames if val_rollout_frames is None else timing.parse_length(val_rollout_frames)
         )
-        self.quality_metric = quality_metric
         if window_frames > rollout_frames:
             raise ValueError(f"window_frames={window_frames} is longer than rollout_frames={rollout_frames}")
         if window_frames % chunk or rollout_frames % chunk:
@@ -155,6 +150,21 @@ class DMDModule(L.LightningModule):
                 f"window_frames={window_frames} and rollout_frames={rollout_frames} must be whole chunks "
                 f"of num_frames_per_chunk={chunk}"
             )
+        super().__init__(
+            generator,
+            text_encoder,
+            codec,
+            sampler,
+            latent_shape,
+            cache_window_frames or window_frames,
+            sink_frames=sink_frames,
+            ema_decay=ema_decay,
+            ema_start_step=ema_start_step,
+            seed=seed,
+            mixed_precision=mixed_precision,
+            quality_metric=quality_metric,
+            val_rollout_frames=val_rollout_frames,
+        )
         self.automatic_optimization = False
         self.rollout_frames, self.window_frames = rollout_frames, window_frames
         self.save_hyperparameters(
@@ -170,22 +180,12 @@ class DMDModule(L.LightningModule):
                 "quality_metric",
             ]
         )
-        self.generator = generator
         self.teacher = teacher.requires_grad_(False).eval()
         self.critic = ScoreCritic.from_teacher(teacher)
-        self.text_encoder = freeze(text_encoder)
-        self.codec = codec
-        self.sampler = sampler
-        self.ema = EMA(generator, decay=ema_decay, start_step=ema_start_step)
         self.window_sampler = WindowSampler(window_frames, window_mode, chunk, tuple(window_beta))
         self.reinjector = reinjector or NoiseReinjector()
         self.generator_optimizer_factory = generator_optimizer
         self.critic_optimizer_factory = critic_optimizer
-        self.latent_shape = tuple(latent_shape)
-        self.cache_window_frames = cache_window_frames or window_frames
-        # Under the bf16 policy the blocks compute in bf16 while the sharded parameters stay float32.
-        self._cache_dtype = torch.bfloat16 if mixed_precision else None
-        self._null_context: torch.Tensor | None = None
 
     # -- parallelism ---------------------------------------------------------------------------
 
@@ -208,35 +208,7 @@ class DMDModule(L.LightningModule):
             activation_checkpointing=self.hparams.activation_checkpointing,
         )
 
-    def _rows_of_global_batch(self, local_batch: int) -> tuple[slice | None, int | None]:
-        """``(batch_slice, global_batch)`` of this rank, or ``(None, None)`` in a single process.
-
-        Rank ``r`` of ``W`` holds global samples ``r, r + W, ...`` (the layout of torch's
-        ``DistributedSampler``, whose rank and size the strategy reports); every rank must have the
-        same local batch.
-        """
-        strategy = self._trainer.strategy if self._trainer is not None else None
-        sampler_kwargs = getattr(strategy, "distributed_sampler_kwargs", None)
-        if not sampler_kwargs or sampler_kwargs["num_replicas"] == 1:
-            return None, None
-        world, rank = sampler_kwargs["num_replicas"], sampler_kwargs["rank"]
-        return slice(rank, None, world), local_batch * world
-
     # -- helpers -------------------------------------------------------------------------------
-
-    def on_fit_start(self) -> None:
-        """Move plain-object components (umT5, the Wan VAE) to the training device."""
-        move_plain_components(self.device, self.text_encoder, self.codec)
-
-    def _rng(self, step: int) -> torch.Generator:
-        """The generator of every random draw of optimisation step ``step`` (resume-safe)."""
-        return torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + step)
-
-    def _contexts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            context = self.text_encoder(prompts)[0].to(self.device)
-            null_context = self.text_encoder([""] * len(prompts))[0].to(self.device)
-        return context, null_context
 
     def _rollout_window(
         self, context: torch.Tensor, rng: torch.Generator, keep_graph: bool
@@ -247,22 +219,7 @@ class DMDModule(L.LightningModule):
         end = start + self.window_frames
         num_steps = len(self.sampler.timesteps)
         exit_steps = torch.randint(0, num_steps, (end // chunk,), generator=rng).tolist()
-        cache = self.generator.new_kv_cache(
-            context.shape[0],
-            *self.latent_shape[1:],
-            window_frames=self.cache_window_frames,
-            sink_frames=self.hparams.sink_frames,
-            dtype=self._cache_dtype,
-        )
-        batch_slice, global_batch = self._rows_of_global_batch(context.shape[0])
-        noise_fn = None
-        if batch_slice is not None:
-
-            def noise_fn(shape: tuple[int, ...]) -> torch.Tensor:
-                """The noise of the whole global batch, this rank's rows."""
-                noise = torch.randn((global_batch, *shape[1:]), generator=rng, device=rng.device)
-                return noise[batch_slice]
-
+        cache = self._new_cache(self.generator, context.shape[0])
         chunks = stream_rollout(
             self.generator,
             context,
@@ -273,7 +230,7 @@ class DMDModule(L.LightningModule):
             rng,
             exit_steps=exit_steps,
             grad_from_frame=start if keep_graph else end,
-            noise_fn=noise_fn,
+            noise_fn=self._noise_fn(rng, context.shape[0]),
         )
         window = torch.cat([c.latents for c in chunks if c.frame_offset >= start], dim=2)  # (B, C, K, h, w)
         return window, start
@@ -299,7 +256,7 @@ class DMDModule(L.LightningModule):
             loss = flow_matching_loss(flow, window.detach(), noise)
             critic_opt.zero_grad(set_to_none=True)
             self.manual_backward(loss)
-            self._clip(self.critic, "critic", batch_size)
+            self._clip(self.critic, "critic", self.hparams.grad_clip_norm, batch_size)
             critic_opt.step()
             self.log("train/critic_loss", loss, prog_bar=True, batch_size=batch_size)
         else:
@@ -316,7 +273,7 @@ class DMDModule(L.LightningModule):
             loss, metrics = dmd_loss(window, real_x0, fake_x0)
             generator_opt.zero_grad(set_to_none=True)
             self.manual_backward(loss)
-            self._clip(self.generator, "generator", batch_size)
+            self._clip(self.generator, "generator", self.hparams.grad_clip_norm, batch_size)
             generator_opt.step()
             self.ema.update(self.generator, self._generator_updates(step))
             self.log("train/generator_loss", loss, prog_bar=True, batch_size=batch_size)
@@ -330,53 +287,6 @@ class DMDModule(L.LightningModule):
         """Generator updates done before optimisation step ``step``."""
         warm, cycle = self.hparams.critic_warmup_steps, self.hparams.critic_updates_per_generator + 1
         return max(0, step - warm) // cycle
-
-    def _clip(self, module: nn.Module, name: str, batch_size: int) -> None:
-        """Clip the gradients of ``module`` and log their norm before clipping.
-
-        ``clip_grad_norm_`` handles FSDP2's DTensor gradients: the norm is that of the whole
-        (unsharded) gradient, reduced across ranks.
-        """
-        if self.hparams.grad_clip_norm is None:
-            return
-        norm = torch.nn.utils.clip_grad_norm_(
-            [p for p in module.parameters() if p.grad is not None], self.hparams.grad_clip_norm
-        )
-        if isinstance(norm, DTensor):
-            norm = norm.full_tensor()
-        self.log(f"train/{name}_grad_norm", norm, batch_size=batch_size)
-
-    # -- sampling ------------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def sample_videos(
-        self, prompts: list[str], num_frames: int, frame_size: tuple[int, int], seed: int | None = None
-    ) -> torch.Tensor:
-        """Stream videos of ``num_frames`` latent frames with the EMA student; ``(B, 3, F', H, W)``."""
-        context, _ = self._contexts(prompts)
-        latents = rollout_from_seed(
-            self.ema.module,
-            context,
-            num_frames,
-            self.latent_shape,
-            self.sampler,
-            seed=self.hparams.seed if seed is None else seed,
-            window_frames=self.cache_window_frames,
-            sink_frames=self.hparams.sink_frames,
-            cache_dtype=self._cache_dtype,
-        )
-        return self.codec.decode(latents).clamp(-1, 1)
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Score EMA-student rollouts of ``val_rollout_frames`` on the validation prompts."""
-        if self.quality_metric is None:
-            return
-        prompts = list(batch["prompt"])
-        videos = self.sample_videos(
-            prompts, self.val_rollout_frames, (0, 0), seed=self.hparams.seed + batch_idx
-        )
-        for name, value in self.quality_metric(videos.cpu(), prompts).items():
-            self.log(f"val/{name}", float(value), batch_size=len(prompts))
 
     # -- optimisation --------------------------------------------------------------------------
 

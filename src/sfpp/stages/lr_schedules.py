@@ -1,0 +1,47 @@
+"""Learning-rate schedules for the stages' ``lr_scheduler`` partials (stepped every optimiser step)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+__all__ = ["warmup_cosine", "warmup_cosine_factor"]
+
+
+def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, final_ratio: float) -> float:
+    """The LR multiplier at ``step``: linear warm-up from 0 to 1, then a cosine down to ``final_ratio``.
+
+    Past ``total_steps`` the multiplier stays at ``final_ratio``.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, final_ratio: float = 0.05
+) -> LambdaLR:
+    """Linear warm-up for ``warmup_steps`` then cosine decay to ``final_ratio`` of the LR at ``total_steps``.
+
+    Args:
+        optimizer: The optimiser whose learning rates are scaled.
+        warmup_steps: Steps of the linear warm-up (0: none).
+        total_steps: Step at which the cosine reaches ``final_ratio`` (usually ``trainer.max_steps``).
+        final_ratio: LR at the end, as a fraction of the base LR, in ``[0, 1]``.
+
+    Raises:
+        ValueError: For negative warm-up, a total not past the warm-up, or a ratio outside ``[0, 1]``.
+    """
+    if warmup_steps < 0 or total_steps <= warmup_steps:
+        raise ValueError(
+            f"need 0 <= warmup_steps < total_steps, got warmup_steps={warmup_steps}, total_steps={total_steps}"
+        )
+    if not 0.0 <= final_ratio <= 1.0:
+        raise ValueError(f"final_ratio must be in [0, 1], got {final_ratio}")
+    return LambdaLR(
+        optimizer, lambda step: warmup_cosine_factor(step, warmup_steps, total_steps, final_ratio)
+    )
