@@ -1,0 +1,28 @@
+"""Warm-up + cosine learning-rate schedule."""
+
+import pytest
+import torch
+
+from sfpp.stages.lr_schedules import warmup_cosine
+
+
+def test_warmup_then_cosine_to_the_final_ratio():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = warmup_cosine(optimizer, warmup_steps=4, total_steps=14, final_ratio=0.1)
+    lrs = []
+    for _ in range(20):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert lrs[4] == pytest.approx(1.0)
+    assert lrs[9] == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through the cosine
+    assert all(a >= b for a, b in zip(lrs[4:14], lrs[5:15], strict=False))
+    assert lrs[14:] == pytest.approx([0.1] * 6)
+
+
+@pytest.mark.parametrize(("warmup", "total", "ratio"), [(-1, 10, 0.1), (10, 10, 0.1), (0, 10, 1.5)])
+def test_impossible_schedules_raise(warmup, total, ratio):
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(ValueError):
+        warmup_cosine(optimizer, warmup, total, ratio)
