@@ -1,5 +1,13 @@
 """Quality metrics of generated videos (tensors in, numbers out)."""
 
+from sfpp.metrics.quality_curve import DynamicDegree, WindowQuality, frechet_distance, real_feature_statistics
+from sfpp.metrics.stability import (
+    DEFAULT_TOLERANCES,
+    DriftTolerance,
+    VisualStability,
+    stability_curve,
+    stability_scores,
+)
 from sfpp.metrics.world_objects import (
     ShapeThresholds,
     VideoObjectStats,
@@ -11,11 +19,20 @@ from sfpp.metrics.world_objects import (
 )
 
 __all__ = [
+    "DEFAULT_TOLERANCES",
+    "DriftTolerance",
+    "DynamicDegree",
     "ShapeThresholds",
     "VideoObjectStats",
+    "VisualStability",
+    "WindowQuality",
     "WorldObjectScore",
     "classify_shape",
     "fit_shape_thresholds",
+    "frechet_distance",
     "label_colours",
+    "real_feature_statistics",
     "score_videos",
+    "stability_curve",
+    "stability_scores",
 ]

@@ -1,0 +1,97 @@
+"""Run the training stages of the built-in world one after the other, reusing finished ones.
+
+A :class:`StageRun` is one command (``python -m sfpp.train experiment=...`` or
+``python -m sfpp.ode_pairs ...``) and the file it leaves when it has finished (a checkpoint, an
+index). :func:`run_stages` runs each stage whose file is missing, in a child process that shares
+the terminal (its own progress bars show), and skips the others, so a second run reuses what the
+first one trained. ``make demo`` (:mod:`sfpp.demo`) and ``make study`` are built on it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+__all__ = ["StageFailedError", "StageRun", "StageTiming", "run_stages"]
+
+console = Console(highlight=False)
+
+
+class StageFailedError(RuntimeError):
+    """A stage's process exited with an error (its output above says why)."""
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """One stage of a pipeline.
+
+    Args:
+        name: Short name shown in the log (``teacher``, ``ode_init``...).
+        module: The entry module, ``sfpp.train`` or ``sfpp.ode_pairs``.
+        overrides: Hydra overrides, e.g. ``["experiment=toy_teacher", "trainer.max_steps=700"]``.
+        done_file: The file the stage writes when it has finished; its existence means "reuse".
+    """
+
+    name: str
+    module: str
+    overrides: Sequence[str]
+    done_file: Path
+
+    def command(self) -> list[str]:
+        """The command line, run with this interpreter."""
+        return [sys.executable, "-m", self.module, *self.overrides]
+
+
+@dataclass
+class StageTiming:
+    """What :func:`run_stages` did with a stage."""
+
+    name: str
+    reused: bool
+    seconds: float = 0.0
+    done_file: Path = field(default_factory=Path)
+
+
+def run_stages(stages: Sequence[StageRun], force: Sequence[str] = (), cwd: Path | None = None) -> list[StageTiming]:
+    """Run the stages whose ``done_file`` is missing (or that are named in ``force``), in order.
+
+    Args:
+        stages: The pipeline.
+        force: Names of stages to run even when their file exists.
+        cwd: Working directory of the child processes (default: the current one).
+
+    Returns:
+        One :class:`StageTiming` per stage.
+
+    Raises:
+        StageFailedError: When a stage exits with an error, or finishes without writing its file.
+        ValueError: For an unknown name in ``force``.
+    """
+    names = {stage.name for stage in stages}
+    unknown = sorted(set(force) - names)
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown} in force; the stages are {sorted(names)}")
+    timings = []
+    for index, stage in enumerate(stages, start=1):
+        header = f"[{index}/{len(stages)}] {stage.name}"
+        if stage.done_file.exists() and stage.name not in force:
+            console.print(f"[bold]{header}[/]: reusing {stage.done_file}")
+            timings.append(StageTiming(stage.name, reused=True, done_file=stage.done_file))
+            continue
+        console.rule(f"{header}: {' '.join(stage.command()[1:])}")
+        began = time.perf_counter()
+        result = subprocess.run(stage.command(), cwd=cwd, check=False)
+        seconds = time.perf_counter() - began
+        if result.returncode != 0:
+            raise StageFailedError(f"stage {stage.name!r} failed (exit code {result.returncode}); see its output above")
+        if not stage.done_file.exists():
+            raise StageFailedError(f"stage {stage.name!r} finished but did not write {stage.done_file}")
+        console.print(f"[bold]{header}[/]: done in {seconds / 60:.1f} min -> {stage.done_file}")
+        timings.append(StageTiming(stage.name, reused=False, seconds=seconds, done_file=stage.done_file))
+    return timings

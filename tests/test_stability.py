@@ -1,0 +1,262 @@
+"""Long-video metrics: visual stability, per-window Frechet quality, dynamic degree (sfpp.metrics)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from sfpp.data.world import derive_seed, object_pixel_positions, render, sample_spec
+from sfpp.metrics.quality_curve import (
+    FEATURE_NAMES,
+    DynamicDegree,
+    WindowQuality,
+    frame_features,
+    frechet_distance,
+)
+from sfpp.metrics.stability import (
+    COMPONENTS,
+    DEFAULT_TOLERANCES,
+    DriftTolerance,
+    VisualStability,
+    stability_curve,
+    stability_scores,
+)
+
+Degrade = Callable[[np.ndarray, float], np.ndarray]
+
+# -- degradations growing along the video (strength = amount at the last frame) -------------------
+
+
+def _ramp(num_frames: int) -> np.ndarray:
+    return np.linspace(0.0, 1.0, num_frames)[None, :, None, None]  # (1, F, 1, 1)
+
+
+def over_expose(video: np.ndarray, strength: float) -> np.ndarray:
+    """Brightness added linearly along the video, ``strength`` at the last frame ([-1, 1] units)."""
+    return np.clip(video + strength * _ramp(video.shape[1]), -1.0, 1.0).astype(np.float32)
+
+
+def blur(video: np.ndarray, strength: float) -> np.ndarray:
+    """Gaussian blur whose sigma grows linearly to ``strength`` pixels."""
+    out = video.copy()
+    for frame in range(video.shape[1]):
+        sigma = strength * frame / (video.shape[1] - 1)
+        if sigma > 0:
+            for channel in range(3):
+                out[channel, frame] = cv2.GaussianBlur(
+                    video[channel, frame], (0, 0), sigma, borderType=cv2.BORDER_REFLECT
+                )
+    return out
+
+
+def add_noise(video: np.ndarray, strength: float) -> np.ndarray:
+    """Gaussian noise whose sigma grows linearly to ``strength`` ([-1, 1] units), seeded."""
+    noise = np.random.default_rng(0).standard_normal(video.shape)
+    return np.clip(video + strength * _ramp(video.shape[1]) * noise, -1.0, 1.0).astype(np.float32)
+
+
+def freeze(video: np.ndarray, strength: float) -> np.ndarray:
+    """The last ``strength`` fraction of the frames repeats the frame before it."""
+    start = int(round((1.0 - strength) * video.shape[1]))
+    out = video.copy()
+    out[:, start:] = video[:, start - 1 : start]
+    return out
+
+
+def tint(video: np.ndarray, strength: float) -> np.ndarray:
+    """A colour cast towards red (and away from blue) growing to ``strength``."""
+    cast = np.asarray([1.0, 0.0, -1.0])[:, None, None, None] * strength * _ramp(video.shape[1])
+    return np.clip(video + cast, -1.0, 1.0).astype(np.float32)
+
+
+DEGRADATIONS: dict[str, tuple[Degrade, tuple[float, ...]]] = {
+    "over_exposure": (over_expose, (0.25, 0.5, 1.0)),
+    "blur": (blur, (0.75, 1.5, 3.0)),
+    "noise": (add_noise, (0.1, 0.2, 0.4)),
+    "freeze": (freeze, (0.25, 0.5, 0.75)),
+}
+
+
+def _spec_of_kind(kind: str, first_seed: int):
+    """The first sampled spec with the given background kind."""
+    seed = first_seed
+    while (spec := sample_spec(derive_seed(41, seed))).background.kind != kind:
+        seed += 1
+    return spec
+
+
+@pytest.fixture(scope="module")
+def test_videos() -> list[np.ndarray]:
+    """One video per background kind, 128 frames."""
+    return [render(_spec_of_kind(kind, 0), 128) for kind in ("dark", "changing")]
+
+
+@pytest.fixture(scope="module")
+def real_batch() -> np.ndarray:
+    return np.stack(
+        [render(sample_spec(derive_seed(77, index)), 64) for index in range(6)]
+    )  # (6, 3, 64, 16, 16)
+
+
+# -- visual stability ----------------------------------------------------------------------------
+
+
+def test_real_videos_are_stable() -> None:
+    lengths = (64, 96, 128, 200)
+    specs = [sample_spec(derive_seed(123, index)) for index in range(8)]
+    assert {spec.background.kind for spec in specs} == {"dark", "changing"}
+    metric = VisualStability()
+    for index, spec in enumerate(specs):
+        metric.update(torch.from_numpy(render(spec, lengths[index % 4])[None]))
+    per_video = metric.compute_per_video()
+    assert set(per_video) == {"score", *COMPONENTS}
+    assert per_video["score"].shape == (8,)
+    assert per_video["score"].min() >= 90.0, per_video
+    assert metric.compute() == pytest.approx(float(per_video["score"].mean()), abs=1e-4)
+
+
+@pytest.mark.parametrize("name", list(DEGRADATIONS))
+def test_degradation_lowers_score_monotonically(name: str, test_videos: list[np.ndarray]) -> None:
+    degrade, strengths = DEGRADATIONS[name]
+    for video in test_videos:
+        scores = [stability_scores(video)["score"]]
+        scores += [stability_scores(degrade(video, strength))["score"] for strength in strengths]
+        assert scores[0] >= 90.0
+        assert all(a > b for a, b in zip(scores, scores[1:], strict=False)), (name, scores)
+        assert scores[-1] < 60.0, (name, scores)
+
+
+def test_components_name_the_failure(test_videos: list[np.ndarray]) -> None:
+    video = test_videos[1]
+    assert stability_scores(freeze(video, 0.5))["motion"] < 60.0
+    assert stability_scores(add_noise(video, 0.4))["noise"] < 60.0
+    assert stability_scores(blur(video, 3.0))["detail"] < 60.0
+    exposed = stability_scores(over_expose(video, 1.0))
+    assert min(exposed["exposure"], exposed["saturation"]) < 60.0
+    tinted = stability_scores(tint(video, 0.8))
+    assert min(tinted["colour"], tinted["hue"]) < 90.0
+
+
+def test_frozen_from_the_start_scores_zero(test_videos: list[np.ndarray]) -> None:
+    still = np.repeat(test_videos[0][:, :1], 64, axis=1)  # (3, 64, H, W)
+    assert stability_scores(still)["score"] == pytest.approx(0.0)
+
+
+def test_stability_curve(test_videos: list[np.ndarray]) -> None:
+    video = test_videos[0]
+    curve = stability_curve(video)
+    assert curve.shape == (16,)
+    assert curve[0] == 100.0
+    assert curve.min() >= 90.0
+    noisy = stability_curve(add_noise(video, 0.4))
+    assert noisy[-1] < noisy[4] < noisy[0]
+    batch = stability_curve(np.stack([video, add_noise(video, 0.4)]), window_frames=16)
+    assert batch.shape == (2, 8)
+    # the video score is the mean of the curve without the reference window
+    assert stability_scores(video, window_frames=16)["score"] == pytest.approx(
+        float(batch[0, 1:].mean()), abs=1e-3
+    )
+
+
+def test_drift_tolerance() -> None:
+    tolerance = DriftTolerance(tolerance=0.1, scale=0.2)
+    np.testing.assert_allclose(tolerance.penalty(np.asarray([0.0, 0.1, 0.2, 0.3, 1.0])), [0, 0, 0.5, 1, 1])
+    with pytest.raises(ValueError, match="scale"):
+        DriftTolerance(tolerance=0.1, scale=0.0)
+    with pytest.raises(ValueError, match="tolerances"):
+        VisualStability(tolerances={k: v for k, v in DEFAULT_TOLERANCES.items() if k != "hue"})
+
+
+# -- per-window Frechet quality ------------------------------------------------------------------
+
+
+def test_frechet_distance_known_values() -> None:
+    mean, cov = np.zeros(3), np.diag([1.0, 2.0, 3.0])
+    assert frechet_distance(mean, cov, mean, cov) == pytest.approx(0.0, abs=1e-9)
+    # 1-D: (1 - 0)^2 + 1 + 4 - 2 * sqrt(1 * 4) = 2
+    assert frechet_distance(np.ones(1), np.eye(1), np.zeros(1), 4 * np.eye(1)) == pytest.approx(2.0)
+
+
+def test_window_quality_real_beats_degraded(real_batch: np.ndarray) -> None:
+    features = frame_features(real_batch[0])
+    assert features.shape == (64, len(FEATURE_NAMES))
+    curves = {}
+    for name, (degrade, strengths) in {"real": (None, (0.0,)), **DEGRADATIONS}.items():
+        videos = real_batch if degrade is None else np.stack([degrade(v, strengths[-1]) for v in real_batch])
+        metric = WindowQuality()
+        metric.update(torch.from_numpy(videos))
+        curves[name] = metric.compute()
+        assert curves[name].shape == (8,)
+    real_late = float(curves["real"][4:].mean())
+    for name in DEGRADATIONS:
+        assert float(curves[name][4:].mean()) > 1.2 * real_late, (name, curves)
+        assert curves[name][-1] > curves["real"][-1]
+
+
+# -- dynamic degree ------------------------------------------------------------------------------
+
+
+def test_dynamic_degree_frozen_and_real() -> None:
+    spec = sample_spec(derive_seed(5, 1))
+    video = render(spec, 96)
+    metric = DynamicDegree()
+    metric.update(torch.from_numpy(video[None]))
+    result = metric.compute()
+    # ground truth: the pixel step of the fastest object per frame pair
+    steps = np.stack(
+        [
+            np.linalg.norm(np.diff(object_pixel_positions(obj, 16, np.arange(96)), axis=0), axis=1)
+            for obj in spec.objects
+        ]
+    ).max(axis=0)  # (F-1,)
+    assert float(result["dynamic_degree"]) == pytest.approx(steps.mean(), rel=0.15)
+    assert float(result["moving_fraction"]) == pytest.approx(np.mean(steps > 0), abs=0.1)
+
+    frozen = DynamicDegree()
+    frozen.update(torch.from_numpy(np.repeat(video[None, :, :1], 32, axis=2)))
+    assert float(frozen.compute()["dynamic_degree"]) < 0.02
+    assert float(frozen.compute()["moving_fraction"]) == 0.0
+
+
+# -- torchmetrics accumulation and input checks ---------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:The ``compute`` method")
+@pytest.mark.parametrize("metric_class", [VisualStability, WindowQuality, DynamicDegree])
+def test_two_updates_equal_one(metric_class: type, real_batch: np.ndarray) -> None:
+    videos = torch.from_numpy(real_batch[:4, :, :32])
+    split, joined = metric_class(), metric_class()
+    split.update(videos[:1])
+    split.update(videos[1:])
+    joined.update(videos)
+    torch.testing.assert_close(split.compute(), joined.compute())
+    split.reset()
+    with pytest.raises(ValueError, match="update"):
+        split.compute()
+
+
+def test_bad_inputs_raise() -> None:
+    video = torch.zeros(3, 32, 16, 16)
+    for metric in (VisualStability(), WindowQuality(), DynamicDegree()):
+        with pytest.raises(ValueError, match=r"\(B, 3, F, H, W\)"):
+            metric.update(video)  # a single video without the batch dimension
+        with pytest.raises(ValueError, match=r"\(B, 3, F, H, W\)"):
+            metric.update(torch.zeros(1, 4, 32, 16, 16))
+        with pytest.raises(ValueError, match="NaN"):
+            metric.update(torch.full((1, 3, 32, 16, 16), float("nan")))
+    with pytest.raises(ValueError, match="at least 16 frames"):
+        VisualStability(window_frames=8).update(torch.zeros(1, 3, 12, 16, 16))
+    with pytest.raises(ValueError, match="window_frames"):
+        VisualStability(window_frames=1)
+    with pytest.raises(ValueError, match=r"one RGB video \(3, F, H, W\)"):
+        stability_scores(torch.zeros(2, 3, 32, 16, 16))
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        DynamicDegree().update(torch.zeros(1, 3, 1, 16, 16))
+    quality = WindowQuality()
+    quality.update(torch.zeros(1, 3, 16, 16, 16))
+    with pytest.raises(ValueError, match="same length"):
+        quality.update(torch.zeros(1, 3, 24, 16, 16))
