@@ -24,7 +24,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 
-.PHONY: help install test test-full bench lint format clean distclean
+.PHONY: help install test test-full bench demo lint format clean distclean
 
 help: ## Show this list of targets
 	@echo "Usage: make <target> [PY=python3]"
@@ -62,6 +62,9 @@ bench: install ## Run every tests/benchmarks/bench_*.py script and print its tab
 		echo "== $$script"; \
 		$(PYTHON) "$$script"; \
 	done
+
+demo: install ## Train teacher, ODE init and Self-Forcing++ on the built-in world (~25 min), then a 20-horizon video, curves and summary in artifacts/demo
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.demo
 
 lint: install ## Check style: ruff check and ruff format --check
 	$(BIN)/ruff check $(SRC_DIRS)

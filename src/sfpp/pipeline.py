@@ -58,7 +58,9 @@ class StageTiming:
     done_file: Path = field(default_factory=Path)
 
 
-def run_stages(stages: Sequence[StageRun], force: Sequence[str] = (), cwd: Path | None = None) -> list[StageTiming]:
+def run_stages(
+    stages: Sequence[StageRun], force: Sequence[str] = (), cwd: Path | None = None
+) -> list[StageTiming]:
     """Run the stages whose ``done_file`` is missing (or that are named in ``force``), in order.
 
     Args:
@@ -89,7 +91,9 @@ def run_stages(stages: Sequence[StageRun], force: Sequence[str] = (), cwd: Path 
         result = subprocess.run(stage.command(), cwd=cwd, check=False)
         seconds = time.perf_counter() - began
         if result.returncode != 0:
-            raise StageFailedError(f"stage {stage.name!r} failed (exit code {result.returncode}); see its output above")
+            raise StageFailedError(
+                f"stage {stage.name!r} failed (exit code {result.returncode}); see its output above"
+            )
         if not stage.done_file.exists():
             raise StageFailedError(f"stage {stage.name!r} finished but did not write {stage.done_file}")
         console.print(f"[bold]{header}[/]: done in {seconds / 60:.1f} min -> {stage.done_file}")

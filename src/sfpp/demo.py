@@ -1,0 +1,227 @@
+"""``make demo``: the whole method on the built-in world, from nothing to a long video, on a laptop CPU.
+
+``python -m sfpp.demo`` trains the toy teacher, writes its ODE pairs, runs the ODE init and the
+extended DMD (Self-Forcing++) at a demo budget, then streams videos 20 times the teacher's horizon
+for held-out prompts and writes, under ``--out`` (``artifacts/demo``):
+
+* ``videos/*.mp4`` (and a JSON of metrics beside each) and ``ground_truth.mp4`` for comparison;
+* ``curves.png``: visual stability and quality (Frechet distance to real clips) along the video,
+  for the student and for real videos of the same prompts;
+* ``summary.md`` / ``summary.json``: the numbers, the stage timings and what was reused.
+
+Stages whose checkpoint already exists (``checkpoints/<task>/last.ckpt``, the ODE pairs' index) are
+reused, so a second run only regenerates the videos; ``--force teacher`` (or any stage name)
+retrains one. The stage budgets are the ``DEMO_STAGES`` overrides below (about 25 minutes in all on
+the 2-core CPU this library is developed on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from sfpp.data.world import heldout_prompts, render, spec_from_prompt
+from sfpp.evaluation import LongVideoReport, evaluate_long_videos, plot_curves
+from sfpp.io.video import write_video
+from sfpp.pipeline import StageRun, StageTiming, run_stages
+
+__all__ = ["DEMO_PROMPTS", "demo_stages", "main", "run_demo"]
+
+console = Console(highlight=False)
+
+#: The teacher's horizon in latent (= pixel, for the pixel codec) frames.
+HORIZON = 8
+#: Held-out prompts of the demo video (never seen in training).
+DEMO_PROMPTS: tuple[str, ...] = tuple(heldout_prompts(2)[i] for i in (0, 5, 10, 15))
+
+
+def demo_stages(root: Path = Path(".")) -> list[StageRun]:
+    """The demo pipeline: teacher, ODE pairs, ODE init, Self-Forcing++ at demo budgets.
+
+    Args:
+        root: The repository root (where ``checkpoints/`` and ``artifacts/`` live).
+    """
+    checkpoints = root / "checkpoints"
+    return [
+        StageRun(
+            "teacher",
+            "sfpp.train",
+            [
+                "experiment=toy_teacher",
+                "data.batch_size=8",
+                "trainer.max_steps=3000",
+                "trainer.val_check_interval=3000",
+                "callbacks.video_samples.every_n_steps=3000",
+                "stage.ema_decay=0.999",
+                "++stage.lr_scheduler={_target_: sfpp.stages.lr_schedules.warmup_cosine, _partial_: true, "
+                "warmup_steps: 100, total_steps: 3000}",
+            ],
+            checkpoints / "toy_teacher" / "last.ckpt",
+        ),
+        StageRun(
+            "ode_pairs",
+            "sfpp.ode_pairs",
+            ["generator.num_trajectories=128", "generator.shard_size=64"],
+            root / "artifacts" / "ode_pairs" / "toy" / "index.json",
+        ),
+        StageRun(
+            "ode_init",
+            "sfpp.train",
+            ["experiment=toy_ode_init", "trainer.max_steps=300", "trainer.val_check_interval=300"],
+            checkpoints / "toy_ode_init" / "last.ckpt",
+        ),
+        StageRun(
+            "self_forcing_pp",
+            "sfpp.train",
+            [
+                "experiment=toy_extend",
+                "trainer.max_steps=350",
+                "trainer.val_check_interval=350",
+                "callbacks.video_samples.every_n_steps=350",
+            ],
+            checkpoints / "toy_extend" / "last.ckpt",
+        ),
+    ]
+
+
+def _collect_into(frames: list[torch.Tensor]) -> Callable[[Any], None]:
+    """A per-chunk callback that appends the chunk's decoded frames to ``frames``."""
+    return lambda info: frames.append(info.frames)
+
+
+def generate_long_videos(
+    checkpoint: Path,
+    teacher_ckpt: Path,
+    prompts: Sequence[str],
+    num_frames: int,
+    out_dir: Path,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Stream one video per prompt with the student into ``out_dir``; return the frames ``(B, 3, F, H, W)``."""
+    from sfpp.generate import generate_video, load_generator
+
+    generator = load_generator(checkpoint, teacher_ckpt=str(teacher_ckpt), device="cpu")
+    videos = []
+    for index, prompt in enumerate(prompts):
+        frames: list[torch.Tensor] = []
+        generate_video(
+            generator, prompt, num_frames, out_dir, seed=seed + index, on_chunk=_collect_into(frames)
+        )
+        videos.append(torch.cat(frames, dim=1))  # chunks (3, f, H, W) -> (3, F, H, W)
+    return torch.stack(videos)
+
+
+def ground_truth(prompts: Sequence[str], num_frames: int, seed: int = 0) -> torch.Tensor:
+    """Real videos of the world for the prompts, ``(B, 3, F, H, W)``."""
+    specs = [spec_from_prompt(prompt, seed=seed + index) for index, prompt in enumerate(prompts)]
+    return torch.stack([torch.from_numpy(render(spec, num_frames)) for spec in specs])
+
+
+def write_summary(
+    out: Path,
+    reports: dict[str, LongVideoReport],
+    timings: list[StageTiming],
+    seconds: float,
+    num_frames: int,
+) -> Path:
+    """Write ``summary.json`` and ``summary.md`` (numbers per model, stage timings)."""
+    keys = [
+        "visual_stability",
+        "quality_fd",
+        "dynamic_degree",
+        "world_clean_frame_fraction",
+        "world_detected_fraction",
+    ]
+    data = {
+        "frames": num_frames,
+        "horizons": num_frames / HORIZON,
+        "total_minutes": seconds / 60,
+        "stages": [{"name": t.name, "reused": t.reused, "minutes": t.seconds / 60} for t in timings],
+        "models": {name: report.summary for name, report in reports.items()},
+    }
+    (out / "summary.json").write_text(json.dumps(data, indent=2) + "\n")
+    lines = [
+        f"# sfpp demo: {num_frames} frames = {num_frames // HORIZON} teacher horizons",
+        "",
+        "| video | " + " | ".join(keys) + " |",
+        "|---|" + "---|" * len(keys),
+    ]
+    for name, report in reports.items():
+        lines.append(
+            f"| {name} | " + " | ".join(f"{report.summary.get(k, float('nan')):.3f}" for k in keys) + " |"
+        )
+    lines += ["", "| stage | minutes |", "|---|---|"]
+    lines += [f"| {t.name} | {'reused' if t.reused else f'{t.seconds / 60:.1f}'} |" for t in timings]
+    lines += ["", f"Total: {seconds / 60:.1f} min."]
+    path = out / "summary.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_demo(
+    out: Path,
+    horizons: int = 20,
+    force: Sequence[str] = (),
+    root: Path = Path("."),
+    stages: list[StageRun] | None = None,
+) -> dict[str, LongVideoReport]:
+    """Train what is missing, generate ``horizons`` teacher horizons per demo prompt, evaluate, plot.
+
+    Args:
+        out: Output directory of the videos, the plot and the summary.
+        horizons: Video length in teacher horizons (20: the paper's claim in miniature).
+        force: Stages to retrain even if their checkpoint exists.
+        root: Repository root.
+        stages: The pipeline (default: :func:`demo_stages`).
+
+    Returns:
+        The reports of the student and of the real videos.
+    """
+    began = time.perf_counter()
+    stages = stages if stages is not None else demo_stages(root)
+    timings = run_stages(stages, force=force, cwd=root)
+    teacher_ckpt, student_ckpt = stages[0].done_file, stages[-1].done_file
+    num_frames = horizons * HORIZON
+    console.rule(
+        f"generating {len(DEMO_PROMPTS)} videos of {num_frames} frames ({horizons} teacher horizons)"
+    )
+    prompts = list(DEMO_PROMPTS)
+    student = generate_long_videos(student_ckpt, teacher_ckpt, prompts, num_frames, out / "videos")
+    real = ground_truth(prompts, num_frames)
+    write_video(out / "ground_truth.mp4", torch.cat(list(real), dim=-1), fps=8, upscale=8)  # side by side
+    write_video(out / "student_side_by_side.mp4", torch.cat(list(student), dim=-1), fps=8, upscale=8)
+    reports = {
+        "Self-Forcing++ student": evaluate_long_videos(student, prompts, window_frames=HORIZON),
+        "real videos": evaluate_long_videos(real, prompts, window_frames=HORIZON),
+    }
+    curves = plot_curves(reports, out / "curves.png", horizon_frames=HORIZON, fps=8)
+    summary = write_summary(out, reports, timings, time.perf_counter() - began, num_frames)
+    console.print(summary.read_text())
+    console.print(f"videos: {out / 'videos'}  (all four side by side: {out / 'student_side_by_side.mp4'})")
+    console.print(f"curves: {curves}\nsummary: {summary}")
+    return reports
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line of ``python -m sfpp.demo``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("artifacts/demo"), help="output directory")
+    parser.add_argument(
+        "--horizons", type=int, default=20, help="video length in teacher horizons (8 frames)"
+    )
+    parser.add_argument("--force", nargs="*", default=[], help="stages to retrain even if finished")
+    args = parser.parse_args(argv)
+    if args.horizons < 2:
+        parser.error("--horizons must be >= 2 (the curves compare windows with the first one)")
+    run_demo(args.out, args.horizons, args.force)
+
+
+if __name__ == "__main__":
+    main()
