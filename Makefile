@@ -24,7 +24,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 
-.PHONY: help install test test-full bench demo lint format clean distclean
+.PHONY: help install test test-full bench demo study lint format clean distclean
 
 help: ## Show this list of targets
 	@echo "Usage: make <target> [PY=python3]"
@@ -65,6 +65,9 @@ bench: install ## Run every tests/benchmarks/bench_*.py script and print its tab
 
 demo: install ## Train teacher, ODE init and Self-Forcing++ on the built-in world (~25 min), then a 20-horizon video, curves and summary in artifacts/demo
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.demo
+
+study: install ## Self-Forcing vs Self-Forcing++ (+ GRPO) at 1/5/10/20 horizons, several seeds (<= 2 h): table and plot in artifacts/study
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.study
 
 lint: install ## Check style: ruff check and ruff format --check
 	$(BIN)/ruff check $(SRC_DIRS)
