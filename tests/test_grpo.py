@@ -303,3 +303,12 @@ def test_kl_term_pulls_towards_the_reference():
     assert stats["kl"] > 0 and stats["policy_loss"] == 0.0
     grad_norm = sum(float(p.grad.norm()) for p in module.generator.parameters() if p.grad is not None)
     assert grad_norm > 0
+
+
+def test_grpo_hyperparameters_are_saveable_by_the_loggers(tmp_path):
+    from lightning.pytorch.core.saving import save_hparams_to_yaml
+
+    module = grpo_module(transition=StepTransition(0.9, output_std=0.03))
+    save_hparams_to_yaml(tmp_path / "hparams.yaml", module.hparams)
+    text = (tmp_path / "hparams.yaml").read_text()
+    assert "transition_eta: 0.9" in text and "transition_output_std: 0.03" in text

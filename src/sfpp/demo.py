@@ -55,13 +55,9 @@ def demo_stages(root: Path = Path(".")) -> list[StageRun]:
             "sfpp.train",
             [
                 "experiment=toy_teacher",
-                "data.batch_size=8",
                 "trainer.max_steps=3000",
                 "trainer.val_check_interval=3000",
                 "callbacks.video_samples.every_n_steps=3000",
-                "stage.ema_decay=0.999",
-                "++stage.lr_scheduler={_target_: sfpp.stages.lr_schedules.warmup_cosine, _partial_: true, "
-                "warmup_steps: 100, total_steps: 3000}",
             ],
             checkpoints / "toy_teacher" / "last.ckpt",
         ),

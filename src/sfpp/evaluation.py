@@ -122,7 +122,7 @@ def plot_curves(
     top.legend(loc="lower left")
     top.set_title("quality along the video (dashed: end of the teacher's horizon)")
     bottom.set_ylabel("Frechet distance to real clips\n(lower is better)")
-    bottom.set_yscale("symlog", linthresh=10.0)
+    bottom.set_ylim(bottom=0)
     bottom.set_xlabel(f"time in teacher horizons ({horizon_frames} frames each)")
     if fps is not None:
         seconds = bottom.secondary_xaxis(

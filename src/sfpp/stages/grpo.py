@@ -149,9 +149,12 @@ class GRPOModule(StudentStage):
                 "reward",
                 "optimizer",
                 "reference",
+                "transition",
                 "quality_metric",
             ]
         )
+        self.hparams["transition_eta"] = transition.eta  # plain numbers: loggers cannot save a dataclass
+        self.hparams["transition_output_std"] = transition.output_std
         self.rollout_frames = rollout_frames
         self.reward = reward
         self.optimizer_factory = optimizer
