@@ -53,6 +53,8 @@ def train(cfg: DictConfig) -> float | None:
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
 
+    if cfg.get("validate_before_fit"):  # the starting model's validation numbers, logged at step 0
+        trainer.validate(module, datamodule=datamodule)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     metric = cfg.get("optimized_metric")

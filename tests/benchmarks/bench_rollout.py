@@ -1,15 +1,24 @@
-"""Streaming rollout cost of the toy student far past the teacher horizon, three ways.
+"""Streaming rollout cost of the toy student far past the teacher horizon, three ways, per batch size.
 
 Run from the repository root::
 
-    .venv/bin/python tests/benchmarks/bench_rollout.py            # full run (~1.5-2 min idle, <= ~5 min busy)
-    .venv/bin/python tests/benchmarks/bench_rollout.py --quick    # smoke run (< 1 minute)
+    .venv/bin/python tests/benchmarks/bench_rollout.py            # full run, batch 1 and 8 (see README)
+    .venv/bin/python tests/benchmarks/bench_rollout.py --quick    # smoke run, batch 1 and 2
 
 Setting: ``build_model("toy", causal=True, num_frames_per_chunk=3, attention_backend="sdpa")``,
-batch 1, latent frames of (3, 16, 16) = 16 tokens, the few-step sampler
+latent frames of (3, 16, 16) = 16 tokens, the few-step sampler
 ``FewStepSampler.from_steps([1000, 750, 500, 250], shift=5)``, teacher horizon K = 21 latent frames,
 rolling window of 21 past frames, ``torch.no_grad()``, 2 intra-op threads. Rollouts go to 5x, 10x,
 20x and 50x the horizon (105, 210, 420 and 1050 latent frames).
+
+The whole comparison (state building, a == b checks, timing rounds, memory, targets) runs once per
+batch size of ``--batch-sizes`` (default 1 and 8, the DMD training batch of the toy experiments):
+every method generates ``B`` videos together (cache, noise, text context and the no-cache input
+all have batch ``B``). The batch matters because a chunk of ``a`` is tiny at batch 1 (48 query
+tokens per forward): its time is mostly the fixed cost of each eager operator, which does not grow
+with the batch, while ``c`` runs 8x more tokens per forward and is closer to compute-bound. A larger
+batch moves c/a towards the compute-bound ratio of 4 x 384 / (5 x 48) = 6.4x (plus the attention
+saving). The targets are evaluated, and printed PASS/FAIL, for every batch size separately.
 
 Methods, all generating chunk by chunk (3 frames, 4 denoising forwards each):
 
@@ -158,12 +167,13 @@ def restore_ring(cache: RollingKVCache, snap: RingSnapshot) -> None:
 
 
 def new_cache(
-    model: CausalWanDiT, cls: type[RollingKVCache], window: int, sink_frames: int = 0
+    model: CausalWanDiT, cls: type[RollingKVCache], window: int, batch: int, sink_frames: int = 0
 ) -> RollingKVCache:
+    """An empty cache of class ``cls`` for ``batch`` videos of toy latent frames."""
     param = next(model.parameters())
     return cls(
         num_layers=model.num_layers,
-        batch_size=1,
+        batch_size=batch,
         num_heads=model.num_heads,
         head_dim=model.head_dim,
         tokens_per_frame=model.tokens_per_frame(*LATENT[1:]),
@@ -184,19 +194,21 @@ def no_cache_chunk(
     pattern: FrameAttentionPattern,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """Generate one chunk without a cache, conditioned on ``clean`` frames ``(1, C, window, H, W)``.
+    """Generate one chunk without a cache, conditioned on ``clean`` frames ``(B, C, window, H, W)``.
 
     Every denoising step is one full-sequence forward of ``[clean, x_t]``, frame positions starting
-    at ``first_frame`` (the absolute index of the first clean frame). Returns the chunk's latents.
+    at ``first_frame`` (the absolute index of the first clean frame). The batch ``B`` of ``clean``
+    sets the batch of the noise (``context`` must have the same batch). Returns the chunk's latents
+    ``(B, C, CHUNK, H, W)``.
     """
-    num_clean = clean.shape[2]
-    shape = (1, *LATENT[:1], CHUNK, *LATENT[1:])
+    batch, num_clean = clean.shape[0], clean.shape[2]
+    shape = (batch, *LATENT[:1], CHUNK, *LATENT[1:])
     x_t = torch.randn(shape, generator=generator)
     x0 = x_t
     sigmas = sampler.sigmas
     for step, (timestep, sigma) in enumerate(zip(sampler.timesteps, sigmas, strict=True)):
-        x = torch.cat([clean, x_t], dim=2)  # (1, C, W + CHUNK, H, W)
-        steps = torch.cat([torch.zeros(1, num_clean), torch.full((1, CHUNK), timestep)], dim=1)
+        x = torch.cat([clean, x_t], dim=2)  # (B, C, W + CHUNK, H, W)
+        steps = torch.cat([torch.zeros(batch, num_clean), torch.full((batch, CHUNK), timestep)], dim=1)
         flow = model(x, steps, context, frame_offset=first_frame, attention_pattern=pattern)
         x0 = x0_from_flow(flow[:, :, num_clean:], x_t, sigma)
         if step + 1 < len(sigmas):
@@ -209,11 +221,14 @@ def no_cache_chunk(
 
 @dataclass
 class Setup:
+    """Everything one batch size's measurements share: model, inputs and method a's rollout."""
+
     model: CausalWanDiT
-    context: torch.Tensor
+    context: torch.Tensor  # (batch, TEXT_TOKENS, text_dim)
     sampler: FewStepSampler
     window: int
     pattern: FrameAttentionPattern
+    batch: int
     latents: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # method a's video
     snapshots: dict[int, RingSnapshot] = field(default_factory=dict)  # by chunk index
 
@@ -337,7 +352,7 @@ def warm_up(setup: Setup, start_chunk: int) -> None:
     """A few untimed chunks of every method from a snapshot, at the timing thread count."""
     for method, count in (("a", 3), ("b", 3), ("c", 1)):
         cls = RollingKVCache if method == "a" else RollByCopyKVCache
-        cache = None if method == "c" else new_cache(setup.model, cls, setup.window)
+        cache = None if method == "c" else new_cache(setup.model, cls, setup.window, setup.batch)
         make_next, _ = chunk_maker(setup, method, start_chunk, cache)
         for _ in range(count):
             make_next()
@@ -350,7 +365,7 @@ def continuous_rollout(setup: Setup, max_frames: int, snap_at: set[int], seed: i
     """
     model, context, sampler = setup.model, setup.context, setup.sampler
     generator = torch.Generator().manual_seed(seed)
-    cache = new_cache(model, RollingKVCache, setup.window)
+    cache = new_cache(model, RollingKVCache, setup.window, setup.batch)
     stream = stream_rollout(model, context, cache, max_frames, LATENT, sampler, generator)
     times, chunks = [], []
     gc.collect()
@@ -365,21 +380,21 @@ def continuous_rollout(setup: Setup, max_frames: int, snap_at: set[int], seed: i
             chunks.append(out.latents)
     finally:
         gc.enable()
-    setup.latents = torch.cat(chunks, dim=2)  # (1, C, max_frames, H, W)
+    setup.latents = torch.cat(chunks, dim=2)  # (B, C, max_frames, H, W)
     return times
 
 
 def check_b_from_scratch(setup: Setup, num_frames: int, seed: int) -> float:
     """Max |b - a| over a fresh rollout of ``num_frames`` with method a's seed; aborts if too large."""
-    cache = new_cache(setup.model, RollByCopyKVCache, setup.window)
+    cache = new_cache(setup.model, RollByCopyKVCache, setup.window, setup.batch)
     gen = torch.Generator().manual_seed(seed)
     stream = stream_rollout(setup.model, setup.context, cache, num_frames, LATENT, setup.sampler, gen)
     video = torch.cat([c.latents for c in stream], dim=2)
     diff = (video - setup.latents[:, :, :num_frames]).abs().max().item()
     if not diff <= LATENT_TOL:
         fail(
-            f"the roll-by-copy cache (b) generates different latents from the ring buffer (a) over "
-            f"{num_frames} frames: max |diff| {diff:.3g} > {LATENT_TOL:g}"
+            f"at batch {setup.batch}, the roll-by-copy cache (b) generates different latents from the ring "
+            f"buffer (a) over {num_frames} frames: max |diff| {diff:.3g} > {LATENT_TOL:g}"
         )
     return diff
 
@@ -388,13 +403,16 @@ def check_b_with_sinks(setup: Setup, window: int = 9, sinks: int = 3, num_frames
     """Max |b - a| with sink frames (b keeps them in place while its ring part rolls); aborts if large."""
     videos = []
     for cls in (RollingKVCache, RollByCopyKVCache):
-        cache = new_cache(setup.model, cls, window, sink_frames=sinks)
+        cache = new_cache(setup.model, cls, window, setup.batch, sink_frames=sinks)
         gen = torch.Generator().manual_seed(5)
         stream = stream_rollout(setup.model, setup.context, cache, num_frames, LATENT, setup.sampler, gen)
         videos.append(torch.cat([c.latents for c in stream], dim=2))
     diff = (videos[1] - videos[0]).abs().max().item()
     if not diff <= LATENT_TOL:
-        fail(f"with {sinks} sink frames and a {window}-frame window, b differs from a: max |diff| {diff:.3g}")
+        fail(
+            f"at batch {setup.batch}, with {sinks} sink frames and a {window}-frame window, b differs from a: "
+            f"max |diff| {diff:.3g}"
+        )
     return diff
 
 
@@ -418,7 +436,7 @@ def timing_rounds(
     """
     model, window = setup.model, setup.window
     caches = {
-        cell: new_cache(model, RollingKVCache if cell[0] == "a" else RollByCopyKVCache, window)
+        cell: new_cache(model, RollingKVCache if cell[0] == "a" else RollByCopyKVCache, window, setup.batch)
         for cell in cells
         if cell[0] != "c"
     }
@@ -453,7 +471,10 @@ def timing_rounds(
             break
     for method, d in max_diff.items():
         if not d <= LATENT_TOL:
-            fail(f"method {method} resumed from a snapshot differs from the continuous rollout: {d:.3g}")
+            fail(
+                f"at batch {setup.batch}, method {method} resumed from a snapshot differs from the continuous "
+                f"rollout: {d:.3g}"
+            )
     return times, max_diff
 
 
@@ -463,17 +484,244 @@ def peak_memory(
     """Persistent state bytes + peak transient tensor bytes of one chunk, per (method, length)."""
     peak = {}
     for method, n in cells:
-        cache = (
-            None
-            if method == "c"
-            else new_cache(setup.model, RollingKVCache if method == "a" else RollByCopyKVCache, setup.window)
-        )
+        cls = RollingKVCache if method == "a" else RollByCopyKVCache
+        cache = None if method == "c" else new_cache(setup.model, cls, setup.window, setup.batch)
         make_next, state = chunk_maker(setup, method, starts[n], cache)
         peak[method, n] = state + peak_transient_bytes(make_next)
     return peak
 
 
-# 5. Main --------------------------------------------------------------------------------------
+# 5. One batch size ---------------------------------------------------------------------------
+
+
+@dataclass
+class BatchResult:
+    """The measurements of one batch size (every method ran with this batch)."""
+
+    batch: int
+    times: dict[tuple[str, int], list[float]]  # per-chunk wall times by (method, length)
+    continuous: list[float]  # per-chunk times of the state-building rollout of method a
+    peak: dict[tuple[str, int], int]  # peak bytes of one chunk by (method, length); empty with --no-memory
+    cache_bytes: int  # K/V buffers of one RollingKVCache at this batch
+    per_cell: int  # timed chunks per (method, length)
+    planned: int  # chunks per cell the rounds would time without --budget
+    med: dict[tuple[str, int], float] = field(init=False)  # median seconds per chunk by (method, length)
+    spread: dict[tuple[str, int], float] = field(init=False)  # half-IQR / median by (method, length)
+
+    def __post_init__(self) -> None:
+        self.med = {cell: median(v) for cell, v in self.times.items()}
+        self.spread = {cell: half_iqr(v) for cell, v in self.times.items()}
+
+    def disturbances(self) -> list[str]:
+        """Why this batch size's timings should not be trusted (empty when they look clean)."""
+        reasons = []
+        noisy = [f"{k}@{n}" for (k, n), v in self.spread.items() if v > NOISY_SPREAD]
+        if noisy:
+            reasons.append(f"spread > {NOISY_SPREAD:.0%} in {', '.join(noisy)}")
+        if self.per_cell < self.planned:
+            reasons.append(f"only {self.per_cell} of {self.planned} chunks per cell within --budget")
+        return reasons
+
+
+def run_batch(
+    args: argparse.Namespace,
+    model: CausalWanDiT,
+    sampler: FewStepSampler,
+    batch: int,
+    lengths: list[int],
+    starts: dict[int, int],
+) -> BatchResult:
+    """The whole comparison at one batch size: state building, a == b checks, timing, memory.
+
+    Every method generates ``batch`` videos together: the caches, the noise draws, the text context
+    (rows drawn from the same seed at every batch size, so row 0 is the batch-1 context) and method
+    c's recomputed window all have this batch. ``--budget`` counts from the start of this call.
+    """
+    t_batch = time.perf_counter()
+    console.rule(f"batch {batch}", style="bold")
+    context = torch.randn(batch, TEXT_TOKENS, 64, generator=torch.Generator().manual_seed(args.seed + 1))
+    pattern = FrameAttentionPattern(CHUNK, window_frames=args.window)
+    setup = Setup(model, context, sampler, args.window, pattern, batch)
+    max_frames = lengths[-1]
+    full_window_chunk = args.window // CHUNK
+    sample = args.sample_chunks
+    cells = [(m, n) for n in lengths for m in METHODS]
+
+    phase = time.perf_counter()
+    torch.set_num_threads(args.build_threads)
+    continuous = continuous_rollout(setup, max_frames, set(starts.values()), args.seed + 2)
+    diff_b = check_b_from_scratch(setup, lengths[0], args.seed + 2)
+    diff_sinks = check_b_with_sinks(setup)
+    console.print(
+        f"state: method a rolled out {batch} x {max_frames} frames in {sum(continuous):.1f} s "
+        f"(median {median(continuous[full_window_chunk:]):.4f} s/chunk at {args.build_threads} thread(s)) "
+        f"[{time.perf_counter() - phase:.0f} s with the checks]"
+    )
+    console.print(
+        f"check: b == a from scratch over {lengths[0]} frames ({(lengths[0] - args.window) // CHUNK} "
+        f"roll-by-copy shifts): max |diff| {diff_b:.1e}; with 3 sink frames, window 9, 45 frames: "
+        f"{diff_sinks:.1e} (<= {LATENT_TOL:g}) OK"
+    )
+
+    phase = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    warm_up(setup, starts[lengths[0]])
+    times, max_diff = timing_rounds(setup, cells, starts, args, t_batch + args.budget)
+    per_cell = len(times[cells[0]])
+    planned = args.repeats * sample
+    console.print(
+        f"timing: {per_cell} chunks per (method, length)"
+        + (f" (of {planned}: stopped by --budget {args.budget:g} s)" if per_cell < planned else "")
+        + f"; resumed a, b equal the continuous rollout (max |diff| {max_diff['a']:.1e}, "
+        f"{max_diff['b']:.1e}) OK [{time.perf_counter() - phase:.0f} s with warm-up]; {cpu_pressure()}"
+    )
+
+    phase = time.perf_counter()
+    peak = {} if args.no_memory else peak_memory(setup, cells, starts)
+    if peak:
+        console.print(
+            f"memory: profiled one chunk per (method, length) [{time.perf_counter() - phase:.0f} s]"
+        )
+    return BatchResult(
+        batch=batch,
+        times=times,
+        continuous=continuous,
+        peak=peak,
+        cache_bytes=new_cache(model, RollingKVCache, args.window, batch).nbytes,
+        per_cell=per_cell,
+        planned=planned,
+    )
+
+
+# 6. Report ------------------------------------------------------------------------------------
+
+
+def print_table(
+    results: list[BatchResult],
+    multiples: list[float],
+    lengths: list[int],
+    starts: dict[int, int],
+    args: argparse.Namespace,
+    tpf: int,
+    weights: int,
+) -> None:
+    """One table, one section per batch size: per-chunk times, ratios and peak memory."""
+    sample = args.sample_chunks
+    table = Table(
+        title="Per-chunk seconds (median over chunks) and peak memory, per batch size", title_justify="left"
+    )
+    for name in (
+        "batch",
+        "length",
+        "frames",
+        "a ring",
+        "b roll-copy",
+        "c no cache",
+        "a/b",
+        "a/c",
+        "c/a",
+        f"a cont. {args.build_threads}thr",
+        "MiB a",
+        "MiB b",
+        "MiB c",
+    ):
+        table.add_column(name, justify="right")
+    for index, r in enumerate(results):
+        if index:
+            table.add_section()
+        mib = lambda cell, r=r: f"{r.peak[cell] / 2**20:.2f}" if cell in r.peak else "-"  # noqa: E731
+        for m, n in zip(multiples, lengths, strict=True):
+            cont = r.continuous[starts[n] + 1 : starts[n] + 1 + sample]
+            table.add_row(
+                str(r.batch),
+                f"{m:g}x",
+                str(n),
+                *(fmt_time(r.med[k, n], r.spread[k, n]) for k in METHODS),
+                f"{r.med['a', n] / r.med['b', n]:.2f}",
+                f"{r.med['a', n] / r.med['c', n]:.3f}",
+                f"{r.med['c', n] / r.med['a', n]:.2f}x",
+                f"{median(cont):.4f}",
+                *(mib((k, n)) for k in METHODS),
+            )
+    console.print(table)
+    q_a = (len(STEPS) + 1) * CHUNK * tpf
+    q_c = len(STEPS) * (args.window + CHUNK) * tpf
+    per_cell = ", ".join(f"{r.per_cell} at batch {r.batch}" for r in results)
+    caches = ", ".join(f"{r.cache_bytes / 2**20:.2f} MiB at batch {r.batch}" for r in results)
+    console.print(
+        f"a, b, c: seconds per chunk of all B videos, median over the timed chunks ({per_cell}; rounds of the "
+        f"{sample} chunks ending at each length), {args.threads} threads; ± = half the inter-quartile range / "
+        f"median. a/b, a/c: time ratios; c/a: speed-up of a over c (the target).\n"
+        f"a cont.: median of the same {sample} chunks in the continuous 0..{lengths[-1]}-frame rollout that built "
+        f"the states ({args.build_threads} thread(s), one pass; not used for the targets).\n"
+        f"Query tokens per chunk and video: a, b {q_a} (5 forwards x {CHUNK * tpf}); c {q_c} (4 forwards x "
+        f"{(args.window + CHUNK) * tpf}): a compute-bound c/a would be ~{q_c / q_a:.1f}x. A forward at batch B "
+        f"runs B times these tokens through the same operator calls, so the fixed per-operator cost, which "
+        f"dominates a's small forwards, weighs less as B grows.\n"
+        f"MiB: persistent state (a, b: K/V cache {caches}, + text K/V; c: {args.window} clean frames) + peak "
+        f"live torch tensors allocated during one chunk; weights ({weights / 2**20:.1f} MiB) excluded."
+    )
+
+
+def evaluate_targets(results: list[BatchResult], multiples: list[float], lengths: list[int]) -> bool:
+    """Print PASS/FAIL of both targets for every batch size, then one verdict line per target.
+
+    Returns whether every target passed at every batch size.
+    """
+    ok = True
+    first, last = lengths[0], lengths[-1]
+    at = lengths[multiples.index(SPEEDUP_AT)] if SPEEDUP_AT in multiples else None
+    flat_verdicts, speed_verdicts = [], []
+    for r in results:
+        console.print(f"[bold]targets at batch {r.batch}:[/bold]")
+        reasons = r.disturbances()
+        mark = ", timings disturbed" if reasons else ""
+        if reasons:
+            console.print(
+                f"[bold yellow]WARNING: batch {r.batch} timings disturbed (other processes on the cores?): "
+                f"{'; '.join(reasons)}. Rerun on a quieter machine before trusting its verdicts."
+                "[/bold yellow]"
+            )
+        flat = r.med["a", last] / r.med["a", first]
+        verdict = "PASS" if flat <= FLAT_LIMIT else "FAIL"
+        ok &= flat <= FLAT_LIMIT
+        flat_verdicts.append(f"{verdict} at batch {r.batch} ({flat:.3f}{mark})")
+        console.print(
+            f"{verdict}: batch {r.batch}: (a) per-chunk time flat in length: {multiples[-1]:g}x / "
+            f"{multiples[0]:g}x = {r.med['a', last]:.4f} / {r.med['a', first]:.4f} = {flat:.3f} "
+            f"(<= {FLAT_LIMIT})"
+        )
+        if at is None:
+            console.print(f"SKIP: batch {r.batch}: the speed-up target needs {SPEEDUP_AT:g}x in --lengths")
+            continue
+        speedup = r.med["c", at] / r.med["a", at]
+        verdict = "PASS" if speedup >= SPEEDUP_TARGET else "FAIL"
+        ok &= speedup >= SPEEDUP_TARGET
+        speed_verdicts.append(f"{verdict} at batch {r.batch} ({speedup:.2f}x{mark})")
+        console.print(
+            f"{verdict}: batch {r.batch}: (a) >= {SPEEDUP_TARGET:g}x faster than (c) at {SPEEDUP_AT:g}x the "
+            f"horizon: c/a = {r.med['c', at]:.4f} / {r.med['a', at]:.4f} = {speedup:.2f}x"
+        )
+    console.print("[bold]verdict, per batch size:[/bold]")
+    console.print(
+        f"(a) per-chunk time flat in length, {multiples[-1]:g}x / {multiples[0]:g}x <= {FLAT_LIMIT}: "
+        + ", ".join(flat_verdicts)
+    )
+    console.print(
+        f"(a) >= {SPEEDUP_TARGET:g}x faster than (c) at {SPEEDUP_AT:g}x the horizon, c/a >= {SPEEDUP_TARGET:g}: "
+        + (", ".join(speed_verdicts) if speed_verdicts else f"SKIP (needs {SPEEDUP_AT:g}x in --lengths)")
+    )
+    failed = [line for line in flat_verdicts + speed_verdicts if line.startswith("FAIL")]
+    console.print(
+        "[bold]overall: PASS (every target at every batch size)[/bold]"
+        if ok
+        else f"[bold red]overall: FAIL ({len(failed)} of {len(flat_verdicts + speed_verdicts)} "
+        "target checks failed, see above)[/bold red]"
+    )
+    return ok
+
+
+# 7. Main --------------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -483,7 +731,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         nargs="+",
         default=None,
-        help="rollout lengths as multiples of the 21-frame horizon (default 5 10 20 50; --quick 5 10 20)",
+        help="rollout lengths as multiples of the 21-frame horizon (default 5 10 20 50; --quick 5 20)",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="videos generated together; the whole comparison runs at each (default 1 8; --quick 1 2)",
     )
     parser.add_argument("--repeats", type=int, default=None, help="timing rounds (default 5; --quick 1)")
     parser.add_argument(
@@ -503,19 +758,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--budget",
         type=float,
-        default=240.0,
-        help="seconds after the start past which timing stops after the current step (equal counts per cell)",
+        default=None,
+        help="seconds per batch size (from the start of its state building) past which timing stops after "
+        "the current step, equal counts per cell (default 480; --quick 60)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 5/10/20x, 1 round of 6 chunks")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: batch 1 and 2, 5x and 20x, 1 round of 6 chunks"
+    )
     args = parser.parse_args(argv)
     if args.lengths is None:
-        args.lengths = [5.0, 10.0, 20.0] if args.quick else [5.0, 10.0, 20.0, 50.0]
+        args.lengths = [5.0, 20.0] if args.quick else [5.0, 10.0, 20.0, 50.0]
+    if args.batch_sizes is None:
+        args.batch_sizes = [1, 2] if args.quick else [1, 8]
     if args.repeats is None:
         args.repeats = 1 if args.quick else 5
     if args.sample_chunks is None:
         args.sample_chunks = 6 if args.quick else 12
+    if args.budget is None:
+        args.budget = 60.0 if args.quick else 480.0
     return args
 
 
@@ -525,6 +787,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.window % CHUNK:
         fail(f"--window must be a multiple of the chunk ({CHUNK}) so method c's input is chunk-aligned")
+    if min(args.batch_sizes) < 1:
+        fail(f"--batch-sizes must be >= 1, got {args.batch_sizes}")
+    batch_sizes = sorted(set(args.batch_sizes))
     multiples = sorted(set(args.lengths))
     lengths = [max(CHUNK, round(m * HORIZON / CHUNK) * CHUNK) for m in multiples]
     sample = args.sample_chunks
@@ -535,7 +800,7 @@ def main(argv: list[str] | None = None) -> int:
             fail(f"{m:g}x = {n} frames is too short to time {sample} chunks with a full window")
     max_frames = lengths[-1]
 
-    console.print("[bold]bench_rollout: streaming rollout of the toy student, 3 ways[/bold]")
+    console.print("[bold]bench_rollout: streaming rollout of the toy student, 3 ways, per batch size[/bold]")
     console.print(
         f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}; "
         f"load average {os.getloadavg()[0]:.2f}, {cpu_pressure()}"
@@ -545,8 +810,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{torch.get_num_threads()} while timing ({args.build_threads} for the untimed state building)"
     )
 
-    # 5.1 Model, text, sampler. 50x the horizon (1050 frames) is past Wan's 1024-frame RoPE table,
-    # so the table is sized to the longest rollout (it has no parameters: the weights are unchanged).
+    # 7.1 Model and sampler, shared by every batch size. 50x the horizon (1050 frames) is past Wan's
+    # 1024-frame RoPE table, so the table is sized to the longest rollout (it has no parameters: the
+    # weights are unchanged).
     torch.manual_seed(args.seed)
     rope_len = max(1024, max_frames)
     model = build_model(
@@ -554,135 +820,31 @@ def main(argv: list[str] | None = None) -> int:
     ).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    context = torch.randn(1, TEXT_TOKENS, 64, generator=torch.Generator().manual_seed(args.seed + 1))
     sampler = FewStepSampler.from_steps(STEPS, shift=SHIFT)
-    setup = Setup(
-        model, context, sampler, args.window, FrameAttentionPattern(CHUNK, window_frames=args.window)
-    )
     tpf = model.tokens_per_frame(*LATENT[1:])
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    cache_bytes = new_cache(model, RollingKVCache, args.window).nbytes
     console.print(
         f"model: toy, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters "
-        f"({weights / 2**20:.1f} MiB), {model.num_layers} layers, dim {model.dim}, {tpf} tokens/frame, batch 1; "
+        f"({weights / 2**20:.1f} MiB), {model.num_layers} layers, dim {model.dim}, {tpf} tokens/frame; "
         f"chunk {CHUNK} frames, window {args.window} past frames, timesteps "
         f"{[round(t, 1) for t in sampler.timesteps]}, RoPE table {rope_len} frames"
     )
     console.print(
-        f"lengths: {', '.join(f'{m:g}x = {n}' for m, n in zip(multiples, lengths, strict=True))} frames; "
-        f"up to {args.repeats} round(s) x {sample} timed chunks per (method, length)"
+        f"batch sizes: {', '.join(map(str, batch_sizes))} (each runs the whole comparison, all methods at that "
+        f"batch); lengths: {', '.join(f'{m:g}x = {n}' for m, n in zip(multiples, lengths, strict=True))} "
+        f"frames; up to {args.repeats} round(s) x {sample} timed chunks per (method, length); --budget "
+        f"{args.budget:g} s per batch size"
     )
 
-    cells = [(m, n) for n in lengths for m in METHODS]
+    # 7.2 The comparison at every batch size, then one table and the targets per batch size.
+    results = []
     with torch.no_grad():
-        phase = time.perf_counter()
-        torch.set_num_threads(args.build_threads)
-        continuous = continuous_rollout(setup, max_frames, set(starts.values()), args.seed + 2)
-        diff_b = check_b_from_scratch(setup, lengths[0], args.seed + 2)
-        diff_sinks = check_b_with_sinks(setup)
-        console.print(
-            f"state: method a rolled out {max_frames} frames in {sum(continuous):.1f} s "
-            f"(median {median(continuous[full_window_chunk:]):.4f} s/chunk at {args.build_threads} thread(s)) "
-            f"[{time.perf_counter() - phase:.0f} s with the checks]"
-        )
-        console.print(
-            f"check: b == a from scratch over {lengths[0]} frames ({(lengths[0] - args.window) // CHUNK} "
-            f"roll-by-copy shifts): max |diff| {diff_b:.1e}; with 3 sink frames, window 9, 45 frames: "
-            f"{diff_sinks:.1e} (<= {LATENT_TOL:g}) OK"
-        )
-        phase = time.perf_counter()
-        torch.set_num_threads(args.threads)
-        warm_up(setup, starts[lengths[0]])
-        times, max_diff = timing_rounds(setup, cells, starts, args, t_start + args.budget)
-        per_cell = len(times[cells[0]])
-        planned = args.repeats * sample
-        console.print(
-            f"timing: {per_cell} chunks per (method, length)"
-            + (f" (of {planned}: stopped by --budget {args.budget:g} s)" if per_cell < planned else "")
-            + f"; resumed a, b equal the continuous rollout (max |diff| {max_diff['a']:.1e}, "
-            f"{max_diff['b']:.1e}) OK [{time.perf_counter() - phase:.0f} s with warm-up]; {cpu_pressure()}"
-        )
-        phase = time.perf_counter()
-        peak = {} if args.no_memory else peak_memory(setup, cells, starts)
-        if peak:
-            console.print(
-                f"memory: profiled one chunk per (method, length) [{time.perf_counter() - phase:.0f} s]"
-            )
-
-    # 5.2 Table.
-    med = {cell: median(v) for cell, v in times.items()}
-    spread = {cell: half_iqr(v) for cell, v in times.items()}
-    table = Table(title="Per-chunk seconds (median over chunks) and peak memory", title_justify="left")
-    for name in (
-        "length",
-        "frames",
-        "a ring",
-        "b roll-copy",
-        "c no cache",
-        "a/b",
-        "a/c",
-        f"a cont. {args.build_threads}thr",
-        "MiB a",
-        "MiB b",
-        "MiB c",
-    ):
-        table.add_column(name, justify="right")
-    mib = lambda cell: f"{peak[cell] / 2**20:.2f}" if cell in peak else "-"  # noqa: E731
-    for m, n in zip(multiples, lengths, strict=True):
-        cont = continuous[starts[n] + 1 : starts[n] + 1 + sample]
-        table.add_row(
-            f"{m:g}x",
-            str(n),
-            *(fmt_time(med[k, n], spread[k, n]) for k in METHODS),
-            f"{med['a', n] / med['b', n]:.2f}",
-            f"{med['a', n] / med['c', n]:.3f}",
-            f"{median(cont):.4f}",
-            *(mib((k, n)) for k in METHODS),
-        )
-    console.print(table)
-    q_a = (len(STEPS) + 1) * CHUNK * tpf
-    q_c = len(STEPS) * (args.window + CHUNK) * tpf
-    console.print(
-        f"a, b, c: median wall time over {per_cell} timed chunks (rounds of the {sample} chunks ending at each "
-        f"length), {args.threads} threads; ± = half the inter-quartile range / median. a/b, a/c: time ratios.\n"
-        f"a cont.: median of the same {sample} chunks in the continuous 0..{max_frames}-frame rollout that built "
-        f"the states ({args.build_threads} thread(s), one pass; not used for the targets).\n"
-        f"Query tokens per chunk: a, b {q_a} (5 forwards x {CHUNK * tpf}); c {q_c} (4 forwards x "
-        f"{(args.window + CHUNK) * tpf}): a compute-bound c/a would be ~{q_c / q_a:.1f}x.\n"
-        f"MiB: persistent state (a, b: K/V cache {cache_bytes / 2**20:.2f} MiB + text K/V; c: {args.window} clean "
-        f"frames) + peak live torch tensors allocated during one chunk; weights ({weights / 2**20:.1f} MiB) excluded."
-    )
-
-    # 5.3 Targets.
-    reasons = []
-    noisy = [f"{k}@{n}" for (k, n), v in spread.items() if v > NOISY_SPREAD]
-    if noisy:
-        reasons.append(f"spread > {NOISY_SPREAD:.0%} in {', '.join(noisy)}")
-    if per_cell < planned:
-        reasons.append(f"only {per_cell} of {planned} chunks per cell within --budget")
-    if reasons:
-        console.print(
-            f"[bold yellow]WARNING: timings disturbed (other processes on the cores?): {'; '.join(reasons)}. "
-            "Rerun on a quieter machine before trusting the verdicts below.[/bold yellow]"
-        )
-    ok = True
-    first, last = lengths[0], lengths[-1]
-    flat = med["a", last] / med["a", first]
-    ok &= flat <= FLAT_LIMIT
-    console.print(
-        f"{'PASS' if flat <= FLAT_LIMIT else 'FAIL'}: (a) per-chunk time flat in length: {multiples[-1]:g}x / "
-        f"{multiples[0]:g}x = {med['a', last]:.4f} / {med['a', first]:.4f} = {flat:.3f} (<= {FLAT_LIMIT})"
-    )
-    if SPEEDUP_AT in multiples:
-        n = lengths[multiples.index(SPEEDUP_AT)]
-        speedup = med["c", n] / med["a", n]
-        ok &= speedup >= SPEEDUP_TARGET
-        console.print(
-            f"{'PASS' if speedup >= SPEEDUP_TARGET else 'FAIL'}: (a) >= {SPEEDUP_TARGET:g}x faster than (c) at "
-            f"{SPEEDUP_AT:g}x the horizon: c/a = {med['c', n]:.4f} / {med['a', n]:.4f} = {speedup:.2f}x"
-        )
-    else:
-        console.print(f"SKIP: the speed-up target needs {SPEEDUP_AT:g}x in --lengths")
+        for batch in batch_sizes:
+            results.append(run_batch(args, model, sampler, batch, lengths, starts))
+            gc.collect()  # drop this batch size's snapshots and video before the next one
+    console.rule("results", style="bold")
+    print_table(results, multiples, lengths, starts, args, tpf, weights)
+    ok = evaluate_targets(results, multiples, lengths)
     console.print(f"total {time.perf_counter() - t_start:.0f} s; load average {os.getloadavg()[0]:.2f}")
     return 0 if ok else 1
 
