@@ -71,7 +71,7 @@ def test_cache_memory_is_constant_and_writes_in_place():
         assert cache.nbytes == nbytes
         assert (cache.keys.data_ptr(), cache.values.data_ptr()) == ptrs
     assert cache.num_frames == 60
-    assert cache.keys.shape[2] == (2 + 4) * 16
+    assert cache.keys.shape[2] == (2 + 4 + 2) * 16  # sinks + window + one chunk of scratch slots
 
 
 def test_text_kv_is_computed_once_per_rollout():
@@ -130,3 +130,20 @@ def test_invalid_settings_raise_clear_errors():
         small(x, t, c, kv_cache=cache, frame_offset=s, write_cache=True)
     with pytest.raises(ValueError, match="rope_max_seq_len"):
         small(x, t, c, kv_cache=cache, frame_offset=6)
+
+
+def test_gradient_free_calls_read_the_window_in_place_and_match_the_concatenating_path():
+    """No-grad calls put the chunk after the visible prefix (a view); graph-keeping calls concatenate."""
+    model = _model(2)
+    _, _, c = _inputs(2, batch=1)
+    caches = [model.new_kv_cache(1, 8, 8, window_frames=4, sink_frames=2) for _ in range(2)]
+    for frames_done in range(0, 16, 2):  # past the wrap of the ring
+        x, t, _ = _inputs(2, batch=1, seed=frames_done)
+        with torch.no_grad():
+            in_place = model(x, t, c, kv_cache=caches[0], frame_offset=frames_done, write_cache=True)
+        with torch.enable_grad():
+            concatenated = model(x, t, c, kv_cache=caches[1], frame_offset=frames_done, write_cache=True)
+        assert concatenated.requires_grad
+        torch.testing.assert_close(in_place, concatenated.detach(), rtol=0, atol=1e-6)
+    visible = caches[0]._num_visible_slots() * caches[0].tokens_per_frame
+    torch.testing.assert_close(caches[0].keys[:, :, :visible], caches[1].keys[:, :, :visible])

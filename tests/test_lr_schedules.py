@@ -21,7 +21,18 @@ def test_warmup_then_cosine_to_the_final_ratio():
     assert lrs[14:] == pytest.approx([0.1] * 6)
 
 
-@pytest.mark.parametrize(("warmup", "total", "ratio"), [(-1, 10, 0.1), (10, 10, 0.1), (0, 10, 1.5)])
+def test_a_run_shorter_than_the_warm_up_warms_up_for_half_of_it():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = warmup_cosine(optimizer, warmup_steps=100, total_steps=4, final_ratio=0.0)
+    lrs = []
+    for _ in range(4):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == pytest.approx([0.5, 1.0, 1.0, 0.5])
+
+
+@pytest.mark.parametrize(("warmup", "total", "ratio"), [(-1, 10, 0.1), (0, 0, 0.1), (0, 10, 1.5)])
 def test_impossible_schedules_raise(warmup, total, ratio):
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     with pytest.raises(ValueError):

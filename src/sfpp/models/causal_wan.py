@@ -89,23 +89,25 @@ class SelfAttention(_Projections):
     ) -> torch.Tensor:
         """Attend the tokens of ``x`` ``(B, L, dim)`` to themselves and, with a cache, to the past.
 
-        With a cache, the chunk's keys are appended to the visible cached keys (no mask is needed:
-        the cache holds exactly the visible frames) and, if ``write_cache``, stored afterwards.
+        With a cache, the chunk's keys follow the visible cached keys (no mask is needed: the cache
+        holds exactly the visible frames) and, if ``write_cache``, are stored after attention. Without
+        a graph to keep they are placed in the cache's buffer right after the visible prefix (one
+        view, no copy of the window); with one, past and present are concatenated.
         """
         q = self.norm_q(self.q(x)).unflatten(2, (self.num_heads, -1))  # (B, L, H, D)
         k = self.norm_k(self.k(x)).unflatten(2, (self.num_heads, -1))  # (B, L, H, D)
         v = self.v(x).unflatten(2, (self.num_heads, -1))  # (B, L, H, D)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        keys, values = k, v
         if cache is not None:
-            past_k, past_v = cache.visible(layer)
-            keys, values = (
-                torch.cat([past_k, k], dim=1),
-                torch.cat([past_v, v], dim=1),
-            )  # (B, Lpast + L, H, D)
-            if write_cache:  # after the copy above: the chunk may overwrite the oldest visible slots
-                cache.write(layer, k.detach(), v.detach())
-            k, v = keys, values
-        out = backend(q, k, v, mask)  # (B, L, H, D)
+            if k.requires_grad or v.requires_grad:
+                past_k, past_v = cache.visible(layer)
+                keys, values = torch.cat([past_k, k], dim=1), torch.cat([past_v, v], dim=1)  # (B, Lpast + L, H, D)
+            else:
+                keys, values = cache.with_chunk(layer, k, v)  # (B, Lpast + L, H, D), views of the buffer
+        out = backend(q, keys, values, mask)  # (B, L, H, D)
+        if cache is not None and write_cache:  # after attention: the chunk may overwrite visible slots
+            cache.write(layer, k.detach(), v.detach())
         return self.o(out.flatten(2))  # (B, L, dim)
 
 

@@ -8,7 +8,13 @@ Frame ``i`` lives in slot ``i`` when ``i < S`` and in slot ``S + (i - S) % W`` o
 chunk touches only its own slots (O(chunk), no roll or copy of the cache), and because RoPE is
 applied to keys before they are cached, the order of the slots does not matter to attention.
 Frames are written in order, so the visible frames always occupy a prefix of the buffer: before
-the ring wraps it is ``[0, frames_written)``, afterwards the whole buffer. Reading is a view.
+the ring wraps it is ``[0, frames_written)``, afterwards the sink and ring slots. Reading is a view.
+
+One chunk of scratch slots follows the ring. A gradient-free call puts the current chunk's keys and
+values right after the visible prefix (:meth:`RollingKVCache.with_chunk`), so attention reads one
+contiguous view of past and present instead of a concatenated copy of the whole window: the cost of
+a cached call no longer grows with the window. (Before the ring wraps, the slots after the prefix
+are the very slots the chunk will be written to; afterwards they are the scratch slots.)
 
 The visible set is exactly :class:`~sfpp.models.frame_mask.FrameAttentionPattern`'s rule for the
 chunk that starts at ``num_frames`` (the next frame to generate), which is what makes cached
@@ -71,7 +77,7 @@ class RollingKVCache:
         self.window_frames = window_frames
         self.sink_frames = sink_frames
         self.dtype = dtype
-        num_slots = sink_frames + window_frames
+        num_slots = sink_frames + window_frames + num_frames_per_chunk  # + one chunk of scratch slots
         shape = (num_layers, batch_size, num_slots * tokens_per_frame, num_heads, head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
@@ -132,6 +138,29 @@ class RollingKVCache:
         """
         end = self._num_visible_slots() * self.tokens_per_frame
         return self.keys[layer, :, :end], self.values[layer, :, :end]
+
+    def with_chunk(
+        self, layer: int, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The visible past followed by the current chunk's keys and values, as views (no copy of the past).
+
+        The chunk goes to the slots right after the visible prefix; it is not recorded as written
+        (call :meth:`write` for that, after attention). For gradient-free calls only: the buffer
+        must not become part of an autograd graph.
+
+        Args:
+            layer: Block index.
+            keys: The chunk's ``(B, L, H, D)`` keys, RoPE applied; ``L`` at most one chunk.
+            values: Same shape as ``keys``.
+
+        Returns:
+            ``(keys, values)``, each ``(B, visible_tokens + L, H, D)``.
+        """
+        end = self.visible(layer)[0].shape[1]
+        stop = end + keys.shape[1]
+        self.keys[layer, :, end:stop] = keys
+        self.values[layer, :, end:stop] = values
+        return self.keys[layer, :, :stop], self.values[layer, :, :stop]
 
     def _slot(self, frame: int) -> int:
         if frame < self.sink_frames:

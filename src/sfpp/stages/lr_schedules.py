@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 __all__ = ["warmup_cosine", "warmup_cosine_factor"]
+
+log = logging.getLogger(__name__)
 
 
 def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, final_ratio: float) -> float:
@@ -33,15 +36,24 @@ def warmup_cosine(
         total_steps: Step at which the cosine reaches ``final_ratio`` (usually ``trainer.max_steps``).
         final_ratio: LR at the end, as a fraction of the base LR, in ``[0, 1]``.
 
+    A run shorter than twice the warm-up (a smoke test with ``trainer.max_steps=2``) warms up for half
+    of its steps instead, with a warning.
+
     Raises:
-        ValueError: For negative warm-up, a total not past the warm-up, or a ratio outside ``[0, 1]``.
+        ValueError: For a negative warm-up, ``total_steps < 1`` or a ratio outside ``[0, 1]``.
     """
-    if warmup_steps < 0 or total_steps <= warmup_steps:
-        raise ValueError(
-            f"need 0 <= warmup_steps < total_steps, got warmup_steps={warmup_steps}, total_steps={total_steps}"
-        )
+    if warmup_steps < 0 or total_steps < 1:
+        raise ValueError(f"need warmup_steps >= 0 and total_steps >= 1, got {warmup_steps} and {total_steps}")
     if not 0.0 <= final_ratio <= 1.0:
         raise ValueError(f"final_ratio must be in [0, 1], got {final_ratio}")
+    if 2 * warmup_steps > total_steps:
+        log.warning(
+            "warm-up of %d steps in a %d-step run: warming up for %d",
+            warmup_steps,
+            total_steps,
+            total_steps // 2,
+        )
+        warmup_steps = total_steps // 2
     return LambdaLR(
         optimizer, lambda step: warmup_cosine_factor(step, warmup_steps, total_steps, final_ratio)
     )
