@@ -102,7 +102,10 @@ class SelfAttention(_Projections):
         if cache is not None:
             if k.requires_grad or v.requires_grad:
                 past_k, past_v = cache.visible(layer)
-                keys, values = torch.cat([past_k, k], dim=1), torch.cat([past_v, v], dim=1)  # (B, Lpast + L, H, D)
+                keys, values = (
+                    torch.cat([past_k, k], dim=1),
+                    torch.cat([past_v, v], dim=1),
+                )  # (B, Lpast + L, H, D)
             else:
                 keys, values = cache.with_chunk(layer, k, v)  # (B, Lpast + L, H, D), views of the buffer
         out = backend(q, keys, values, mask)  # (B, L, H, D)
