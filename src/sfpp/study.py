@@ -114,24 +114,30 @@ def study_stages(root: Path = Path("."), dmd_steps: int = 850, grpo_steps: int =
 
 @torch.no_grad()
 def generate_batch(
-    checkpoint: Path, teacher_ckpt: Path, prompts: Sequence[str], num_frames: int, seed: int
-) -> torch.Tensor:
-    """Videos ``(B, 3, F, H, W)`` of a student for the prompts, one batched streaming rollout."""
+    checkpoint: Path, teacher_ckpt: Path, prompts: Sequence[str], num_frames: int, seeds: Sequence[int]
+) -> dict[int, torch.Tensor]:
+    """Videos ``(B, 3, F, H, W)`` of a student for the prompts, one batched streaming rollout per seed.
+
+    The checkpoint is loaded and the prompts are encoded once for all seeds.
+    """
     from sfpp.generate import load_generator
 
     generator = load_generator(checkpoint, teacher_ckpt=str(teacher_ckpt), device="cpu", progress=False)
     context = generator.text_encoder(list(prompts))[0]
-    latents = rollout_from_seed(
-        generator.model,
-        context,
-        num_frames,
-        generator.latent_shape,
-        generator.sampler,
-        seed=seed,
-        window_frames=generator.cache_window_frames,
-        sink_frames=generator.sink_frames,
-    )
-    return generator.codec.decode(latents).clamp(-1, 1)
+    videos = {}
+    for seed in seeds:
+        latents = rollout_from_seed(
+            generator.model,
+            context,
+            num_frames,
+            generator.latent_shape,
+            generator.sampler,
+            seed=seed,
+            window_frames=generator.cache_window_frames,
+            sink_frames=generator.sink_frames,
+        )
+        videos[seed] = generator.codec.decode(latents).clamp(-1, 1)
+    return videos
 
 
 def evaluate_student(
@@ -235,9 +241,7 @@ def run_study(
         console.rule(
             f"evaluating {model.label}: {len(seeds)} seeds x {len(prompts)} prompts x {num_frames} frames"
         )
-        videos = {
-            seed: generate_batch(model.checkpoint, teacher_ckpt, prompts, num_frames, seed) for seed in seeds
-        }
+        videos = generate_batch(model.checkpoint, teacher_ckpt, prompts, num_frames, seeds)
         for seed in seeds:
             first_prompt[seed].append(videos[seed][0])
         results[model.label] = evaluate_student(videos, prompts, horizons)
