@@ -6,7 +6,7 @@ import torch
 
 from sfpp.models import build_model
 from sfpp.pipeline import StageRun
-from sfpp.study import HORIZONS, METRICS, StudyModel, run_study, study_stages
+from sfpp.study import HORIZONS, METRICS, REAL_LABEL, TEACHER_LABEL, StudyModel, run_study, study_stages
 from sfpp.text.world import WorldTextEncoder
 
 
@@ -14,7 +14,10 @@ def test_study_table_plot_and_videos(tmp_path):
     torch.manual_seed(0)
     teacher_ckpt = tmp_path / "teacher.ckpt"
     text = WorldTextEncoder(embed_dim=64)
-    torch.save({"state_dict": {f"text_encoder.{k}": v for k, v in text.state_dict().items()}}, teacher_ckpt)
+    teacher = build_model("toy", prediction_type="x0")
+    state = {f"text_encoder.{k}": v for k, v in text.state_dict().items()}
+    state |= {f"ema.module.{k}": v for k, v in teacher.state_dict().items()}
+    torch.save({"state_dict": state}, teacher_ckpt)
     models = []
     for name in ("a", "b"):
         student = build_model("toy", causal=True, num_frames_per_chunk=2, prediction_type="x0")
@@ -29,12 +32,20 @@ def test_study_table_plot_and_videos(tmp_path):
     )
 
     out = tmp_path / "study"
-    assert set(results) == {"student a", "student b"}
-    for by_horizon in results.values():
+    assert list(results) == ["student a", "student b", REAL_LABEL, TEACHER_LABEL]
+    assert list(results[TEACHER_LABEL]) == [1]  # the teacher only makes clips of its horizon
+    real = results[REAL_LABEL]
+    assert all(v > 90 for h in horizons for v in real[h]["visual_stability"])
+    # Real videos are the floor of the distance to real clips; a random student is far above it.
+    assert max(real[3]["quality_fd"]) < min(results["student a"][3]["quality_fd"])
+    for label, by_horizon in results.items():
+        if label == TEACHER_LABEL:
+            continue
         assert list(by_horizon) == list(horizons)
         assert all(len(by_horizon[h][key]) == 2 for h in horizons for key, _, _ in METRICS)
     table = (out / "table.md").read_text()
     assert table.count("| student a |") == len(horizons) and "3x (24 frames)" in table
+    assert table.count(f"| {TEACHER_LABEL} |") == 1 and table.count(f"| {REAL_LABEL} |") == len(horizons)
     assert (out / "quality_vs_horizon.png").stat().st_size > 10_000
     assert len(list(out.glob("side_by_side_seed*.mp4"))) == 2
     assert json.loads((out / "results.json").read_text())["results"]["student b"]["3"]

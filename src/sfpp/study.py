@@ -7,6 +7,11 @@ stages of :mod:`sfpp.demo`, reused when finished), then from the same ODE init:
 * ``Self-Forcing++``: rollouts of 20 horizons (N = 20K = 160 frames), a uniformly drawn window of K;
 * ``Self-Forcing++ + GRPO``: the Self-Forcing++ student after GRPO with the continuity reward.
 
+Two references frame the numbers: real videos of the same prompts at every horizon (the floor of the
+Frechet distance, the metrics' values for a perfect model) and the teacher's own clips at its
+horizon (its 32-step CFG sampler, bidirectional; what DMD distils, so the best a student can hope
+for at 1x).
+
 Each student streams videos of 20 horizons for held-out prompts with several seeds; every metric is
 computed on the first 1, 5, 10 and 20 horizons of each video (a causal rollout's prefix is the
 shorter video with the same seed). The result, under ``--out`` (``artifacts/study``):
@@ -15,7 +20,8 @@ shorter video with the same seed). The result, under ``--out`` (``artifacts/stud
   dynamic degree and the world's clean-frame fraction per model and horizon, mean +- standard
   deviation over the seeds (the layout of the paper's Tables 1-2);
 * ``quality_vs_horizon.png``: those numbers against the horizon;
-* ``side_by_side_seed<s>.mp4``: the models' videos of the first prompt next to each other.
+* ``side_by_side_seed<s>.mp4``: the models' videos of the first prompt next to each other, with the
+  real video of that prompt on the right.
 """
 
 from __future__ import annotations
@@ -32,13 +38,25 @@ import torch
 from rich.console import Console
 
 from sfpp.data.world import heldout_prompts
-from sfpp.demo import HORIZON, demo_stages
+from sfpp.demo import HORIZON, demo_stages, ground_truth
 from sfpp.diffusion.rollout import rollout_from_seed
 from sfpp.evaluation import evaluate_long_videos
 from sfpp.io.video import write_video
 from sfpp.pipeline import StageRun, run_stages
 
-__all__ = ["HORIZONS", "METRICS", "StudyModel", "evaluate_student", "main", "run_study", "study_stages"]
+__all__ = [
+    "HORIZONS",
+    "METRICS",
+    "REAL_LABEL",
+    "TEACHER_LABEL",
+    "StudyModel",
+    "evaluate_student",
+    "main",
+    "real_videos",
+    "run_study",
+    "study_stages",
+    "teacher_videos",
+]
 
 console = Console(highlight=False)
 
@@ -51,6 +69,9 @@ METRICS: tuple[tuple[str, str, bool], ...] = (
     ("dynamic_degree", "dynamic", True),
     ("world_clean_frame_fraction", "clean frames", True),
 )
+#: Labels of the reference rows (drawn dashed in the plot).
+REAL_LABEL = "Real videos (reference)"
+TEACHER_LABEL = "Teacher at its horizon (reference)"
 #: Window of the stability and quality curves: half a horizon, so that 1 horizon has two windows.
 EVAL_WINDOW = HORIZON // 2
 
@@ -140,6 +161,40 @@ def generate_batch(
     return videos
 
 
+@torch.no_grad()
+def teacher_videos(teacher_ckpt: Path, prompts: Sequence[str], seeds: Sequence[int]) -> dict[int, torch.Tensor]:
+    """The teacher's own clips ``(B, 3, K, H, W)`` of one horizon for the prompts, one batch per seed.
+
+    The teacher, its text encoder, its sampler (32 Euler steps with CFG) and the clip shape are those
+    that wrote the ODE pairs (``conf/ode_pairs.yaml``), so this is exactly what the students distil.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from sfpp.codecs import PixelCodec
+    from sfpp.utils.config_dir import find_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(find_config_dir()), job_name="study"):
+        cfg = compose(config_name="ode_pairs", overrides=[f"teacher_ckpt={teacher_ckpt}"]).generator
+    teacher = instantiate(cfg.teacher).eval()
+    text_encoder = instantiate(cfg.text_encoder).eval()
+    sampler = instantiate(cfg.sampler)
+    context = text_encoder(list(prompts))[0]
+    null_context = text_encoder([cfg.negative_prompt] * len(prompts))[0]
+    shape = (len(prompts), cfg.latent_shape[0], cfg.num_frames, *cfg.latent_shape[1:])  # (B, C, K, h, w)
+    videos = {}
+    for seed in seeds:
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+        latents = sampler.sample(teacher, noise, context, null_context).x0
+        videos[seed] = PixelCodec().decode(latents).clamp(-1, 1)
+    return videos
+
+
+def real_videos(prompts: Sequence[str], num_frames: int, seeds: Sequence[int]) -> dict[int, torch.Tensor]:
+    """Real videos ``(B, 3, F, H, W)`` of the world for the prompts; each seed draws other scenes."""
+    return {seed: ground_truth(prompts, num_frames, seed=seed * len(prompts)) for seed in seeds}
+
+
 def evaluate_student(
     videos_by_seed: dict[int, torch.Tensor], prompts: Sequence[str], horizons: Sequence[int] = HORIZONS
 ) -> dict[int, dict[str, list[float]]]:
@@ -181,10 +236,12 @@ def plot_results(results: dict[str, dict[int, dict[str, list[float]]]], path: Pa
             horizons = list(by_horizon)
             means = [np.mean(by_horizon[h][key]) for h in horizons]
             spreads = [np.std(by_horizon[h][key]) for h in horizons]
-            axis.errorbar(horizons, means, yerr=spreads, marker="o", capsize=3, label=label)
+            style = {"color": "0.4", "linestyle": "--"} if label in (REAL_LABEL, TEACHER_LABEL) else {}
+            marker = "*" if label == TEACHER_LABEL else "o"
+            axis.errorbar(horizons, means, yerr=spreads, marker=marker, capsize=3, label=label, **style)
         axis.set_title(f"{title} ({'higher' if up else 'lower'} is better)")
         axis.set_xlabel("video length (teacher horizons)")
-        axis.set_xticks(list(next(iter(results.values()))))
+        axis.set_xticks(sorted({h for by_horizon in results.values() for h in by_horizon}))
         axis.grid(alpha=0.3)
         if key == "quality_fd":
             axis.set_yscale("log")
@@ -221,7 +278,8 @@ def run_study(
         horizons: Evaluation lengths in teacher horizons; the videos are the longest of them.
 
     Returns:
-        ``{model label: {horizon: {metric: [value per seed]}}}``.
+        ``{model label: {horizon: {metric: [value per seed]}}}``, with the rows :data:`REAL_LABEL`
+        (every horizon) and :data:`TEACHER_LABEL` (1x only) after the students.
     """
     began = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -245,6 +303,12 @@ def run_study(
         for seed in seeds:
             first_prompt[seed].append(videos[seed][0])
         results[model.label] = evaluate_student(videos, prompts, horizons)
+    console.rule("evaluating the references: real videos and the teacher at its horizon")
+    real = real_videos(prompts, num_frames, seeds)
+    results[REAL_LABEL] = evaluate_student(real, prompts, horizons)
+    results[TEACHER_LABEL] = evaluate_student(teacher_videos(teacher_ckpt, prompts, seeds), prompts, (1,))
+    for seed in seeds:
+        first_prompt[seed].append(real[seed][0])
     for seed, row in first_prompt.items():
         write_video(
             out / f"side_by_side_seed{seed}.mp4", torch.cat(row, dim=-1), fps=8, upscale=8
@@ -253,7 +317,7 @@ def run_study(
     trained = ", ".join(f"{t.name} {'reused' if t.reused else f'{t.seconds / 60:.1f} min'}" for t in timings)
     header = (
         f"Study on held-out prompts ({len(prompts)} prompts x {len(seeds)} seeds; mean +- std over seeds); "
-        f"{minutes:.0f} min in all ({trained}). Left to right in the mp4s: {', '.join(m.label for m in models)}."
+        f"{minutes:.0f} min in all ({trained}). Left to right in the mp4s: {', '.join(m.label for m in models)}, real video."
     )
     table = write_table(results, out / "table.md", header)
     plot = plot_results(results, out / "quality_vs_horizon.png")
