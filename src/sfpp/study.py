@@ -162,7 +162,9 @@ def generate_batch(
 
 
 @torch.no_grad()
-def teacher_videos(teacher_ckpt: Path, prompts: Sequence[str], seeds: Sequence[int]) -> dict[int, torch.Tensor]:
+def teacher_videos(
+    teacher_ckpt: Path, prompts: Sequence[str], seeds: Sequence[int]
+) -> dict[int, torch.Tensor]:
     """The teacher's own clips ``(B, 3, K, H, W)`` of one horizon for the prompts, one batch per seed.
 
     The teacher, its text encoder, its sampler (32 Euler steps with CFG) and the clip shape are those
