@@ -256,7 +256,7 @@ def plot_results(results: dict[str, dict[int, dict[str, list[float]]]], path: Pa
 def run_study(
     out: Path,
     seeds: Sequence[int] = (0, 1, 2),
-    num_prompts: int = 8,
+    num_prompts: int = 16,
     dmd_steps: int = 850,
     grpo_steps: int = 60,
     force: Sequence[str] = (),
@@ -334,7 +334,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("artifacts/study"), help="output directory")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="evaluation seeds")
-    parser.add_argument("--prompts", type=int, default=8, help="held-out prompts per seed")
+    parser.add_argument(
+        "--prompts",
+        type=int,
+        default=16,
+        help="held-out prompts per seed (each window's Frechet distance is fitted on prompts x 4 frames)",
+    )
     parser.add_argument("--dmd-steps", type=int, default=850, help="steps of each DMD run")
     parser.add_argument("--grpo-steps", type=int, default=60, help="steps of the GRPO run")
     parser.add_argument("--force", nargs="*", default=[], help="stages to retrain even if finished")
