@@ -4,11 +4,13 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger
 
 from sfpp.codecs import PixelCodec
 from sfpp.data.world_datamodule import WorldDataModule
 from sfpp.diffusion.sampling import EulerSampler
+from sfpp.diffusion.schedule import add_noise, flow_target, min_snr_weight, x0_from_flow
 from sfpp.models import build_model
 from sfpp.stages.teacher import TeacherModule
 from sfpp.text.world import WorldTextEncoder
@@ -80,6 +82,45 @@ def test_same_seed_same_samples():
     c = module.sample_videos(prompts, 4, (16, 16), seed=4)
     assert a.shape == (2, 3, 4, 16, 16) and a.min() >= -1 and a.max() <= 1
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def _loss_inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x0, noise, flow = (torch.randn(4, 3, 2, 8, 8, generator=g) for _ in range(3))
+    sigma = torch.tensor([0.05, 0.3, 0.7, 0.95])
+    return flow, x0, noise, add_noise(x0, noise, sigma), sigma
+
+
+@pytest.mark.parametrize("loss_space", ["flow", "x0"])
+def test_unweighted_loss_is_the_plain_mse(loss_space):
+    flow, x0, noise, x_t, sigma = _loss_inputs()
+    module = _teacher(loss_space=loss_space)
+    target = flow_target(x0, noise) if loss_space == "flow" else x0
+    prediction = flow if loss_space == "flow" else x0_from_flow(flow, x_t, sigma)
+    assert torch.allclose(module.loss(flow, x0, noise, x_t, sigma), F.mse_loss(prediction, target))
+
+
+def test_min_snr_loss_is_the_same_objective_in_both_spaces():
+    flow, x0, noise, x_t, sigma = _loss_inputs(1)
+    x0_loss = _teacher(loss_space="x0", min_snr_gamma=5.0).loss(flow, x0, noise, x_t, sigma)
+    flow_loss = _teacher(loss_space="flow", min_snr_gamma=5.0).loss(flow, x0, noise, x_t, sigma)
+    assert torch.allclose(x0_loss, flow_loss, rtol=1e-5)
+    # By hand: per-sample x0 errors weighted by min(SNR, 5) / 5.
+    per_sample = (x0_from_flow(flow, x_t, sigma) - x0).square().flatten(1).mean(1)
+    snr = ((1 - sigma) / sigma) ** 2  # [361, 5.44, 0.184, 0.00277]
+    expected = (per_sample * snr.clamp(max=5.0) / 5.0).mean()
+    assert torch.allclose(x0_loss, expected, rtol=1e-5)
+
+
+def test_min_snr_weights():
+    sigma = torch.tensor([0.0, 1 / (1 + 5**0.5), 0.5, 0.9, 1.0])  # SNR inf, 5, 1, 1/81, 0
+    weights = min_snr_weight(sigma, gamma=5.0)
+    assert torch.allclose(weights, torch.tensor([1.0, 1.0, 0.2, 1 / 405, 0.0]), atol=1e-6)
+    assert torch.all(weights[1:].diff() <= 0)
+    with pytest.raises(ValueError, match="gamma must be positive"):
+        min_snr_weight(sigma, gamma=0.0)
+    with pytest.raises(ValueError, match="min_snr_gamma"):
+        _teacher(min_snr_gamma=-1.0)
 
 
 def test_causal_model_is_refused():

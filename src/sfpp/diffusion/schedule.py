@@ -51,6 +51,7 @@ __all__ = [
     "expand_sigma",
     "flow_from_x0",
     "flow_target",
+    "min_snr_weight",
     "noise_from_x0",
     "shift_sigma",
     "unshift_sigma",
@@ -262,6 +263,32 @@ def flow_target(x0: Tensor, noise: Tensor) -> Tensor:
     """
     _check_same_shape("flow_target", "x0", x0, "noise", noise)
     return noise - x0
+
+
+def min_snr_weight(sigma: Tensor, gamma: float) -> Tensor:
+    """Min-SNR-gamma weight of a squared error in clean-sample (``x0``) space, scaled into ``(0, 1]``.
+
+    ``w = min(SNR, gamma) / gamma`` with ``SNR = ((1 - sigma) / sigma) ** 2``, the signal-to-noise
+    ratio of ``x_t``. Noisy levels, whose ``x0`` error is large and mostly irreducible, get small
+    weights; levels cleaner than ``SNR = gamma`` all get weight 1 (Hang et al., "Efficient Diffusion
+    Training via Min-SNR Weighting Strategy", 2023). A flow error is the ``x0`` error divided by
+    ``sigma``, so the same objective in flow space has weight ``w * sigma ** 2``.
+
+    Args:
+        sigma: Noise levels in ``[0, 1]``, any shape.
+        gamma: The SNR above which the weight stops growing, positive.
+
+    Returns:
+        Float32 weights of ``sigma``'s shape; 1 at ``sigma = 0``, 0 at ``sigma = 1``.
+
+    Raises:
+        ValueError: For a non-positive ``gamma``.
+    """
+    if not gamma > 0:
+        raise ValueError(f"min-SNR gamma must be positive, got {gamma}")
+    s = sigma.float()
+    snr = (1.0 - s).square() / s.square().clamp_min(1e-12)  # inf-safe: sigma = 0 gives a huge SNR
+    return snr.clamp(max=gamma) / gamma
 
 
 def x0_from_flow(flow: Tensor, x_t: Tensor, sigma: SigmaLike) -> Tensor:

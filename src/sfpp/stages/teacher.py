@@ -11,11 +11,10 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sfpp.diffusion.sampling import EulerSampler
-from sfpp.diffusion.schedule import add_noise, flow_target, shift_sigma, x0_from_flow
+from sfpp.diffusion.schedule import add_noise, flow_target, min_snr_weight, shift_sigma, x0_from_flow
 from sfpp.models.causal_wan import CausalWanDiT
 from sfpp.models.ema import EMA
 from sfpp.models.parallelize import configure_stage_modules
@@ -38,6 +37,10 @@ class TeacherModule(L.LightningModule):
         loss_space: ``flow``: MSE between predicted and true flow (Wan). ``x0``: MSE between the
             clean latents implied by the prediction and the true ones (pairs with a model whose
             ``prediction_type`` is ``x0``; learns much faster at the built-in world's size).
+        min_snr_gamma: Weight each sample's squared error by min-SNR-gamma
+            (:func:`~sfpp.diffusion.schedule.min_snr_weight`, expressed in ``loss_space``), which
+            moves the training signal from the noisiest levels to the ones where details form;
+            ``None`` (default): every level weighs the same.
         cfg_dropout: Probability of replacing a prompt by the empty prompt (the CFG null condition).
         ema_decay: Decay of the EMA copy used for sampling and evaluation.
         ema_start_step: Steps before the EMA starts averaging.
@@ -62,6 +65,7 @@ class TeacherModule(L.LightningModule):
         train_text_encoder: bool = True,
         timestep_shift: float = 1.0,
         loss_space: str = "flow",
+        min_snr_gamma: float | None = None,
         cfg_dropout: float = 0.1,
         ema_decay: float = 0.999,
         ema_start_step: int = 0,
@@ -76,6 +80,8 @@ class TeacherModule(L.LightningModule):
             raise ValueError("the teacher is bidirectional: build its model with causal=false")
         if loss_space not in ("flow", "x0"):
             raise ValueError(f"loss_space must be 'flow' or 'x0', got {loss_space!r}")
+        if min_snr_gamma is not None and not min_snr_gamma > 0:
+            raise ValueError(f"min_snr_gamma must be positive or null, got {min_snr_gamma}")
         if not 0.0 <= cfg_dropout < 1.0:
             raise ValueError(f"cfg_dropout must be in [0, 1), got {cfg_dropout}")
         # Components are saved by Hydra's config of the run; the checkpoint keeps the scalar settings.
@@ -102,6 +108,7 @@ class TeacherModule(L.LightningModule):
         self.quality_metric = quality_metric
         self.timestep_shift = timestep_shift
         self.loss_space = loss_space
+        self.min_snr_gamma = min_snr_gamma
         self.cfg_dropout = cfg_dropout
 
     # -- parallelism ---------------------------------------------------------------------------
@@ -149,12 +156,40 @@ class TeacherModule(L.LightningModule):
         noise = torch.randn_like(x0)
         x_t = add_noise(x0, noise, sigma)
         flow = self.model(x_t, sigma * 1000.0, context)
-        if self.loss_space == "x0":
-            loss = F.mse_loss(x0_from_flow(flow, x_t, sigma).float(), x0.float())
-        else:
-            loss = F.mse_loss(flow.float(), flow_target(x0, noise).float())
+        loss = self.loss(flow, x0, noise, x_t, sigma)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         return loss
+
+    def loss(
+        self,
+        flow: torch.Tensor,
+        x0: torch.Tensor,
+        noise: torch.Tensor,
+        x_t: torch.Tensor,
+        sigma: torch.Tensor,
+    ) -> torch.Tensor:
+        """The batch's flow-matching loss in ``loss_space``, with the optional min-SNR weights.
+
+        Args:
+            flow: Predicted flow ``(B, C, F, h, w)``.
+            x0: Clean latents, same shape.
+            noise: The noise mixed into ``x0``, same shape.
+            x_t: The model's input, same shape.
+            sigma: Per-sample noise levels ``(B,)``.
+
+        Returns:
+            Scalar float32 loss: the mean over samples of each sample's mean squared error.
+        """
+        if self.loss_space == "x0":
+            error = x0_from_flow(flow, x_t, sigma).float() - x0.float()
+            weight = min_snr_weight(sigma, self.min_snr_gamma) if self.min_snr_gamma else None
+        else:
+            error = flow.float() - flow_target(x0, noise).float()
+            weight = None
+            if self.min_snr_gamma:  # the flow error is the x0 error / sigma: same objective
+                weight = min_snr_weight(sigma, self.min_snr_gamma) * sigma.float().square()
+        per_sample = error.square().flatten(1).mean(1)  # (B,)
+        return per_sample.mean() if weight is None else (per_sample * weight).mean()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Update the EMA copy after every optimisation step."""
