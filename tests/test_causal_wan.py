@@ -143,3 +143,15 @@ def test_x0_prediction_returns_the_matching_flow():
     assert torch.allclose(x0_model(x, t, c), (x - raw) / sigma, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="prediction_type"):
         build_model("tiny", prediction_type="eps")
+
+
+@pytest.mark.parametrize("patch_size", [(1, 2, 2), (1, 4, 4), (1, 2, 4)])
+def test_patchify_equals_the_patch_embedding_convolution(patch_size):
+    torch.manual_seed(0)
+    model = build_model("tiny", patch_size=patch_size, in_channels=3, out_channels=3)
+    x = torch.randn(2, 3, 5, 8, 16)
+    by_conv = model.patch_embedding(x).flatten(2).transpose(1, 2)  # (B, dim, F, H', W') -> (B, L, dim)
+    assert torch.allclose(model._patchify(x), by_conv, atol=1e-5)
+    # The gradient reaches the convolution's own parameters (the ones Wan checkpoints name).
+    model._patchify(x).sum().backward()
+    assert model.patch_embedding.weight.grad is not None and model.patch_embedding.bias.grad is not None

@@ -50,3 +50,15 @@ def test_positions_beyond_table_raise():
         rope(6, 3, 1, 1)
     with pytest.raises(ValueError, match="rope_max_seq_len"):
         rope(0, 1, 9, 1)
+
+
+def test_apply_rope_matches_the_pairwise_rotation_formula():
+    rope = Rope3D(head_dim=24, max_seq_len=64)
+    cos, sin = rope(7, 2, 3, 4)  # (24, 12)
+    x = torch.randn(2, 24, 3, 24, generator=torch.Generator().manual_seed(0))
+    even, odd = x[..., 0::2], x[..., 1::2]  # the interleaved pairs (x[2i], x[2i + 1])
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    expected = torch.stack([even * c - odd * s, even * s + odd * c], dim=-1).flatten(-2)
+    assert torch.allclose(apply_rope(x, cos, sin), expected, atol=1e-6)
+    bf16 = apply_rope(x.bfloat16(), cos, sin)
+    assert bf16.dtype == torch.bfloat16 and torch.allclose(bf16.float(), expected, atol=3e-2)

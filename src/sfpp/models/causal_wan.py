@@ -25,12 +25,13 @@ from collections import OrderedDict
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sfpp.models.attention import AttentionBackend, build_attention_backend
 from sfpp.models.frame_mask import FrameAttentionPattern
 from sfpp.models.kv_cache import RollingKVCache
-from sfpp.models.rope import Rope3D, apply_rope
+from sfpp.models.rope import Rope3D, apply_rope_rotation, rope_rotation
 
 __all__ = ["CausalWanDiT", "WanBlock", "sinusoidal_embedding"]
 
@@ -80,7 +81,7 @@ class SelfAttention(_Projections):
     def forward(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
+        rope: torch.Tensor,
         backend: AttentionBackend,
         mask: Any,
         cache: RollingKVCache | None,
@@ -97,7 +98,7 @@ class SelfAttention(_Projections):
         q = self.norm_q(self.q(x)).unflatten(2, (self.num_heads, -1))  # (B, L, H, D)
         k = self.norm_k(self.k(x)).unflatten(2, (self.num_heads, -1))  # (B, L, H, D)
         v = self.v(x).unflatten(2, (self.num_heads, -1))  # (B, L, H, D)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k = apply_rope_rotation(q, rope), apply_rope_rotation(k, rope)
         keys, values = k, v
         if cache is not None:
             if k.requires_grad or v.requires_grad:
@@ -165,13 +166,25 @@ def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, num_fra
         ``(B, L, dim)`` float32.
     """
     frames = x.float().unflatten(1, (num_frames, -1))  # (B, F, T, dim)
-    out = frames * (1 + scale.unsqueeze(2)) + shift.unsqueeze(2)
+    out = torch.addcmul(shift.unsqueeze(2), frames, 1 + scale.unsqueeze(2))  # (B, F, T, dim)
     return out.flatten(1, 2)  # (B, L, dim)
 
 
-def _gate(y: torch.Tensor, gate: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """``y * gate`` with a per-frame gate ``(B, F, dim)``, in float32; ``y`` is ``(B, L, dim)``."""
-    return (y.float().unflatten(1, (num_frames, -1)) * gate.unsqueeze(2)).flatten(1, 2)  # (B, L, dim)
+def _gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """``x + y * gate`` with a per-frame gate ``(B, F, dim)``, in float32, cast back to ``x``'s dtype.
+
+    Args:
+        x: ``(B, L, dim)`` residual stream, frame-major.
+        y: ``(B, L, dim)`` branch output.
+        gate: ``(B, F, dim)``.
+        num_frames: ``F``.
+
+    Returns:
+        ``(B, L, dim)`` in ``x``'s dtype.
+    """
+    frames = x.float().unflatten(1, (num_frames, -1))  # (B, F, T, dim)
+    out = torch.addcmul(frames, y.float().unflatten(1, (num_frames, -1)), gate.unsqueeze(2))  # (B, F, T, dim)
+    return out.flatten(1, 2).type_as(x)  # (B, L, dim)
 
 
 # 3. Block -------------------------------------------------------------------------------------
@@ -207,7 +220,7 @@ class WanBlock(nn.Module):
         self,
         x: torch.Tensor,
         time_mod: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
+        rope: torch.Tensor,
         text_kv: tuple[torch.Tensor, torch.Tensor],
         backend: AttentionBackend,
         mask: Any,
@@ -223,7 +236,7 @@ class WanBlock(nn.Module):
         # 1. Self-attention
         h = _modulate(self.norm1(x), shift_sa, scale_sa, num_frames).type_as(x)
         y = self.self_attn(h, rope, backend, mask, cache, layer, write_cache)
-        x = (x.float() + _gate(y, gate_sa, num_frames)).type_as(x)
+        x = _gated_residual(x, y, gate_sa, num_frames)
 
         # 2. Cross-attention
         x = x + self.cross_attn(self.norm3(x), text_kv, backend)
@@ -231,7 +244,7 @@ class WanBlock(nn.Module):
         # 3. Feed-forward
         h = _modulate(self.norm2(x), shift_ff, scale_ff, num_frames).type_as(x)
         y = self.ffn(h)
-        return (x.float() + _gate(y, gate_ff, num_frames)).type_as(x)
+        return _gated_residual(x, y, gate_ff, num_frames)
 
 
 class WanHead(nn.Module):
@@ -410,6 +423,21 @@ class CausalWanDiT(nn.Module):
                 self._mask_cache.popitem(last=False)
         return self._mask_cache[key]
 
+    def _patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """The patch embedding as one matrix product: ``(B, C, F, H, W) -> (B, L, dim)``, frame-major.
+
+        ``patch_embedding`` is a Conv3d whose stride equals its kernel, i.e. a linear map of each
+        non-overlapping patch; applying it as a matmul on the gathered patches gives the same tokens
+        without the convolution's per-call overhead (a large part of a small chunk's forward).
+        """
+        batch, channels, num_frames, height, width = x.shape
+        _, p_h, p_w = self.patch_size
+        patches = x.reshape(batch, channels, num_frames, height // p_h, p_h, width // p_w, p_w)
+        # (B, C, F, H', p_h, W', p_w) -> (B, F, H', W', C, p_h, p_w) -> (B, L, C * p_h * p_w)
+        patches = patches.permute(0, 2, 3, 5, 1, 4, 6).reshape(batch, -1, channels * p_h * p_w)
+        weight = self.patch_embedding.weight.flatten(1)  # (dim, C, 1, p_h, p_w) -> (dim, C * p_h * p_w)
+        return F.linear(patches.to(weight.dtype), weight, self.patch_embedding.bias)  # (B, L, dim)
+
     def _check_inputs(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Validate shapes; return per-frame timesteps ``(B, F)``."""
         if x.ndim != 5 or x.shape[1] != self.in_channels:
@@ -479,9 +507,9 @@ class CausalWanDiT(nn.Module):
             pattern = attention_pattern or self.default_pattern
             mask = self._mask(pattern, grid[0], grid[1] * grid[2], x.device)
 
-        # 1. Patchify: (B, C, F, H, W) -> (B, dim, F', H', W') -> (B, L, dim)
-        tokens = self.patch_embedding(x).flatten(2).transpose(1, 2).contiguous()  # (B, L, dim)
-        rope = self.rope(frame_offset, *grid)
+        # 1. Patchify: (B, C, F, H, W) -> (B, L, dim)
+        tokens = self._patchify(x)  # (B, L, dim)
+        rope = rope_rotation(*self.rope(frame_offset, *grid))  # (1, L, 1, head_dim // 2) complex
 
         # 2. Per-frame time embedding and modulation
         time_emb = self.time_embedding(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["Rope3D", "apply_rope", "rope_axis_dims"]
+__all__ = ["Rope3D", "apply_rope", "apply_rope_rotation", "rope_axis_dims", "rope_rotation"]
 
 
 def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
@@ -111,8 +111,41 @@ class Rope3D(nn.Module):
         return tables[0], tables[1]
 
 
+def rope_rotation(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The rotations of :class:`Rope3D`'s tables as unit complex numbers, ready to broadcast.
+
+    Build it once per forward and rotate every layer's queries and keys with
+    :func:`apply_rope_rotation` (one complex product each instead of a handful of real ops).
+
+    Args:
+        cos: ``(L, head_dim // 2)``.
+        sin: ``(L, head_dim // 2)``.
+
+    Returns:
+        Complex64 ``(1, L, 1, head_dim // 2)``: ``cos + i sin``.
+    """
+    return torch.complex(cos.float(), sin.float())[None, :, None, :]  # (1, L, 1, head_dim // 2)
+
+
+def apply_rope_rotation(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved channel pairs ``(x[2i], x[2i + 1])`` of queries or keys.
+
+    Each pair is read as the complex number ``x[2i] + i x[2i + 1]`` and multiplied by its rotation:
+    ``(x[2i] cos - x[2i + 1] sin, x[2i] sin + x[2i + 1] cos)``.
+
+    Args:
+        x: ``(B, L, num_heads, head_dim)``.
+        rotation: From :func:`rope_rotation`, ``(1, L, 1, head_dim // 2)``.
+
+    Returns:
+        Rotated tensor of the same shape and dtype as ``x`` (computed in float32).
+    """
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())  # (B, L, H, head_dim // 2)
+    return torch.view_as_real(pairs * rotation).flatten(-2).type_as(x)  # (B, L, H, head_dim)
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved channel pairs of queries or keys.
+    """Rotate interleaved channel pairs of queries or keys with :class:`Rope3D`'s tables.
 
     Args:
         x: ``(B, L, num_heads, head_dim)``.
@@ -122,9 +155,4 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     Returns:
         Rotated tensor of the same shape and dtype as ``x`` (computed in float32).
     """
-    pairs = x.float().unflatten(-1, (-1, 2))  # (B, L, H, head_dim // 2, 2)
-    real, imag = pairs.unbind(-1)
-    cos = cos[None, :, None, :]  # (1, L, 1, head_dim // 2)
-    sin = sin[None, :, None, :]
-    rotated = torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1)
-    return rotated.flatten(-2).type_as(x)  # (B, L, H, head_dim)
+    return apply_rope_rotation(x, rope_rotation(cos, sin))
