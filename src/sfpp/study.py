@@ -41,6 +41,7 @@ from sfpp.data.world import heldout_prompts
 from sfpp.demo import HORIZON, demo_stages, ground_truth
 from sfpp.diffusion.rollout import rollout_from_seed
 from sfpp.evaluation import evaluate_long_videos
+from sfpp.inference.teacher import TeacherClipSampler
 from sfpp.io.video import write_video
 from sfpp.pipeline import StageRun, run_stages
 
@@ -170,26 +171,8 @@ def teacher_videos(
     The teacher, its text encoder, its sampler (32 Euler steps with CFG) and the clip shape are those
     that wrote the ODE pairs (``conf/ode_pairs.yaml``), so this is exactly what the students distil.
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-
-    from sfpp.codecs import PixelCodec
-    from sfpp.utils.config_dir import find_config_dir
-
-    with initialize_config_dir(version_base="1.3", config_dir=str(find_config_dir()), job_name="study"):
-        cfg = compose(config_name="ode_pairs", overrides=[f"teacher_ckpt={teacher_ckpt}"]).generator
-    teacher = instantiate(cfg.teacher).eval()
-    text_encoder = instantiate(cfg.text_encoder).eval()
-    sampler = instantiate(cfg.sampler)
-    context = text_encoder(list(prompts))[0]
-    null_context = text_encoder([cfg.negative_prompt] * len(prompts))[0]
-    shape = (len(prompts), cfg.latent_shape[0], cfg.num_frames, *cfg.latent_shape[1:])  # (B, C, K, h, w)
-    videos = {}
-    for seed in seeds:
-        noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-        latents = sampler.sample(teacher, noise, context, null_context).x0
-        videos[seed] = PixelCodec().decode(latents).clamp(-1, 1)
-    return videos
+    sample = TeacherClipSampler.from_checkpoint(teacher_ckpt)
+    return {seed: sample(prompts, seed) for seed in seeds}
 
 
 def real_videos(prompts: Sequence[str], num_frames: int, seeds: Sequence[int]) -> dict[int, torch.Tensor]:

@@ -45,6 +45,7 @@ __all__ = [
     "all_prompts",
     "background_colours",
     "derive_seed",
+    "format_prompt",
     "heldout_prompts",
     "object_pixel_positions",
     "object_positions",
@@ -369,10 +370,23 @@ def prompt_words(prompt: str) -> list[str]:
     return words
 
 
+def format_prompt(objects: Sequence[tuple[str, str]], background: str) -> str:
+    """The grammar's prompt for ``(colour, shape)`` objects on a background kind.
+
+    Args:
+        objects: ``(colour, shape)`` of each object, front to back as :func:`parse_prompt` reads them.
+        background: One of :data:`BACKGROUNDS`.
+
+    Returns:
+        For example ``"a red circle and a blue square bouncing on a dark background"``.
+    """
+    phrase = " and ".join(f"a {colour} {shape}" for colour, shape in objects)
+    return f"{phrase} bouncing on a {BACKGROUND_PHRASES[background]}"
+
+
 def prompt_of(spec: VideoSpec) -> str:
     """The prompt describing a video, e.g. ``"a red circle bouncing on a dark background"``."""
-    objects = " and ".join(f"a {obj.colour} {obj.shape}" for obj in spec.objects)
-    return f"{objects} bouncing on a {BACKGROUND_PHRASES[spec.background.kind]}"
+    return format_prompt([(obj.colour, obj.shape) for obj in spec.objects], spec.background.kind)
 
 
 class _WordReader:

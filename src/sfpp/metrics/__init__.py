@@ -8,6 +8,7 @@ from sfpp.metrics.stability import (
     stability_curve,
     stability_scores,
 )
+from sfpp.metrics.word_swap import ATTRIBUTES, denoiser_word_use, swap_attribute
 from sfpp.metrics.world_objects import (
     ShapeThresholds,
     VideoObjectStats,
@@ -19,6 +20,7 @@ from sfpp.metrics.world_objects import (
 )
 
 __all__ = [
+    "ATTRIBUTES",
     "DEFAULT_TOLERANCES",
     "DriftTolerance",
     "DynamicDegree",
@@ -28,6 +30,7 @@ __all__ = [
     "WindowQuality",
     "WorldObjectScore",
     "classify_shape",
+    "denoiser_word_use",
     "fit_shape_thresholds",
     "frechet_distance",
     "label_colours",
@@ -35,4 +38,5 @@ __all__ = [
     "score_videos",
     "stability_curve",
     "stability_scores",
+    "swap_attribute",
 ]
