@@ -43,7 +43,7 @@ _SCORES = ("clean_frame_fraction", "detected_fraction", "shape_accuracy", "mean_
 def teacher_report(
     checkpoint: str | Path, num_prompts: int = 32, seed: int = 0, out: str | Path | None = None
 ) -> dict[str, Any]:
-    """Score a toy teacher's clips against real clips and measure its word-swap sensitivity.
+    """Score a toy teacher's clips against real clips and check which kinds of prompt words it reads.
 
     Args:
         checkpoint: A ``toy_teacher`` Lightning checkpoint.
@@ -69,9 +69,10 @@ def teacher_report(
     metric = WorldObjectScore()
     teacher_clips = sample(prompts, seed)
     real_clips = ground_truth(prompts, HORIZON, seed=seed)
+    teacher_scores, real_scores = metric(teacher_clips, prompts), metric(real_clips, prompts)
     report = {
-        "teacher": {key: metric(teacher_clips, prompts)[key] for key in _SCORES},
-        "real": {key: metric(real_clips, prompts)[key] for key in _SCORES},
+        "teacher": {key: teacher_scores[key] for key in _SCORES},
+        "real": {key: real_scores[key] for key in _SCORES},
         "word_use": denoiser_word_use(
             sample.denoise, real_clips, prompts, WORD_CHECK_SIGMAS, metric, tuple(WORD_CHECKS), seed=seed
         ),
@@ -101,7 +102,7 @@ def _print(report: dict[str, Any], checkpoint: str, num_prompts: int) -> None:
     for sigma, by_variant in report["word_use"].items():
         for key in WORD_CHECKS.values():
             words.add_row(
-                f"{sigma:g}", key.replace("_", " "), *(f"{scores[key]:.3f}" for scores in by_variant.values())
+                f"{sigma:g}", key.replace("_", " "), *(f"{values[key]:.3f}" for values in by_variant.values())
             )
     console.print(words)
 

@@ -182,14 +182,15 @@ class TeacherModule(L.LightningModule):
         """
         if self.loss_space == "x0":
             error = x0_from_flow(flow, x_t, sigma).float() - x0.float()
-            weight = min_snr_weight(sigma, self.min_snr_gamma) if self.min_snr_gamma else None
         else:
             error = flow.float() - flow_target(x0, noise).float()
-            weight = None
-            if self.min_snr_gamma:  # the flow error is the x0 error / sigma: same objective
-                weight = min_snr_weight(sigma, self.min_snr_gamma) * sigma.float().square()
         per_sample = error.square().flatten(1).mean(1)  # (B,)
-        return per_sample.mean() if weight is None else (per_sample * weight).mean()
+        if self.min_snr_gamma is None:
+            return per_sample.mean()
+        weight = min_snr_weight(sigma, self.min_snr_gamma)  # (B,), defined on the x0 error
+        if self.loss_space == "flow":  # the flow error is the x0 error / sigma: same objective
+            weight = weight * sigma.float().square()
+        return (per_sample * weight).mean()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Update the EMA copy after every optimisation step."""
