@@ -147,3 +147,21 @@ def test_gradient_free_calls_read_the_window_in_place_and_match_the_concatenatin
         torch.testing.assert_close(in_place, concatenated.detach(), rtol=0, atol=1e-6)
     visible = caches[0]._num_visible_slots() * caches[0].tokens_per_frame
     torch.testing.assert_close(caches[0].keys[:, :, :visible], caches[1].keys[:, :, :visible])
+
+
+@pytest.mark.parametrize(("window", "sink"), [(4, 0), (4, 2)])
+def test_write_chunk_stores_what_the_cache_writing_forward_stores(window, sink):
+    """The output-free clean pass writes the same keys and values as a full cache-writing forward."""
+    model = _model(2)
+    x, t, c = _inputs(12)
+    full_pass = model.new_kv_cache(2, 8, 8, window_frames=window, sink_frames=sink)
+    trimmed = model.new_kv_cache(2, 8, 8, window_frames=window, sink_frames=sink)
+    for s in range(0, 12, 2):
+        model(x[:, :, s : s + 2], t[:, s : s + 2], c, kv_cache=full_pass, frame_offset=s, write_cache=True)
+        model.write_chunk(x[:, :, s : s + 2], t[:, s : s + 2], c, kv_cache=trimmed, frame_offset=s)
+        assert trimmed.num_frames == full_pass.num_frames == s + 2
+        for layer in range(model.num_layers):  # (slots past the visible ones are scratch space)
+            for a, b in zip(trimmed.visible(layer), full_pass.visible(layer), strict=True):
+                assert a.abs().sum() > 0 and torch.equal(a, b)
+    with pytest.raises(ValueError, match="chunk starts at frame"):
+        model.write_chunk(x[:, :, :2], t[:, :2], c, kv_cache=trimmed, frame_offset=0)

@@ -9,6 +9,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from sfpp.codecs import PixelCodec
 from sfpp.data.world_datamodule import WorldDataModule
+from sfpp.diffusion.losses import foreground_weights
 from sfpp.diffusion.sampling import EulerSampler
 from sfpp.diffusion.schedule import add_noise, flow_target, min_snr_weight, x0_from_flow
 from sfpp.models import build_model
@@ -121,6 +122,48 @@ def test_min_snr_weights():
         min_snr_weight(sigma, gamma=0.0)
     with pytest.raises(ValueError, match="min_snr_gamma"):
         _teacher(min_snr_gamma=-1.0)
+
+
+def _scene():
+    """Two frames of a plain background (different per frame) with a 3x3 object on the first."""
+    x0 = torch.zeros(1, 3, 2, 8, 8)
+    x0[:, :, 0] = -0.5
+    x0[:, :, 1] = torch.tensor([0.2, -0.1, 0.4])[:, None, None]
+    x0[:, 0, 0, 2:5, 3:6] = 0.9
+    return x0
+
+
+def test_foreground_weights_mark_what_differs_from_the_frame_background():
+    x0 = _scene()
+    weights = foreground_weights(x0, 4.0)
+    assert weights.shape == (1, 1, 2, 8, 8)
+    expected = torch.ones(1, 1, 2, 8, 8)
+    expected[:, :, 0, 2:5, 3:6] = 5.0
+    assert torch.equal(weights, expected)
+    assert torch.equal(foreground_weights(x0, 0.0), torch.ones(1, 1, 2, 8, 8))
+    with pytest.raises(ValueError, match=">= 0"):
+        foreground_weights(x0, -1.0)
+    with pytest.raises(ValueError, match="B, C, F, H, W"):
+        foreground_weights(x0[0], 1.0)
+    with pytest.raises(ValueError, match="foreground_weight"):
+        _teacher(foreground_weight=-0.5)
+
+
+def test_foreground_weighted_loss_is_the_weighted_mean_of_the_x0_error():
+    x0 = _scene().expand(2, -1, -1, -1, -1).clone()
+    sigma = torch.tensor([0.3, 0.6])
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    x_t = add_noise(x0, noise, sigma)
+    error = torch.zeros_like(x0)
+    error[:, :, 0, 3, 4] = 1.0  # one wrong position inside the object
+    error[:, :, 1, 0, 0] = 1.0  # one wrong background position
+    flow = (x_t - (x0 + error)) / sigma[:, None, None, None, None]  # the flow whose x0 estimate is x0 + error
+    module = _teacher(loss_space="x0", foreground_weight=4.0)
+    # Weighted mean per sample: (5 * 3 + 1 * 3) / (3 channels * (9 * 5 + 119 * 1)) squared errors.
+    expected = torch.tensor(18.0 / (3 * (9 * 5 + 119)))
+    assert torch.allclose(module.loss(flow, x0, noise, x_t, sigma), expected, rtol=1e-4)
+    plain = _teacher(loss_space="x0").loss(flow, x0, noise, x_t, sigma)
+    assert torch.allclose(plain, torch.tensor(6.0 / (3 * 128)), rtol=1e-4)
 
 
 def test_causal_model_is_refused():

@@ -17,14 +17,16 @@ every method generates ``B`` videos together (cache, noise, text context and the
 all have batch ``B``). The batch matters because a chunk of ``a`` is tiny at batch 1 (48 query
 tokens per forward): its time is mostly the fixed cost of each eager operator, which does not grow
 with the batch, while ``c`` runs 8x more tokens per forward and is closer to compute-bound. A larger
-batch moves c/a towards the compute-bound ratio of 4 x 384 / (5 x 48) = 6.4x (plus the attention
+batch moves c/a towards the compute-bound ratio of 4 x 384 / (5 x 48) = 6.4x (a little more since
+the clean pass skips the last block's attention and feed-forward, plus the attention
 saving). The targets are evaluated, and printed PASS/FAIL, for every batch size separately.
 
 Methods, all generating chunk by chunk (3 frames, 4 denoising forwards each):
 
 * ``a``: the library's :class:`~sfpp.models.kv_cache.RollingKVCache` (ring buffer, a chunk write
   touches only its own slots) through :func:`sfpp.diffusion.stream_rollout`, plus the clean pass
-  that writes the chunk into the cache (5 forwards of one chunk per chunk).
+  that writes the chunk into the cache (:meth:`CausalWanDiT.write_chunk`: 4 forwards of one chunk
+  and an output-free clean pass per chunk).
 * ``b``: the same rollout with :class:`RollByCopyKVCache` below, which keeps frames in time order
   and, once full, shifts the whole buffer left by one chunk with a copy before writing the chunk at
   the end (the layout of the public Self-Forcing code). It must generate the same latents as ``a``.
@@ -654,8 +656,9 @@ def print_table(
         f"median. a/b, a/c: time ratios; c/a: speed-up of a over c (the target).\n"
         f"a cont.: median of the same {sample} chunks in the continuous 0..{lengths[-1]}-frame rollout that built "
         f"the states ({args.build_threads} thread(s), one pass; not used for the targets).\n"
-        f"Query tokens per chunk and video: a, b {q_a} (5 forwards x {CHUNK * tpf}); c {q_c} (4 forwards x "
-        f"{(args.window + CHUNK) * tpf}): a compute-bound c/a would be ~{q_c / q_a:.1f}x. A forward at batch B "
+        f"Query tokens per chunk and video: a, b {q_a} (4 forwards and the clean pass x {CHUNK * tpf}; the clean "
+        f"pass skips the last block's attention and feed-forward and the head); c {q_c} (4 forwards x "
+        f"{(args.window + CHUNK) * tpf}): a compute-bound c/a would be ~{q_c / q_a:.1f}x or a little more. A forward at batch B "
         f"runs B times these tokens through the same operator calls, so the fixed per-operator cost, which "
         f"dominates a's small forwards, weighs less as B grows.\n"
         f"MiB: persistent state (a, b: K/V cache {caches}, + text K/V; c: {args.window} clean frames) + peak "

@@ -1,7 +1,13 @@
 """Flow-matching diffusion math shared by the teacher, the student, the critic and the rollouts."""
 
 from sfpp.diffusion.lengths import Rounding, VideoTiming, parse_length
-from sfpp.diffusion.losses import dmd_loss, flow_matching_loss, ode_regression_loss, real_and_fake_x0
+from sfpp.diffusion.losses import (
+    dmd_loss,
+    flow_matching_loss,
+    foreground_weights,
+    ode_regression_loss,
+    real_and_fake_x0,
+)
 from sfpp.diffusion.reinject import NoiseReinjector
 
 # The function `rollout` stays in its module (sfpp.diffusion.rollout.rollout): exporting it here would
@@ -46,6 +52,7 @@ __all__ = [
     "parse_length",
     "dmd_loss",
     "flow_matching_loss",
+    "foreground_weights",
     "ode_regression_loss",
     "real_and_fake_x0",
     "NoiseReinjector",

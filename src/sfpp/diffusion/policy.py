@@ -238,10 +238,7 @@ def replay_trajectory(
             log_probs.append(gaussian_log_prob(x_next, mean, std))
             means.append(mean)
             stds.append(std)
-        with torch.no_grad():
-            t = torch.full((batch,), context_timestep, device=param.device)
-            model(
-                chunk.latents, t, context, kv_cache=cache, frame_offset=chunk.frame_offset, write_cache=True
-            )
+        t = torch.full((batch,), context_timestep, device=param.device)
+        model.write_chunk(chunk.latents, t, context, kv_cache=cache, frame_offset=chunk.frame_offset)
         stacked = torch.stack(log_probs, dim=1) if log_probs else torch.zeros(batch, 0, device=param.device)
         yield ReplayedChunk(trajectory=chunk, log_probs=stacked, means=means, stds=stds)

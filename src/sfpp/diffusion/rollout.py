@@ -7,8 +7,9 @@ For each chunk of ``num_frames_per_chunk`` latent frames:
    into a clean estimate ``x0 = x_t - sigma * flow`` and, unless it is the last step, re-noise that
    estimate to the next timestep with fresh noise (the few-step consistency sampler of CausVid /
    Self-Forcing);
-3. run the model once more on the clean chunk at ``context_timestep`` (0) with ``write_cache`` so
-   its keys and values join the cache, exactly as at inference time.
+3. run the model once more on the clean chunk at ``context_timestep`` (0) so its keys and values
+   join the cache, exactly as at inference time (:meth:`CausalWanDiT.write_chunk`, which skips the
+   last block's attention and feed-forward and the head: nothing reads that pass's output).
 
 Chunks are yielded as soon as they are finished, so a caller can decode and write a long video
 while it is being generated, with memory that does not grow with its length. Training (which adds
@@ -212,9 +213,10 @@ def stream_rollout(
                     with torch.no_grad():
                         record.log_probs.append(transition.log_prob(out, x0, x_t, sigmas[step], 0.0))
                 x0 = out
-        with torch.no_grad():  # the clean pass only writes the cache
-            t = torch.full((batch,), sampler.context_timestep, device=param.device)
-            model(x0.detach(), t, context, kv_cache=cache, frame_offset=frame_offset, write_cache=True)
+        t = torch.full((batch,), sampler.context_timestep, device=param.device)
+        model.write_chunk(
+            x0.detach(), t, context, kv_cache=cache, frame_offset=frame_offset
+        )  # the clean pass
         if record is not None:
             record.latents = x0.detach()
             trajectory.append(record)

@@ -96,9 +96,8 @@ class SelfAttention(_Projections):
         view, no copy of the window); with one, past and present are concatenated.
         """
         q = self.norm_q(self.q(x)).unflatten(2, (self.num_heads, -1))  # (B, L, H, D)
-        k = self.norm_k(self.k(x)).unflatten(2, (self.num_heads, -1))  # (B, L, H, D)
-        v = self.v(x).unflatten(2, (self.num_heads, -1))  # (B, L, H, D)
-        q, k = apply_rope_rotation(q, rope), apply_rope_rotation(k, rope)
+        q = apply_rope_rotation(q, rope)
+        k, v = self.keys_values(x, rope)
         keys, values = k, v
         if cache is not None:
             if k.requires_grad or v.requires_grad:
@@ -113,6 +112,12 @@ class SelfAttention(_Projections):
         if cache is not None and write_cache:  # after attention: the chunk may overwrite visible slots
             cache.write(layer, k.detach(), v.detach())
         return self.o(out.flatten(2))  # (B, L, dim)
+
+    def keys_values(self, x: torch.Tensor, rope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys (RMS-normed, RoPE applied) and values of the tokens ``x`` ``(B, L, dim)``, each ``(B, L, H, D)``."""
+        k = self.norm_k(self.k(x)).unflatten(2, (self.num_heads, -1))  # (B, L, H, D)
+        v = self.v(x).unflatten(2, (self.num_heads, -1))  # (B, L, H, D)
+        return apply_rope_rotation(k, rope), v
 
 
 class CrossAttention(_Projections):
@@ -227,14 +232,27 @@ class WanBlock(nn.Module):
         cache: RollingKVCache | None,
         layer: int,
         write_cache: bool,
+        cache_only: bool = False,
     ) -> torch.Tensor:
-        """Apply the block to ``x`` ``(B, L, dim)`` with per-frame modulation ``(B, F, 6, dim)``."""
+        """Apply the block to ``x`` ``(B, L, dim)`` with per-frame modulation ``(B, F, 6, dim)``.
+
+        With ``cache_only`` (and a cache), only the self-attention keys and values of ``x`` are
+        computed and stored, the same ones as with ``write_cache``, and ``x`` is returned unchanged:
+        the pass that writes a chunk into the cache never reads the last block's output. (A flag of
+        ``forward`` rather than a method of its own, so FSDP2's parameter gathering hooks run.)
+        """
         num_frames = time_mod.shape[1]
         mod = self.modulation.unsqueeze(0).float() + time_mod.float()  # (B, F, 6, dim)
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod.unbind(2)  # each (B, F, dim)
 
         # 1. Self-attention
         h = _modulate(self.norm1(x), shift_sa, scale_sa, num_frames).type_as(x)
+        if cache_only:
+            if cache is None:
+                raise ValueError("cache_only needs a KV cache")
+            k, v = self.self_attn.keys_values(h, rope)
+            cache.write(layer, k.detach(), v.detach())
+            return x
         y = self.self_attn(h, rope, backend, mask, cache, layer, write_cache)
         x = _gated_residual(x, y, gate_sa, num_frames)
 
@@ -507,28 +525,11 @@ class CausalWanDiT(nn.Module):
             pattern = attention_pattern or self.default_pattern
             mask = self._mask(pattern, grid[0], grid[1] * grid[2], x.device)
 
-        # 1. Patchify: (B, C, F, H, W) -> (B, L, dim)
-        tokens = self._patchify(x)  # (B, L, dim)
-        rope = rope_rotation(*self.rope(frame_offset, *grid))  # (1, L, 1, head_dim // 2) complex
-
-        # 2. Per-frame time embedding and modulation
-        time_emb = self.time_embedding(
-            sinusoidal_embedding(timestep, self.freq_dim).to(tokens.dtype)
-        )  # (B, F, dim)
-        time_mod = self.time_projection(time_emb).unflatten(2, (6, -1))  # (B, F, 6, dim)
-
-        # 3. Text keys/values, per layer (computed once per rollout when a cache is used)
-        need_text = kv_cache is None or any(kv is None for kv in kv_cache.cross_kv)
-        text = self.text_embedding(context.to(tokens.dtype)) if need_text else None  # (B, Lt, dim)
+        tokens, rope, time_emb, time_mod, text = self._embed(x, timestep, context, kv_cache, frame_offset)
 
         # 4. Blocks
         for layer, block in enumerate(self.blocks):
-            if kv_cache is None:
-                text_kv = block.cross_attn.text_kv(text)
-            else:
-                if kv_cache.cross_kv[layer] is None:
-                    kv_cache.cross_kv[layer] = tuple(t.detach() for t in block.cross_attn.text_kv(text))
-                text_kv = kv_cache.cross_kv[layer]
+            text_kv = self._text_kv(layer, text, kv_cache)
             tokens = block(tokens, time_mod, rope, text_kv, self.backend, mask, kv_cache, layer, write_cache)
         if kv_cache is not None and write_cache:
             kv_cache.advance(num_frames)
@@ -543,6 +544,102 @@ class CausalWanDiT(nn.Module):
             sigma = sigma[:, None, :, None, None]  # (B, 1, F, 1, 1)
             out = ((x.float() - out.float()) / sigma).type_as(out)
         return out
+
+    def _embed(
+        self,
+        x: torch.Tensor,
+        timestep: torch.Tensor,
+        context: torch.Tensor,
+        kv_cache: RollingKVCache | None,
+        frame_offset: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Steps 1-3 of a forward: tokens, RoPE rotation, time embedding and modulation, text.
+
+        Args:
+            x: Latents ``(B, C, F, H, W)``.
+            timestep: Per-frame timesteps ``(B, F)``.
+            context: Text embeddings ``(B, L_text, text_dim)``.
+            kv_cache: The cache, whose stored text keys/values make the text embedding unneeded.
+            frame_offset: Absolute index of the first frame (RoPE position).
+
+        Returns:
+            ``tokens (B, L, dim)``, ``rope (1, L, 1, head_dim // 2)`` complex, ``time_emb (B, F, dim)``,
+            ``time_mod (B, F, 6, dim)`` and the embedded text ``(B, L_text, dim)`` (``None`` when
+            every layer's text keys/values are cached already).
+        """
+        _, _, num_frames, height, width = x.shape
+        grid = (num_frames, height // self.patch_size[1], width // self.patch_size[2])
+
+        # 1. Patchify: (B, C, F, H, W) -> (B, L, dim)
+        tokens = self._patchify(x)  # (B, L, dim)
+        rope = rope_rotation(*self.rope(frame_offset, *grid))  # (1, L, 1, head_dim // 2) complex
+
+        # 2. Per-frame time embedding and modulation
+        time_emb = self.time_embedding(
+            sinusoidal_embedding(timestep, self.freq_dim).to(tokens.dtype)
+        )  # (B, F, dim)
+        time_mod = self.time_projection(time_emb).unflatten(2, (6, -1))  # (B, F, 6, dim)
+
+        # 3. Text (its keys/values are computed once per rollout when a cache is used)
+        need_text = kv_cache is None or any(kv is None for kv in kv_cache.cross_kv)
+        text = self.text_embedding(context.to(tokens.dtype)) if need_text else None  # (B, Lt, dim)
+        return tokens, rope, time_emb, time_mod, text
+
+    def _text_kv(
+        self, layer: int, text: torch.Tensor | None, kv_cache: RollingKVCache | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys and values of one layer, from (and stored in) the cache when there is one."""
+        cross_attn = self.blocks[layer].cross_attn
+        if kv_cache is None:
+            return cross_attn.text_kv(text)
+        if kv_cache.cross_kv[layer] is None:
+            kv_cache.cross_kv[layer] = tuple(t.detach() for t in cross_attn.text_kv(text))
+        return kv_cache.cross_kv[layer]
+
+    @torch.no_grad()
+    def write_chunk(
+        self,
+        x: torch.Tensor,
+        timestep: torch.Tensor,
+        context: torch.Tensor,
+        *,
+        kv_cache: RollingKVCache,
+        frame_offset: int,
+    ) -> None:
+        """Store a finished chunk in the cache: the clean pass of a rollout, without its unused output.
+
+        Writes the same keys and values as ``forward(..., kv_cache=kv_cache, write_cache=True)``
+        but skips what only produces the output: the last block's attention, cross-attention and
+        feed-forward, and the head (a quarter of a forward for the 4-block toy model, 1/30 for
+        Wan2.1-1.3B). Gradient-free, as the cache is.
+
+        Args:
+            x: The chunk's latents ``(B, C, F, H, W)``, ``F`` at most one chunk.
+            timestep: ``(B,)`` or ``(B, F)`` (the rollout's context timestep, usually 0).
+            context: Text embeddings ``(B, L_text, text_dim)``.
+            kv_cache: The rolling cache; ``frame_offset`` must equal its ``num_frames``.
+            frame_offset: Absolute index of the chunk's first frame.
+        """
+        timestep = self._check_inputs(x, timestep, context)
+        batch, _, num_frames = x.shape[:3]
+        kv_cache.check_call(frame_offset, num_frames, batch, self.patch_embedding.weight.dtype)
+        tokens, rope, _, time_mod, text = self._embed(x, timestep, context, kv_cache, frame_offset)
+        last = self.num_layers - 1
+        for layer, block in enumerate(self.blocks):
+            text_kv = self._text_kv(layer, text, kv_cache)
+            tokens = block(
+                tokens,
+                time_mod,
+                rope,
+                text_kv,
+                self.backend,
+                None,
+                kv_cache,
+                layer,
+                True,
+                cache_only=layer == last,
+            )
+        kv_cache.advance(num_frames)
 
     @classmethod
     def from_flavour(cls, flavour: str, **overrides: Any) -> CausalWanDiT:

@@ -213,6 +213,7 @@ def _shard(
         for name in _FP32_ROOT_MODULES:
             shard(getattr(model, name), fp32)
     shard(model, compute)
+    register_fsdp_forward_method(model, "write_chunk")  # the rollouts' clean pass gathers like forward
 
 
 def parallelize_model(

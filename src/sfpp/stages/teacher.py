@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from sfpp.diffusion.losses import foreground_weights
 from sfpp.diffusion.sampling import EulerSampler
 from sfpp.diffusion.schedule import add_noise, flow_target, min_snr_weight, shift_sigma, x0_from_flow
 from sfpp.models.causal_wan import CausalWanDiT
@@ -41,6 +42,9 @@ class TeacherModule(L.LightningModule):
             (:func:`~sfpp.diffusion.schedule.min_snr_weight`, expressed in ``loss_space``), which
             moves the training signal from the noisiest levels to the ones where details form;
             ``None`` (default): every level weighs the same.
+        foreground_weight: Extra weight of the positions that stand out of their frame's
+            background in the squared error (:func:`~sfpp.diffusion.losses.foreground_weights`);
+            each sample's error is the weighted mean. 0 (default): every position weighs the same.
         cfg_dropout: Probability of replacing a prompt by the empty prompt (the CFG null condition).
         ema_decay: Decay of the EMA copy used for sampling and evaluation.
         ema_start_step: Steps before the EMA starts averaging.
@@ -66,6 +70,7 @@ class TeacherModule(L.LightningModule):
         timestep_shift: float = 1.0,
         loss_space: str = "flow",
         min_snr_gamma: float | None = None,
+        foreground_weight: float = 0.0,
         cfg_dropout: float = 0.1,
         ema_decay: float = 0.999,
         ema_start_step: int = 0,
@@ -82,6 +87,8 @@ class TeacherModule(L.LightningModule):
             raise ValueError(f"loss_space must be 'flow' or 'x0', got {loss_space!r}")
         if min_snr_gamma is not None and not min_snr_gamma > 0:
             raise ValueError(f"min_snr_gamma must be positive or null, got {min_snr_gamma}")
+        if not foreground_weight >= 0:
+            raise ValueError(f"foreground_weight must be >= 0, got {foreground_weight}")
         if not 0.0 <= cfg_dropout < 1.0:
             raise ValueError(f"cfg_dropout must be in [0, 1), got {cfg_dropout}")
         # Components are saved by Hydra's config of the run; the checkpoint keeps the scalar settings.
@@ -109,6 +116,7 @@ class TeacherModule(L.LightningModule):
         self.timestep_shift = timestep_shift
         self.loss_space = loss_space
         self.min_snr_gamma = min_snr_gamma
+        self.foreground_weight = foreground_weight
         self.cfg_dropout = cfg_dropout
 
     # -- parallelism ---------------------------------------------------------------------------
@@ -168,7 +176,7 @@ class TeacherModule(L.LightningModule):
         x_t: torch.Tensor,
         sigma: torch.Tensor,
     ) -> torch.Tensor:
-        """The batch's flow-matching loss in ``loss_space``, with the optional min-SNR weights.
+        """The batch's flow-matching loss in ``loss_space``, with the optional min-SNR and foreground weights.
 
         Args:
             flow: Predicted flow ``(B, C, F, h, w)``.
@@ -184,7 +192,11 @@ class TeacherModule(L.LightningModule):
             error = x0_from_flow(flow, x_t, sigma).float() - x0.float()
         else:
             error = flow.float() - flow_target(x0, noise).float()
-        per_sample = error.square().flatten(1).mean(1)  # (B,)
+        if self.foreground_weight > 0:
+            weights = foreground_weights(x0, self.foreground_weight).expand_as(error)  # (B, C, F, h, w)
+            per_sample = (error.square() * weights).flatten(1).sum(1) / weights.flatten(1).sum(1)  # (B,)
+        else:
+            per_sample = error.square().flatten(1).mean(1)  # (B,)
         if self.min_snr_gamma is None:
             return per_sample.mean()
         weight = min_snr_weight(sigma, self.min_snr_gamma)  # (B,), defined on the x0 error
