@@ -12,10 +12,11 @@ from pathlib import Path
 import hydra
 import pytest
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from sfpp.callbacks import FinalStepCheckpoint
 from sfpp.utils.config_dir import find_config_dir, list_group_options
 from sfpp.utils.instantiate import instantiate_callbacks, instantiate_loggers
 
@@ -126,7 +127,7 @@ def test_trainer_callbacks_and_loggers_instantiate(compose_train) -> None:
     cfg = compose_train(["logger=many_loggers"])
     callbacks = instantiate_callbacks(cfg.callbacks)
     loggers = instantiate_loggers(cfg.logger)
-    assert [type(c) for c in callbacks] == [ModelCheckpoint, RichProgressBar, LearningRateMonitor]
+    assert [type(c) for c in callbacks] == [FinalStepCheckpoint, RichProgressBar, LearningRateMonitor]
     assert [type(lg) for lg in loggers] == [CSVLogger, TensorBoardLogger]
 
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)

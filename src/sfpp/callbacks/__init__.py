@@ -1,5 +1,6 @@
 """Lightning callbacks."""
 
+from sfpp.callbacks.checkpoint import FinalStepCheckpoint
 from sfpp.callbacks.video_samples import VideoSampleCallback
 
-__all__ = ["VideoSampleCallback"]
+__all__ = ["FinalStepCheckpoint", "VideoSampleCallback"]
