@@ -610,7 +610,7 @@ class CausalWanDiT(nn.Module):
 
         Writes the same keys and values as ``forward(..., kv_cache=kv_cache, write_cache=True)``
         but skips what only produces the output: the last block's attention, cross-attention and
-        feed-forward, and the head (a quarter of a forward for the 4-block toy model, 1/30 for
+        feed-forward, and the head (about a fifth of a forward for the 4-block toy model, 1/30 for
         Wan2.1-1.3B). Gradient-free, as the cache is.
 
         Args:
