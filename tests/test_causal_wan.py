@@ -109,6 +109,8 @@ def test_bad_inputs_raise():
         model(x, t[:, :3], c)
     with pytest.raises(ValueError, match="context"):
         model(x, t, c[:1])
+    with pytest.raises(ValueError, match=f"text_dim={model.text_dim}"):
+        model(x, t, c[..., :-1])
     with pytest.raises(ValueError, match="divisible"):
         model(x[..., :7], t, c)
     with pytest.raises(ValueError, match="needs a kv_cache"):

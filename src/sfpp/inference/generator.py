@@ -248,7 +248,7 @@ class VideoGenerator:
                 vocabulary) or its width is not the model's ``text_dim``.
         """
         embeddings = self.text_encoder([prompt])[0]  # (1, L_text, D)
-        text_dim = self.model.text_embedding[0].in_features
+        text_dim = self.model.text_dim
         if embeddings.shape[-1] != text_dim:
             raise ValueError(
                 f"the text encoder gives {embeddings.shape[-1]}-channel embeddings but the model takes "

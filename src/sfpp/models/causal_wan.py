@@ -360,6 +360,7 @@ class CausalWanDiT(nn.Module):
         self.head_dim = dim // num_heads
         self.num_layers = num_layers
         self.freq_dim = freq_dim
+        self.text_dim = text_dim
         self.causal = causal
         self.num_frames_per_chunk = num_frames_per_chunk
         self.default_pattern = FrameAttentionPattern(num_frames_per_chunk if causal else None)
@@ -473,8 +474,11 @@ class CausalWanDiT(nn.Module):
             raise ValueError(
                 f"timestep must be (B,) or (B, F) = ({batch}, {num_frames}), got {tuple(timestep.shape)}"
             )
-        if context.ndim != 3 or context.shape[0] != batch:
-            raise ValueError(f"context must be (B={batch}, L_text, text_dim), got {tuple(context.shape)}")
+        if context.ndim != 3 or context.shape[0] != batch or context.shape[2] != self.text_dim:
+            raise ValueError(
+                f"context must be (B={batch}, L_text, text_dim={self.text_dim}), got {tuple(context.shape)}; "
+                "the text encoder's width must be the model's text_dim"
+            )
         return timestep
 
     def forward(
