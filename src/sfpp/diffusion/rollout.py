@@ -213,10 +213,9 @@ def stream_rollout(
                     with torch.no_grad():
                         record.log_probs.append(transition.log_prob(out, x0, x_t, sigmas[step], 0.0))
                 x0 = out
+        # The clean pass: the finished chunk's keys and values join the cache.
         t = torch.full((batch,), sampler.context_timestep, device=param.device)
-        model.write_chunk(
-            x0.detach(), t, context, kv_cache=cache, frame_offset=frame_offset
-        )  # the clean pass
+        model.write_chunk(x0.detach(), t, context, kv_cache=cache, frame_offset=frame_offset)
         if record is not None:
             record.latents = x0.detach()
             trajectory.append(record)
