@@ -67,6 +67,13 @@ def test_teacher_report_on_a_stand_in_checkpoint(tmp_path):
     )
     assert report["real"]["clean_frame_fraction"] == 1.0 and report["real"]["shape_accuracy"] == 1.0
     assert report["teacher"]["clean_frame_fraction"] < 0.5  # an untrained teacher draws no clean frames
+    assert 0.0 < report["real"]["grid_aligned_fraction"] < 0.5  # real objects sit anywhere
+    confusion = report["shape_confusion"]
+    assert set(confusion) == {"circle", "square", "triangle"}
+    classified = sum(sum(row.values()) for row in confusion.values())
+    assert classified == 0 or report["teacher"]["shape_accuracy"] == pytest.approx(
+        sum(confusion[shape][shape] for shape in confusion) / classified
+    )
     assert set(report["word_use"]) == {0.4, 0.6}
     assert set(report["word_use"][0.4]) == {"true", "colour", "shape"}
     written = json.loads((tmp_path / "r" / "report.json").read_text())

@@ -212,3 +212,53 @@ def test_scoring_is_fast(score: WorldObjectScore, real) -> None:
     start = time.perf_counter()
     score(*real)
     assert time.perf_counter() - start < 1.5  # measured ~0.05 s for 64 videos x 8 frames
+
+
+def _still_square(prompted_shape: str, position: tuple[float, float]) -> tuple[torch.Tensor, str]:
+    """A still red 6 px square, four frames, prompted as a red ``prompted_shape``."""
+    spec = VideoSpec(
+        objects=(ObjectSpec("square", "red", 6, position, (0.0, 0.0)),),
+        background=BackgroundSpec("dark", (-0.8, -0.8, -0.8)),
+    )
+    prompt = f"a red {prompted_shape} bouncing on a dark background"
+    return torch.from_numpy(render(spec, 4)), prompt
+
+
+def test_grid_alignment_counts_box_edges_on_the_patch_grid() -> None:
+    # Box rows 6..12 and columns 0..6: on a 3 px grid all four edges, on a 4 px grid 12 and 0 only.
+    video, prompt = _still_square("square", (0.0, 6.0))
+    assert WorldObjectScore(grid_px=3).score_video(video, prompt)["grid_aligned_fraction"] == 1.0
+    assert WorldObjectScore(grid_px=4).score_video(video, prompt)["grid_aligned_fraction"] == 0.5
+    shifted, _ = _still_square("square", (1.0, 7.0))  # rows 7..13, columns 1..7: none on the 4 px grid
+    assert WorldObjectScore(grid_px=4).score_video(shifted, prompt)["grid_aligned_fraction"] == 0.0
+
+
+def test_real_objects_sit_on_the_patch_grid_by_chance_only(real, score) -> None:
+    videos, prompts = real
+    aligned = score(videos, prompts)["grid_aligned_fraction"]
+    assert 0.15 < aligned < 0.4  # 1/4 for objects placed anywhere; measured 0.27
+
+
+def test_shape_confusion_counts_what_was_drawn_for_each_prompted_shape(score) -> None:
+    as_circle, circle_prompt = _still_square("circle", (3.0, 3.0))
+    as_square, square_prompt = _still_square("square", (3.0, 3.0))
+    stats = score.batch_stats(torch.stack([as_circle, as_square]), [circle_prompt, square_prompt])
+    confusion = stats.confusion()
+    assert confusion["circle"] == {"circle": 0, "square": 4, "triangle": 0}
+    assert confusion["square"] == {"circle": 0, "square": 4, "triangle": 0}
+    assert confusion["triangle"] == {"circle": 0, "square": 0, "triangle": 0}
+    assert sum(sum(row.values()) for row in confusion.values()) == stats.classified_objects == 8
+    assert stats.scores()["shape_accuracy"] == 0.5
+
+
+def test_real_videos_confusion_is_diagonal(real, score) -> None:
+    videos, prompts = real
+    confusion = score.batch_stats(videos, prompts).confusion()
+    for prompted, row in confusion.items():
+        assert row[prompted] > 0
+        assert all(count == 0 for found, count in row.items() if found != prompted)
+
+
+def test_grid_px_below_two_is_refused() -> None:
+    with pytest.raises(ValueError, match="grid_px"):
+        WorldObjectScore(grid_px=1)

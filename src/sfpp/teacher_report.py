@@ -4,8 +4,9 @@ Samples the teacher of a ``toy_teacher`` checkpoint (its EMA weights with the sa
 the ODE pairs: 32 Euler steps, CFG 2) on held-out prompts and reports:
 
 * the world's object scores (:class:`~sfpp.metrics.world_objects.WorldObjectScore`: clean frames,
-  objects detected, shape accuracy, motion, jumps) of the teacher's clips next to real clips of the
-  same prompts;
+  objects detected, shape accuracy, box edges on the model's patch grid, motion, jumps) of the
+  teacher's clips next to real clips of the same prompts;
+* the shapes the teacher drew for each prompted shape (a confusion table);
 * which words it uses (:func:`~sfpp.metrics.word_swap.denoiser_word_use`): real clips noised to
   mid noise levels are denoised with the true prompts and with every colour (or shape) word
   swapped, and the estimates are scored against the true prompts. A kind of word the teacher reads
@@ -25,7 +26,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from sfpp.data.world import heldout_prompts
+from sfpp.data.world import SHAPES, heldout_prompts
 from sfpp.demo import HORIZON, ground_truth
 from sfpp.inference.teacher import TeacherClipSampler
 from sfpp.metrics.word_swap import denoiser_word_use
@@ -37,7 +38,14 @@ __all__ = ["main", "teacher_report"]
 WORD_CHECK_SIGMAS: tuple[float, ...] = (0.4, 0.6)
 #: The kinds of words checked and the score that shows each.
 WORD_CHECKS: dict[str, str] = {"colour": "detected_fraction", "shape": "shape_accuracy"}
-_SCORES = ("clean_frame_fraction", "detected_fraction", "shape_accuracy", "mean_motion_px", "jump_fraction")
+_SCORES = (
+    "clean_frame_fraction",
+    "detected_fraction",
+    "shape_accuracy",
+    "grid_aligned_fraction",
+    "mean_motion_px",
+    "jump_fraction",
+)
 
 
 def teacher_report(
@@ -53,7 +61,8 @@ def teacher_report(
         out: Directory for ``report.json`` (nothing is written when ``None``).
 
     Returns:
-        ``{"teacher": scores, "real": scores, "word_use": {sigma: {"true" | attribute: scores}}}``.
+        ``{"teacher": scores, "real": scores, "shape_confusion": {prompted: {drawn: count}},
+        "word_use": {sigma: {"true" | attribute: scores}}}``.
 
     Raises:
         ValueError: For a prompt count outside ``1..len(heldout_prompts())``.
@@ -69,10 +78,12 @@ def teacher_report(
     metric = WorldObjectScore()
     teacher_clips = sample(prompts, seed)
     real_clips = ground_truth(prompts, HORIZON, seed=seed)
-    teacher_scores, real_scores = metric(teacher_clips, prompts), metric(real_clips, prompts)
+    teacher_stats, real_stats = metric.batch_stats(teacher_clips, prompts), metric.batch_stats(real_clips, prompts)
+    teacher_scores, real_scores = teacher_stats.scores(), real_stats.scores()
     report = {
         "teacher": {key: teacher_scores[key] for key in _SCORES},
         "real": {key: real_scores[key] for key in _SCORES},
+        "shape_confusion": teacher_stats.confusion(),
         "word_use": denoiser_word_use(
             sample.denoise, real_clips, prompts, WORD_CHECK_SIGMAS, metric, tuple(WORD_CHECKS), seed=seed
         ),
@@ -92,6 +103,13 @@ def _print(report: dict[str, Any], checkpoint: str, num_prompts: int) -> None:
     for name in ("teacher", "real"):
         scores.add_row(name, *(f"{report[name][key]:.3f}" for key in _SCORES))
     console.print(scores)
+    confusion = Table(title="shapes the teacher drew (object-frames), by the shape its prompt named")
+    confusion.add_column("prompted")
+    for shape in SHAPES:
+        confusion.add_column(f"drawn {shape}", justify="right")
+    for prompted, row in report["shape_confusion"].items():
+        confusion.add_row(prompted, *(str(row[shape]) for shape in SHAPES))
+    console.print(confusion)
     words = Table(
         title="word use: real clips noised to sigma, denoised with true or swapped words, scored vs the true prompts"
     )

@@ -158,6 +158,7 @@ class _Component:
     area: int
     centroid: tuple[float, float]  # (x, y)
     top: int
+    left: int
     height: int
     width: int
 
@@ -170,6 +171,7 @@ class _FrameObject:
     plausible: bool = False  # its visible area is consistent with the world
     touching_front: bool = False  # (back object) its pixels touch the front object
     shape: str | None = None
+    box: tuple[int, int, int, int] | None = None  # (top, left, height, width) of a classified object
     centroid: tuple[float, float] | None = None
     area: int = 0
 
@@ -189,6 +191,7 @@ def _component(labels: np.ndarray, stats: np.ndarray, centroids: np.ndarray, ind
         area=int(stats[index, cv2.CC_STAT_AREA]),
         centroid=(float(centroids[index, 0]), float(centroids[index, 1])),
         top=int(stats[index, cv2.CC_STAT_TOP]),
+        left=int(stats[index, cv2.CC_STAT_LEFT]),
         height=int(stats[index, cv2.CC_STAT_HEIGHT]),
         width=int(stats[index, cv2.CC_STAT_WIDTH]),
     )
@@ -209,6 +212,10 @@ class VideoObjectStats:
             consistently hidden behind the front object).
         classified_objects: Object-frames where a whole object's shape was classified.
         correct_shapes: Of those, how many had the prompted shape.
+        shape_confusion: Of those, counts per ``(prompted shape, classified shape)``.
+        box_edges: Bounding-box edges of the classified objects (four per object).
+        grid_edges: Of those, edges on a line of the ``grid_px`` grid (a pixel row or column
+            that is a multiple of ``grid_px``, counting both sides of the box).
         motion_steps: Consecutive frame pairs where an object was tracked in both frames.
         motion_px: Sum of the centroid displacements over those steps.
         jump_steps: Steps longer than the jump threshold.
@@ -223,6 +230,9 @@ class VideoObjectStats:
     detected_objects: int = 0
     classified_objects: int = 0
     correct_shapes: int = 0
+    shape_confusion: dict[tuple[str, str], int] = field(default_factory=dict)
+    box_edges: int = 0
+    grid_edges: int = 0
     motion_steps: int = 0
     motion_px: float = 0.0
     jump_steps: int = 0
@@ -238,6 +248,12 @@ class VideoObjectStats:
             detected_objects=self.detected_objects + other.detected_objects,
             classified_objects=self.classified_objects + other.classified_objects,
             correct_shapes=self.correct_shapes + other.correct_shapes,
+            shape_confusion={
+                pair: self.shape_confusion.get(pair, 0) + other.shape_confusion.get(pair, 0)
+                for pair in self.shape_confusion.keys() | other.shape_confusion.keys()
+            },
+            box_edges=self.box_edges + other.box_edges,
+            grid_edges=self.grid_edges + other.grid_edges,
             motion_steps=self.motion_steps + other.motion_steps,
             motion_px=self.motion_px + other.motion_px,
             jump_steps=self.jump_steps + other.jump_steps,
@@ -250,8 +266,11 @@ class VideoObjectStats:
         """The scores; a ratio with nothing to count (e.g. no object ever tracked) is NaN.
 
         Returns:
-            ``clean_frame_fraction``, ``detected_fraction``, ``shape_accuracy``, ``mean_motion_px``
-            (pixels per frame), ``jump_fraction`` and ``frozen_fraction``.
+            ``clean_frame_fraction``, ``detected_fraction``, ``shape_accuracy``,
+            ``grid_aligned_fraction`` (of the classified objects' box edges, the fraction on the
+            ``grid_px`` grid: about ``1 / grid_px`` for objects placed anywhere, near 1 for objects
+            snapped to a model's patch grid), ``mean_motion_px`` (pixels per frame),
+            ``jump_fraction`` and ``frozen_fraction``.
         """
 
         def ratio(numerator: float, denominator: int) -> float:
@@ -261,9 +280,17 @@ class VideoObjectStats:
             "clean_frame_fraction": ratio(self.clean_frames, self.num_frames),
             "detected_fraction": ratio(self.detected_objects, self.object_frames),
             "shape_accuracy": ratio(self.correct_shapes, self.classified_objects),
+            "grid_aligned_fraction": ratio(self.grid_edges, self.box_edges),
             "mean_motion_px": ratio(self.motion_px, self.motion_steps),
             "jump_fraction": ratio(self.jump_steps, self.motion_steps),
             "frozen_fraction": ratio(self.frozen_pairs, self.lag_pairs),
+        }
+
+    def confusion(self) -> dict[str, dict[str, int]]:
+        """Classified shapes per prompted shape: ``{prompted: {classified: object-frames}}``, all of :data:`SHAPES`."""
+        return {
+            prompted: {found: self.shape_confusion.get((prompted, found), 0) for found in SHAPES}
+            for prompted in SHAPES
         }
 
 
@@ -286,6 +313,9 @@ class WorldObjectScore:
         frozen_lag: Frames between the two frames of a frozen-motion pair (clipped to ``F - 1``);
             long enough that the slowest object moves a whole pixel despite rounding.
         frozen_threshold_px: A pair is frozen when no tracked object moved more than this.
+        grid_px: Grid of ``grid_aligned_fraction``: the patch side, in pixels, of the model whose
+            videos are scored (the ``toy`` flavour's 4). A model that renders objects a patch at a
+            time puts their edges on this grid.
 
     Raises:
         ValueError: For impossible settings, naming the setting.
@@ -300,6 +330,7 @@ class WorldObjectScore:
         jump_threshold_px: float = 2.0,
         frozen_lag: int = 4,
         frozen_threshold_px: float = 0.5,
+        grid_px: int = 4,
     ) -> None:
         if not 0.0 < colour_threshold < 1.0:
             raise ValueError(
@@ -311,6 +342,9 @@ class WorldObjectScore:
             raise ValueError(f"max_stray_pixels must be >= 0, got {max_stray_pixels}")
         if frozen_lag < 1:
             raise ValueError(f"frozen_lag must be >= 1, got {frozen_lag}")
+        if grid_px < 2:
+            raise ValueError(f"grid_px must be >= 2 (every edge is on a 1-px grid), got {grid_px}")
+        self.grid_px = grid_px
         self.world = world
         self.colour_threshold = colour_threshold
         self.max_stray_pixels = max_stray_pixels
@@ -385,9 +419,16 @@ class WorldObjectScore:
         )
         for frame in objects:
             for obj, (_, shape) in zip(frame, targets, strict=True):
-                if obj.shape is not None:
+                if obj.shape is not None and obj.box is not None:
                     stats.classified_objects += 1
                     stats.correct_shapes += obj.shape == shape
+                    pair = (shape, obj.shape)
+                    stats.shape_confusion[pair] = stats.shape_confusion.get(pair, 0) + 1
+                    top, left, height, width = obj.box
+                    stats.box_edges += 4
+                    stats.grid_edges += sum(
+                        line % self.grid_px == 0 for line in (top, top + height, left, left + width)
+                    )
         self._add_motion(stats, objects)
         return stats
 
@@ -430,6 +471,7 @@ class WorldObjectScore:
                             biggest.centroid[1],
                             self.shape_thresholds,
                         )
+                        obj.box = (biggest.top, biggest.left, biggest.height, biggest.width)
                 if order == 0 and obj.plausible:
                     front = biggest
                 attributed += obj.area
