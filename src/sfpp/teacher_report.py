@@ -78,7 +78,10 @@ def teacher_report(
     metric = WorldObjectScore()
     teacher_clips = sample(prompts, seed)
     real_clips = ground_truth(prompts, HORIZON, seed=seed)
-    teacher_stats, real_stats = metric.batch_stats(teacher_clips, prompts), metric.batch_stats(real_clips, prompts)
+    teacher_stats, real_stats = (
+        metric.batch_stats(teacher_clips, prompts),
+        metric.batch_stats(real_clips, prompts),
+    )
     teacher_scores, real_scores = teacher_stats.scores(), real_stats.scores()
     report = {
         "teacher": {key: teacher_scores[key] for key in _SCORES},
