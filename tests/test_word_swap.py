@@ -5,9 +5,15 @@ import json
 import pytest
 import torch
 
-from sfpp.data.world import all_prompts, parse_prompt
+from sfpp.data.world import all_prompts, parse_prompt, render, spec_from_prompt
 from sfpp.demo import ground_truth
-from sfpp.metrics import WorldObjectScore, denoiser_word_use, swap_attribute
+from sfpp.metrics import (
+    WorldObjectScore,
+    denoiser_word_choice,
+    denoiser_word_use,
+    first_object_variants,
+    swap_attribute,
+)
 from sfpp.models import build_model
 from sfpp.teacher_report import main as teacher_report_main
 from sfpp.text.world import WorldTextEncoder
@@ -75,6 +81,8 @@ def test_teacher_report_on_a_stand_in_checkpoint(tmp_path):
         sum(confusion[shape][shape] for shape in confusion) / classified
     )
     assert set(report["word_use"]) == {0.4, 0.6}
+    assert set(report["word_choice"]) == {"colour", "shape"}
+    assert all(0.0 <= v["accuracy"] <= 1.0 for v in report["word_choice"].values())
     assert set(report["word_use"][0.4]) == {"true", "colour", "shape"}
     written = json.loads((tmp_path / "r" / "report.json").read_text())
     assert written["real"] == report["real"] and set(written["word_use"]) == {"0.4", "0.6"}
@@ -82,3 +90,51 @@ def test_teacher_report_on_a_stand_in_checkpoint(tmp_path):
         teacher_report_main(["--checkpoint", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "r")])
     with pytest.raises(ValueError, match="num_prompts"):
         teacher_report_main(["--checkpoint", str(checkpoint), "--prompts", "0"])
+
+
+def test_first_object_variants_are_valid_prompts_that_differ_in_one_word():
+    prompt = "a red circle and a blue square bouncing on a dark background"
+    colours, true_colour = first_object_variants(prompt, "colour")
+    assert len(colours) == 5 and colours[true_colour] == prompt  # blue is taken by the other object
+    assert all(parse_prompt(v).objects[1] == ("blue", "square") for v in colours)
+    assert len({parse_prompt(v).objects[0][0] for v in colours}) == 5
+    shapes, true_shape = first_object_variants(prompt, "shape")
+    assert [parse_prompt(v).objects[0][1] for v in shapes] == ["circle", "square", "triangle"]
+    assert true_shape == 0
+    with pytest.raises(ValueError, match="'colour' or 'shape'"):
+        first_object_variants(prompt, "background")
+
+
+def _render(prompts, num_frames=4):
+    """Clips of the prompts, all from scene seed 7: a changed word changes nothing else."""
+    return torch.stack([torch.from_numpy(render(spec_from_prompt(p, 7), num_frames)) for p in prompts])
+
+
+def test_word_choice_separates_a_model_that_reads_shapes_from_one_that_does_not():
+    prompts = [p for p in all_prompts() if " and " not in p][:9]
+    prompts.append("a red circle and a blue square bouncing on a dark background")
+    clips = _render(prompts)
+
+    def reads_every_word(x_t, sigma, variant):  # renders exactly what the prompt says
+        return _render(variant)
+
+    def reads_colours_only(x_t, sigma, variant):  # the prompted colours, but always circles
+        return _render([p.replace("square", "circle").replace("triangle", "circle") for p in variant])
+
+    def ignores_words(x_t, sigma, variant):
+        return x_t * 0.5
+
+    for attribute in ("colour", "shape"):
+        reads = denoiser_word_choice(reads_every_word, clips, prompts, [0.5], attribute)
+        assert reads["accuracy"] == 1.0 and reads["error_gap"] < -0.5
+        ignores = denoiser_word_choice(ignores_words, clips, prompts, [0.3, 0.7], attribute, num_draws=1)
+        assert ignores["accuracy"] == 0.0 and ignores["error_gap"] == pytest.approx(0.0, abs=1e-6)  # ties
+    assert denoiser_word_choice(reads_colours_only, clips, prompts, [0.5], "colour")["accuracy"] == 1.0
+    shapes = denoiser_word_choice(reads_colours_only, clips, prompts, [0.5], "shape")
+    assert shapes["accuracy"] == 0.0 and shapes["error_gap"] == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="noise levels"):
+        denoiser_word_choice(ignores_words, clips, prompts, [1.0], "shape")
+    with pytest.raises(ValueError, match="num_draws"):
+        denoiser_word_choice(ignores_words, clips, prompts, [0.5], "shape", num_draws=0)
+    with pytest.raises(ValueError, match="one prompt per clip"):
+        denoiser_word_choice(ignores_words, clips, prompts[:3], [0.5], "shape")

@@ -10,7 +10,10 @@ the ODE pairs: 32 Euler steps, CFG 2) on held-out prompts and reports:
 * which words it uses (:func:`~sfpp.metrics.word_swap.denoiser_word_use`): real clips noised to
   mid noise levels are denoised with the true prompts and with every colour (or shape) word
   swapped, and the estimates are scored against the true prompts. A kind of word the teacher reads
-  costs accuracy when swapped; one it ignores costs nothing.
+  costs accuracy when swapped; one it ignores costs nothing;
+* which word it would choose (:func:`~sfpp.metrics.word_swap.denoiser_word_choice`): the teacher
+  as a classifier, picking the colour (or shape) word of a real clip's first object whose clean
+  estimate fits the clip best, over noise levels from 0.3 to 0.9.
 
 Everything is printed as a table and written to ``<out>/report.json``.
 """
@@ -29,7 +32,7 @@ from rich.table import Table
 from sfpp.data.world import SHAPES, heldout_prompts
 from sfpp.demo import HORIZON, ground_truth
 from sfpp.inference.teacher import TeacherClipSampler
-from sfpp.metrics.word_swap import denoiser_word_use
+from sfpp.metrics.word_swap import denoiser_word_choice, denoiser_word_use
 from sfpp.metrics.world_objects import WorldObjectScore
 
 __all__ = ["main", "teacher_report"]
@@ -38,6 +41,8 @@ __all__ = ["main", "teacher_report"]
 WORD_CHECK_SIGMAS: tuple[float, ...] = (0.4, 0.6)
 #: The kinds of words checked and the score that shows each.
 WORD_CHECKS: dict[str, str] = {"colour": "detected_fraction", "shape": "shape_accuracy"}
+#: Noise levels of the word-choice check (shapes are open at the upper ones, located at the lower).
+WORD_CHOICE_SIGMAS: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9)
 _SCORES = (
     "clean_frame_fraction",
     "detected_fraction",
@@ -62,7 +67,8 @@ def teacher_report(
 
     Returns:
         ``{"teacher": scores, "real": scores, "shape_confusion": {prompted: {drawn: count}},
-        "word_use": {sigma: {"true" | attribute: scores}}}``.
+        "word_use": {sigma: {"true" | attribute: scores}},
+        "word_choice": {attribute: {"accuracy", "error_gap"}}}``.
 
     Raises:
         ValueError: For a prompt count outside ``1..len(heldout_prompts())``.
@@ -90,6 +96,12 @@ def teacher_report(
         "word_use": denoiser_word_use(
             sample.denoise, real_clips, prompts, WORD_CHECK_SIGMAS, metric, tuple(WORD_CHECKS), seed=seed
         ),
+        "word_choice": {
+            attribute: denoiser_word_choice(
+                sample.denoise, real_clips, prompts, WORD_CHOICE_SIGMAS, attribute, seed=seed
+            )
+            for attribute in WORD_CHECKS
+        },
     }
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
@@ -126,6 +138,15 @@ def _print(report: dict[str, Any], checkpoint: str, num_prompts: int) -> None:
                 f"{sigma:g}", key.replace("_", " "), *(f"{values[key]:.3f}" for values in by_variant.values())
             )
     console.print(words)
+    choice = Table(title="word choice: the teacher as a classifier of real clips' first-object words")
+    for column in ("words", "accuracy", "chance", "error gap"):
+        choice.add_column(column, justify="left" if column == "words" else "right")
+    chance = {"colour": "1/6-1/5", "shape": "1/3"}
+    for attribute, values in report["word_choice"].items():
+        choice.add_row(
+            attribute, f"{values['accuracy']:.3f}", chance[attribute], f"{values['error_gap']:+.3f}"
+        )
+    console.print(choice)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -8,7 +8,13 @@ from sfpp.metrics.stability import (
     stability_curve,
     stability_scores,
 )
-from sfpp.metrics.word_swap import ATTRIBUTES, denoiser_word_use, swap_attribute
+from sfpp.metrics.word_swap import (
+    ATTRIBUTES,
+    denoiser_word_choice,
+    denoiser_word_use,
+    first_object_variants,
+    swap_attribute,
+)
 from sfpp.metrics.world_objects import (
     ShapeThresholds,
     VideoObjectStats,
@@ -30,7 +36,9 @@ __all__ = [
     "WindowQuality",
     "WorldObjectScore",
     "classify_shape",
+    "denoiser_word_choice",
     "denoiser_word_use",
+    "first_object_variants",
     "fit_shape_thresholds",
     "frechet_distance",
     "label_colours",
