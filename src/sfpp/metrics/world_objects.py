@@ -16,8 +16,11 @@ with OpenCV. A frame is *clean* when
 Whole objects (the front one, and the back one when it touches nothing) are classified as
 circle, square or triangle from their component statistics: the centroid of an apex-up triangle
 sits below the centre of its bounding box, and a square fills its box while a circle does not.
-The thresholds are fitted on the world's own shape masks (:func:`fit_shape_thresholds`).
-Objects are tracked by colour; the centroid displacement gives the motion statistics.
+The thresholds are fitted on the world's own shape masks (:func:`fit_shape_thresholds`); the
+counts per (prompted, classified) shape are kept (:meth:`VideoObjectStats.confusion`), and so is
+how many box edges of the classified objects lie on a ``grid_px`` grid, which shows a model that
+paints its patches whole. Objects are tracked by colour; the centroid displacement gives the motion
+statistics.
 """
 
 from __future__ import annotations
