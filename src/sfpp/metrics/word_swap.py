@@ -13,7 +13,7 @@ sampled trajectory, so a swap changes the pixels whether or not the word was und
 :func:`denoiser_word_choice` asks the same question more finely, with the denoiser as a classifier:
 for each real clip, every word its first object could have (each colour, or each shape) is tried
 on the same noisy inputs, and the word whose clean estimate is closest to the clip wins. A model
-that reads a kind of word picks the true one; one that ignores it is at chance.
+that reads a kind of word picks the true one; one that ignores it ties every word and scores 0.
 """
 
 from __future__ import annotations
@@ -191,24 +191,29 @@ def denoiser_word_choice(
         raise ValueError(f"noise levels must be in (0, 1), got {list(sigmas)}")
     choices = [first_object_variants(prompt, attribute) for prompt in prompts]
     num_variants = max(len(variants) for variants, _ in choices)
+    # Clips that have a variant number `index` (a two-object prompt has one colour fewer).
+    rows_by_index = [
+        [row for row, (variants, _) in enumerate(choices) if index < len(variants)]
+        for index in range(num_variants)
+    ]
     errors = torch.full((len(prompts), num_variants), float("inf"))  # (B, V); inf: no such variant
-    for index in range(num_variants):
-        errors[[row for row, (variants, _) in enumerate(choices) if index < len(variants)], index] = 0.0
+    for index, rows in enumerate(rows_by_index):
+        errors[rows, index] = 0.0
     generator = torch.Generator().manual_seed(seed)
     for level in sigmas:
         sigma = torch.full((len(prompts),), float(level))  # (B,)
         for _ in range(num_draws):
             x_t = add_noise(clips, torch.randn(clips.shape, generator=generator), sigma)
-            for index in range(num_variants):
-                rows = [row for row, (variants, _) in enumerate(choices) if index < len(variants)]
+            for index, rows in enumerate(rows_by_index):
                 variant = [choices[row][0][index] for row in rows]
                 estimate = denoise(x_t[rows], sigma[rows], variant)
                 errors[rows, index] += (estimate.float() - clips[rows].float()).square().flatten(1).mean(1)
     truth = torch.tensor([true_index for _, true_index in choices])  # (B,)
     finite = torch.isfinite(errors)  # (B, V)
     true_error = errors.gather(1, truth[:, None]).squeeze(1)  # (B,)
-    all_mean = torch.where(finite, errors, 0.0).sum(1) / finite.sum(1)  # (B,)
-    others_mean = (all_mean * finite.sum(1) - true_error) / (finite.sum(1) - 1)  # (B,)
+    total, count = torch.where(finite, errors, 0.0).sum(1), finite.sum(1)  # (B,), (B,)
+    all_mean = total / count  # (B,)
+    others_mean = (total - true_error) / (count - 1)  # (B,)
     others_best = errors.scatter(1, truth[:, None], float("inf")).min(1).values  # (B,)
     return {
         "accuracy": float((true_error < others_best).float().mean()),
