@@ -84,6 +84,9 @@ def test_teacher_report_on_a_stand_in_checkpoint(tmp_path):
     assert set(report["word_choice"]) == {"colour", "shape"}
     assert all(0.0 <= v["accuracy"] <= 1.0 for v in report["word_choice"].values())
     assert set(report["word_use"][0.4]) == {"true", "colour", "shape"}
+    gap = report["ideal_gap"]
+    assert set(gap) == {0.2, 0.4, 0.6, 0.8} and gap[0.2]["ideal"] < 1e-6
+    assert all(v["model"] > v["ideal"] for v in gap.values())  # an untrained teacher is far from ideal
     written = json.loads((tmp_path / "r" / "report.json").read_text())
     assert written["real"] == report["real"] and set(written["word_use"]) == {"0.4", "0.6"}
     with pytest.raises(FileNotFoundError, match="toy_teacher"):

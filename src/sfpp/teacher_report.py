@@ -13,7 +13,10 @@ the ODE pairs: 32 Euler steps, CFG 2) on held-out prompts and reports:
   costs accuracy when swapped; one it ignores costs nothing;
 * which word it would choose (:func:`~sfpp.metrics.word_swap.denoiser_word_choice`): the teacher
   as a classifier, picking the colour (or shape) word of a real clip's first object whose clean
-  estimate fits the clip best, over noise levels from 0.3 to 0.9.
+  estimate fits the clip best, over noise levels from 0.3 to 0.9;
+* how far its clean estimate is from the best possible
+  (:func:`~sfpp.metrics.ideal_denoiser.denoiser_excess_error`): on one-object clips the
+  Bayes-optimal denoiser is computable exactly, frame by frame, with and without the shape word.
 
 Everything is printed as a table and written to ``<out>/report.json``.
 """
@@ -32,6 +35,7 @@ from rich.table import Table
 from sfpp.data.world import SHAPES, heldout_prompts
 from sfpp.demo import HORIZON, ground_truth
 from sfpp.inference.teacher import TeacherClipSampler
+from sfpp.metrics.ideal_denoiser import denoiser_excess_error
 from sfpp.metrics.word_swap import denoiser_word_choice, denoiser_word_use
 from sfpp.metrics.world_objects import WorldObjectScore
 
@@ -43,6 +47,8 @@ WORD_CHECK_SIGMAS: tuple[float, ...] = (0.4, 0.6)
 WORD_CHECKS: dict[str, str] = {"colour": "detected_fraction", "shape": "shape_accuracy"}
 #: Noise levels of the word-choice check (shapes are open at the upper ones, located at the lower).
 WORD_CHOICE_SIGMAS: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9)
+#: Noise levels of the comparison with the ideal denoiser.
+IDEAL_SIGMAS: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
 _SCORES = (
     "clean_frame_fraction",
     "detected_fraction",
@@ -68,7 +74,8 @@ def teacher_report(
     Returns:
         ``{"teacher": scores, "real": scores, "shape_confusion": {prompted: {drawn: count}},
         "word_use": {sigma: {"true" | attribute: scores}},
-        "word_choice": {attribute: {"accuracy", "error_gap"}}}``.
+        "word_choice": {attribute: {"accuracy", "error_gap"}},
+        "ideal_gap": {sigma: {"model", "ideal", "ideal_colour_only", "excess"}}}``.
 
     Raises:
         ValueError: For a prompt count outside ``1..len(heldout_prompts())``.
@@ -102,6 +109,9 @@ def teacher_report(
             )
             for attribute in WORD_CHECKS
         },
+        "ideal_gap": denoiser_excess_error(
+            sample.denoise, IDEAL_SIGMAS, num_frames=teacher_clips.shape[2], seed=seed
+        ),
     }
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
@@ -147,6 +157,18 @@ def _print(report: dict[str, Any], checkpoint: str, num_prompts: int) -> None:
             attribute, f"{values['accuracy']:.3f}", chance[attribute], f"{values['error_gap']:+.3f}"
         )
     console.print(choice)
+    ideal = Table(
+        title="clean-estimate error (MSE) on 18 one-object clips next to the Bayes-optimal denoiser's, frame by frame"
+    )
+    for column in ("sigma", "teacher", "ideal", "ideal without shape word", "teacher - ideal"):
+        ideal.add_column(column, justify="right")
+    for sigma, values in report["ideal_gap"].items():
+        ideal.add_row(
+            f"{sigma:g}",
+            *(f"{values[key]:.4f}" for key in ("model", "ideal", "ideal_colour_only")),
+            f"{values['excess']:+.4f}",
+        )
+    console.print(ideal)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
