@@ -1,5 +1,7 @@
 """Warm-up + cosine learning-rate schedule."""
 
+import math
+
 import pytest
 import torch
 
@@ -37,3 +39,28 @@ def test_impossible_schedules_raise(warmup, total, ratio):
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     with pytest.raises(ValueError):
         warmup_cosine(optimizer, warmup, total, ratio)
+
+
+def _lrs(scheduler_factory, steps: int) -> list[float]:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = scheduler_factory(optimizer)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_a_restart_begins_a_new_warm_up_and_cosine():
+    lrs = _lrs(lambda opt: warmup_cosine(opt, 2, 20, 0.1, restarts=[10]), 22)
+    plain = _lrs(lambda opt: warmup_cosine(opt, 2, 10, 0.1), 10)
+    assert lrs[:10] == pytest.approx(plain)  # the first segment is a 10-step schedule
+    assert lrs[10:12] == pytest.approx([0.5, 1.0])  # warm-up again
+    assert lrs[15] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 3 / 8)))
+    assert lrs[19] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 7 / 8)))
+    assert lrs[20:] == pytest.approx([0.1, 0.1])
+    # A restart at or past the end (a shortened run) changes nothing; a non-positive one is refused.
+    assert _lrs(lambda opt: warmup_cosine(opt, 2, 10, 0.1, restarts=[10, 30]), 10) == pytest.approx(plain)
+    with pytest.raises(ValueError, match="restarts"):
+        _lrs(lambda opt: warmup_cosine(opt, 2, 10, 0.1, restarts=[0]), 1)

@@ -31,6 +31,19 @@ def _teacher(lr=3e-3, **kw):
     )
 
 
+def _cpu_trainer(max_steps: int, logger=False, **kwargs) -> L.Trainer:
+    """A quiet CPU trainer: no checkpoints, progress bar or model summary."""
+    return L.Trainer(
+        max_steps=max_steps,
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        **kwargs,
+    )
+
+
 def _losses(log_dir: Path) -> list[float]:
     (metrics,) = log_dir.rglob("metrics.csv")
     with metrics.open() as f:
@@ -42,16 +55,7 @@ def test_teacher_loss_falls_on_a_fixed_batch(tmp_path):
     module = _teacher()
     text_before = [p.detach().clone() for p in module.text_encoder.parameters()]
     data = WorldDataModule(num_frames=4, batch_size=8, seed=0)
-    trainer = L.Trainer(
-        max_steps=120,
-        overfit_batches=1,
-        logger=CSVLogger(tmp_path),
-        log_every_n_steps=1,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
+    trainer = _cpu_trainer(120, CSVLogger(tmp_path), overfit_batches=1, log_every_n_steps=1)
     trainer.fit(module, datamodule=data)
     losses = _losses(tmp_path)
     first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
@@ -206,3 +210,25 @@ def test_tiny_experiment_trains_and_writes_samples_and_checkpoints(compose_train
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
     assert any(k.startswith("ema.module.") for k in ckpt["state_dict"])
     assert ckpt["global_step"] == 6
+
+
+def test_image_batches_train_the_teacher_and_their_frame_count_is_logged(tmp_path):
+    L.seed_everything(0)
+    module = _teacher()
+    data = WorldDataModule(num_frames=4, batch_size=2, seed=0, image_batch_size=4, image_batches=2)
+    trainer = _cpu_trainer(3, CSVLogger(tmp_path), limit_val_batches=0, log_every_n_steps=1)
+    before = [p.detach().clone() for p in module.model.parameters()]
+    trainer.fit(module, datamodule=data)
+    (metrics,) = tmp_path.rglob("metrics.csv")
+    with metrics.open() as f:
+        rows = [row for row in csv.DictReader(f) if row.get("train/loss")]
+    assert [float(row["train/clip_frames"]) for row in rows] == [1.0, 1.0, 4.0]
+    assert all(not torch.equal(a, b) for a, b in zip(before, module.model.parameters(), strict=True))
+
+
+def test_a_run_that_ends_within_the_image_batches_is_warned_about(tmp_path):
+    module = _teacher()
+    data = WorldDataModule(num_frames=4, batch_size=2, seed=0, image_batch_size=2, image_batches=5)
+    trainer = _cpu_trainer(2, limit_val_batches=0, default_root_dir=tmp_path)
+    with pytest.warns(UserWarning, match="never sees a video batch"):
+        trainer.fit(module, datamodule=data)

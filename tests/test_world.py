@@ -306,3 +306,68 @@ def test_resumable_loader_accepts_a_sampler_injected_by_lightning():
         loader.load_state_dict({"batches_consumed": 1})
     with pytest.raises(ValueError, match="shuffle"):
         ResumableDataLoader(data, batch_size=2, shuffle=True)
+
+
+# -- images first, then videos -------------------------------------------------------------------
+
+
+def test_image_batches_come_first_then_the_same_video_batches() -> None:
+    plain = WorldDataModule(num_frames=4, batch_size=3, seed=5, train_size=30)
+    mixed = WorldDataModule(
+        num_frames=4, batch_size=3, seed=5, train_size=30, image_batch_size=2, image_batches=2
+    )
+    batches = list(mixed.train_dataloader())
+    assert [tuple(b["video"].shape) for b in batches[:3]] == [
+        (2, 3, 1, 16, 16),
+        (2, 3, 1, 16, 16),
+        (3, 3, 4, 16, 16),
+    ]
+    assert len(batches) == len(mixed.train_dataloader()) == 2 + 30 // 3
+    for video, reference in zip(batches[2:], plain.train_dataloader(), strict=True):
+        assert torch.equal(video["video"], reference["video"]) and video["prompt"] == reference["prompt"]
+    images = torch.cat([b["video"] for b in batches[:2]])  # four distinct training frames
+    assert len({tuple(frame.flatten().tolist()) for frame in images}) == 4
+    assert all(set(b["prompt"]) <= set(train_prompts()) for b in batches[:2])
+    again = list(
+        WorldDataModule(
+            num_frames=4, batch_size=3, seed=5, train_size=30, image_batch_size=2, image_batches=2
+        ).train_dataloader()
+    )
+    assert torch.equal(again[0]["video"], batches[0]["video"])
+
+
+def test_a_resumed_loader_continues_inside_and_after_the_image_batches() -> None:
+    def fresh():
+        return WorldDataModule(
+            num_frames=2, batch_size=2, seed=1, train_size=8, image_batch_size=3, image_batches=2
+        )
+
+    full = list(fresh().train_dataloader())
+    for consumed in (1, 3):
+        loader = fresh().train_dataloader()
+        it = iter(loader)
+        for _ in range(consumed):
+            next(it)
+        resumed = fresh().train_dataloader()
+        resumed.load_state_dict(loader.state_dict())
+        rest = list(resumed)
+        assert len(rest) == len(full) - consumed
+        assert all(torch.equal(a["video"], b["video"]) for a, b in zip(rest, full[consumed:], strict=True))
+
+
+def test_image_batch_settings_are_checked() -> None:
+    from sfpp.data.world_datamodule import ImagesThenVideos, WorldVideoDataset
+
+    with pytest.raises(ValueError, match="image_batches"):
+        WorldDataModule(image_batches=-1)
+    with pytest.raises(ValueError, match="image_batch_size"):
+        WorldDataModule(image_batch_size=0, image_batches=3)
+    world = WorldDataModule().world
+    clips = WorldVideoDataset(world, train_prompts(), 4, 10, 0, 0)
+    with pytest.raises(ValueError, match="one-frame"):
+        ImagesThenVideos(clips, clips, 2, 2, 1)
+    images = WorldVideoDataset(world, train_prompts(), 1, 3, 0, 2)
+    with pytest.raises(ValueError, match="need 4 images"):
+        ImagesThenVideos(clips, images, 2, 2, 2)
+    with pytest.raises(IndexError):
+        ImagesThenVideos(clips, images, 2, 3, 1)[1 + 10 // 2]

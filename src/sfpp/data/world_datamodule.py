@@ -12,7 +12,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from sfpp.data.resumable import ResumableDataLoader
 from sfpp.data.world import (
@@ -26,10 +26,11 @@ from sfpp.data.world import (
     train_prompts,
 )
 
-__all__ = ["WorldDataModule", "WorldVideoDataset"]
+__all__ = ["ImagesThenVideos", "WorldDataModule", "WorldVideoDataset"]
 
 _TRAIN_STREAM = 0
 _VAL_STREAM = 1
+_IMAGE_STREAM = 2
 
 
 class WorldVideoDataset(Dataset):
@@ -89,6 +90,71 @@ class WorldVideoDataset(Dataset):
         return {"video": video, "prompt": prompt_of(spec)}
 
 
+class ImagesThenVideos(Dataset):
+    """Whole training batches: single-frame image batches first, then video batches.
+
+    Item ``i < image_batches`` is a batch of ``image_batch_size`` one-frame clips; item
+    ``image_batches + j`` is video batch ``j``, the items ``j * batch_size ...`` of ``videos``.
+    Without image batches the video batches are exactly those of a plain sequential loader over
+    ``videos``. Each item depends only on its index, so a resumed run continues where it stopped.
+
+    Args:
+        videos: The training clips.
+        images: One-frame clips (a dataset with ``num_frames=1``).
+        batch_size: Clips per video batch.
+        image_batch_size: Images per image batch.
+        image_batches: Number of image batches served before the first video batch.
+
+    Raises:
+        ValueError: For non-positive sizes, or an image dataset too short for the image batches.
+    """
+
+    def __init__(
+        self,
+        videos: WorldVideoDataset,
+        images: WorldVideoDataset,
+        batch_size: int,
+        image_batch_size: int,
+        image_batches: int,
+    ) -> None:
+        if batch_size < 1 or image_batch_size < 1 or image_batches < 0:
+            raise ValueError(
+                f"need batch_size >= 1, image_batch_size >= 1 and image_batches >= 0, got "
+                f"{batch_size}, {image_batch_size} and {image_batches}"
+            )
+        if images.num_frames != 1:
+            raise ValueError(f"image batches need a one-frame dataset, got num_frames={images.num_frames}")
+        if len(images) < image_batches * image_batch_size:
+            raise ValueError(
+                f"{image_batches} image batches of {image_batch_size} need {image_batches * image_batch_size} "
+                f"images; the image dataset has {len(images)}"
+            )
+        self.videos = videos
+        self.images = images
+        self.batch_size = batch_size
+        self.image_batch_size = image_batch_size
+        self.image_batches = image_batches
+
+    def __len__(self) -> int:
+        return self.image_batches + len(self.videos) // self.batch_size
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """Batch ``index`` as ``{"video": (B, 3, F, H, W), "prompt": list[str]}`` (``F = 1`` for images)."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} out of range for {len(self)} batches")
+        if index < self.image_batches:
+            dataset, size, first = self.images, self.image_batch_size, index * self.image_batch_size
+        else:
+            dataset, size = self.videos, self.batch_size
+            first = (index - self.image_batches) * self.batch_size
+        return default_collate([dataset[first + offset] for offset in range(size)])
+
+
+def _only_item(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Collate for a loader whose items are whole batches (batch size 1)."""
+    return items[0]
+
+
 class WorldDataModule(L.LightningDataModule):
     """Clips of the built-in world for training (training prompts) and validation (held-out prompts).
 
@@ -96,6 +162,12 @@ class WorldDataModule(L.LightningDataModule):
     loader is sequential over a virtual epoch of ``train_size`` distinct random videos (no
     shuffling is needed: every index is an independent draw), the validation loader cycles through
     the held-out prompts with fixed seeds.
+
+    With ``image_batches > 0`` training starts with that many batches of single frames
+    (``image_batch_size`` each, from their own seed stream) before the video batches: a one-frame
+    step costs a fraction of a video step, and a pixel-space model learns the look of objects far
+    faster from many independent frames than from the near-duplicate frames of a few clips (the way
+    Wan2.1 learns from images as well as videos).
 
     Args:
         num_frames: Frames per clip (the teacher horizon).
@@ -108,6 +180,8 @@ class WorldDataModule(L.LightningDataModule):
         val_size: Number of validation clips.
         min_object_size: Smallest object side in pixels.
         max_object_size: Largest object side in pixels.
+        image_batch_size: Frames per image batch.
+        image_batches: Image batches served before the first video batch (0: videos only).
 
     Raises:
         ValueError: For impossible settings, naming the setting.
@@ -125,6 +199,8 @@ class WorldDataModule(L.LightningDataModule):
         val_size: int = 64,
         min_object_size: int = 5,
         max_object_size: int = 7,
+        image_batch_size: int = 16,
+        image_batches: int = 0,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -132,9 +208,12 @@ class WorldDataModule(L.LightningDataModule):
             ("batch_size", batch_size),
             ("train_size", train_size),
             ("val_size", val_size),
+            ("image_batch_size", image_batch_size),
         ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if image_batches < 0:
+            raise ValueError(f"image_batches must be >= 0, got {image_batches}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if seed < 0:
@@ -148,6 +227,8 @@ class WorldDataModule(L.LightningDataModule):
         )
         self.num_frames = num_frames
         self.batch_size = batch_size
+        self.image_batch_size = image_batch_size
+        self.image_batches = image_batches
         self.num_workers = num_workers
         self.seed = seed
         self.train_prompts = train_prompts(max_objects)
@@ -157,6 +238,17 @@ class WorldDataModule(L.LightningDataModule):
         )
         self.val_dataset = WorldVideoDataset(
             self.world, self.val_prompts, num_frames, val_size, seed, _VAL_STREAM, cycle_prompts=True
+        )
+        images = WorldVideoDataset(
+            self.world,
+            self.train_prompts,
+            1,
+            max(image_batches * image_batch_size, 1),
+            seed,
+            _IMAGE_STREAM,
+        )
+        self.train_batches = ImagesThenVideos(
+            self.train_dataset, images, batch_size, image_batch_size, image_batches
         )
 
     def _loader(self, dataset: WorldVideoDataset) -> DataLoader:
@@ -169,10 +261,11 @@ class WorldDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Sequential loader over the virtual training epoch; resumes mid-epoch from a checkpoint."""
+        """Sequential loader over the image batches, then the virtual epoch of videos; resumes mid-epoch."""
         return ResumableDataLoader(
-            self.train_dataset,
-            batch_size=self.batch_size,
+            self.train_batches,
+            batch_size=1,  # every item is a whole batch
+            collate_fn=_only_item,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

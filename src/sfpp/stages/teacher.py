@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from sfpp.diffusion.losses import foreground_weights
@@ -153,8 +154,23 @@ class TeacherModule(L.LightningModule):
 
     # -- training ------------------------------------------------------------------------------
 
+    def on_fit_start(self) -> None:
+        """Warn when the run would end before the data's first video batch (images only)."""
+        image_batches = getattr(self.trainer.datamodule, "image_batches", 0)
+        max_steps = self.trainer.max_steps
+        if not self.trainer.fast_dev_run and image_batches and 0 <= max_steps <= image_batches:
+            rank_zero_warn(
+                f"trainer.max_steps={max_steps} ends within the data's {image_batches} image batches: "
+                "the teacher never sees a video batch and learns no motion; raise max_steps or lower "
+                "data.image_batches"
+            )
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        """One flow-matching step on a batch ``{"video": (B, 3, F, H, W), "prompt": list[str]}``."""
+        """One flow-matching step on a batch ``{"video": (B, 3, F, H, W), "prompt": list[str]}``.
+
+        ``train/clip_frames`` logs the batch's frame count, so the loss of the data's one-frame
+        image batches can be told from that of the video batches that follow.
+        """
         x0 = self.codec.encode(batch["video"])  # (B, C, F, h, w)
         batch_size = x0.shape[0]
         drop = torch.rand(batch_size, device=self.device) < self.cfg_dropout
@@ -166,6 +182,7 @@ class TeacherModule(L.LightningModule):
         flow = self.model(x_t, sigma * 1000.0, context)
         loss = self.loss(flow, x0, noise, x_t, sigma)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/clip_frames", float(batch["video"].shape[2]), batch_size=batch_size)
         return loss
 
     def loss(
