@@ -55,9 +55,10 @@ def demo_stages(root: Path = Path(".")) -> list[StageRun]:
             "sfpp.train",
             [
                 "experiment=toy_teacher",
-                "trainer.max_steps=3000",
-                "trainer.val_check_interval=3000",
-                "callbacks.video_samples.every_n_steps=3000",
+                "data.image_batches=2000",  # then 1600 video batches
+                "trainer.max_steps=3600",
+                "trainer.val_check_interval=3600",
+                "callbacks.video_samples.every_n_steps=3600",
             ],
             checkpoints / "toy_teacher" / "last.ckpt",
         ),
