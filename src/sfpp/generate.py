@@ -152,7 +152,8 @@ def build_generator(cfg: DictConfig) -> VideoGenerator:
 
     Raises:
         FileNotFoundError: If ``checkpoint`` (or the text encoder's checkpoint) does not exist.
-        ValueError: If ``checkpoint`` is unset or holds nothing under ``prefix``.
+        ValueError: If ``checkpoint`` is unset or holds nothing under ``prefix``, or the student's
+            saved text encoder differs from the one in the text encoder's checkpoint.
     """
     if OmegaConf.is_missing(cfg, "checkpoint") or cfg.checkpoint is None:
         raise ValueError("set checkpoint=<student .ckpt>, e.g. checkpoint=checkpoints/toy_extend/last.ckpt")
@@ -160,7 +161,10 @@ def build_generator(cfg: DictConfig) -> VideoGenerator:
     text_checkpoint = cfg.text.get("checkpoint") if "text" in cfg else None
     if text_checkpoint is not None:
         _require_file(text_checkpoint, "text.checkpoint (teacher_ckpt)")
-    model = load_submodule(hydra.utils.instantiate(cfg.model), checkpoint, cfg.prefix)
+    # A student only understands the text encoder it was trained with: refuse a teacher retrained since.
+    model = load_submodule(
+        hydra.utils.instantiate(cfg.model), checkpoint, cfg.prefix, shared_with=text_checkpoint
+    )
     metrics = {
         name: hydra.utils.instantiate(node) for name, node in (cfg.get("metrics") or {}).items() if node
     }

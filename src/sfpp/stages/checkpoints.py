@@ -35,26 +35,66 @@ def _state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
     return payload["state_dict"]
 
 
+def _check_shared(
+    state: dict[str, torch.Tensor],
+    checkpoint: str | Path,
+    other: dict[str, torch.Tensor],
+    other_checkpoint: str | Path,
+    prefix: str,
+) -> None:
+    """Raise if both states hold weights under ``prefix`` and they differ."""
+    mine = {k: v for k, v in state.items() if k.startswith(prefix)}
+    theirs = {k: v for k, v in other.items() if k.startswith(prefix)}
+    if not mine or not theirs:
+        return
+    same = mine.keys() == theirs.keys() and all(
+        mine[k].shape == theirs[k].shape and torch.equal(mine[k], theirs[k]) for k in mine
+    )
+    if not same:
+        raise ValueError(
+            f"the {prefix!r} weights of {checkpoint} differ from those of {other_checkpoint}: the first was "
+            "trained with another text encoder (was the teacher retrained since?). Retrain the stages "
+            "after the teacher, or point teacher_ckpt at the teacher they were trained from"
+        )
+
+
 def checkpoint_prefixes(checkpoint: str | Path) -> list[str]:
     """The top-level submodule prefixes stored in a checkpoint (e.g. ``['ema.', 'model.', ...]``)."""
     return sorted({key.split(".", 1)[0] + "." for key in _state_dict(checkpoint)})
 
 
-def load_submodule(module: nn.Module, checkpoint: str | Path, prefix: str) -> nn.Module:
+def load_submodule(
+    module: nn.Module,
+    checkpoint: str | Path,
+    prefix: str,
+    shared_with: str | Path | None = None,
+    shared_prefix: str = "text_encoder.",
+) -> nn.Module:
     """Load the entries of ``checkpoint`` under ``prefix`` into ``module`` (strict) and return it.
+
+    With ``shared_with``, the weights under ``shared_prefix`` must be the same in both checkpoints.
+    A student stage loads its generator from the previous student and its text encoder from the
+    teacher; the student only understands the encoder it was trained with, so a teacher retrained
+    after the student (whose world text encoder is trained with it) must stop the run rather than
+    give the student conditioning it has never seen.
 
     Args:
         module: A freshly built module with the same architecture as the saved one.
         checkpoint: Path of a Lightning ``.ckpt``.
         prefix: Attribute path of the submodule in the saving LightningModule, with a trailing dot
             (``ema.module.`` for the teacher's EMA weights, ``text_encoder.``, ``generator.``).
+        shared_with: Another checkpoint (the teacher's) that must hold the same ``shared_prefix``
+            weights. Checkpoints without them (a frozen encoder that is not saved) are not compared.
+        shared_prefix: The submodule both checkpoints must share.
 
     Raises:
-        FileNotFoundError: If the checkpoint does not exist.
-        ValueError: If nothing is stored under ``prefix`` (listing the prefixes that are) or the
-            keys or shapes do not match ``module``.
+        FileNotFoundError: If a checkpoint does not exist.
+        ValueError: If nothing is stored under ``prefix`` (listing the prefixes that are), the
+            keys or shapes do not match ``module``, or the shared weights differ.
     """
     state = _state_dict(checkpoint)
+    if shared_with is not None:
+        _check_shared(state, checkpoint, _state_dict(shared_with), shared_with, shared_prefix)
     selected = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
     if not selected:
         available = sorted({key.split(".", 1)[0] + "." for key in state})
