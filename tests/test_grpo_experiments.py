@@ -89,6 +89,7 @@ def test_paper_grpo_experiment_instantiates_with_tiny_parts(compose_train, tiny_
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # trains the demo's stages first when their checkpoints are missing
 def test_toy_grpo_raises_the_continuity_reward_of_the_toy_extend_student(compose_train):
     """A few dozen GRPO steps on the real toy_extend student, scored on held-out prompts before and after.
 
