@@ -60,7 +60,8 @@ def test_a_restart_begins_a_new_warm_up_and_cosine():
     assert lrs[15] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 3 / 8)))
     assert lrs[19] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 7 / 8)))
     assert lrs[20:] == pytest.approx([0.1, 0.1])
-    # A restart at or past the end (a shortened run) changes nothing; a non-positive one is refused.
-    assert _lrs(lambda opt: warmup_cosine(opt, 2, 10, 0.1, restarts=[10, 30]), 10) == pytest.approx(plain)
+    # A restart at step 0 (no image batches) or at or past the end (a shortened run) changes
+    # nothing; a negative one is refused.
+    assert _lrs(lambda opt: warmup_cosine(opt, 2, 10, 0.1, restarts=[0, 10, 30]), 10) == pytest.approx(plain)
     with pytest.raises(ValueError, match="restarts"):
-        _lrs(lambda opt: warmup_cosine(opt, 2, 10, 0.1, restarts=[0]), 1)
+        _lrs(lambda opt: warmup_cosine(opt, 2, 10, 0.1, restarts=[-1]), 1)

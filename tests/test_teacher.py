@@ -194,9 +194,12 @@ TINY_WORLD = [
 ]
 
 
-@pytest.mark.parametrize("experiment", ["tiny", "toy_teacher"])
-def test_teacher_experiments_run_with_fast_dev_run(compose_train, experiment):
-    cfg = compose_train([f"experiment={experiment}", *TINY_WORLD])
+@pytest.mark.parametrize(
+    "overrides",
+    [["experiment=tiny"], ["experiment=toy_teacher"], ["experiment=toy_teacher", "data.image_batches=0"]],
+)
+def test_teacher_experiments_run_with_fast_dev_run(compose_train, overrides):
+    cfg = compose_train([*overrides, *TINY_WORLD])
     train(cfg)
 
 

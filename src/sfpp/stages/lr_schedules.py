@@ -49,8 +49,8 @@ def warmup_cosine(
         total_steps: Step at which the cosine reaches ``final_ratio`` (usually ``trainer.max_steps``).
         final_ratio: LR at the end, as a fraction of the base LR, in ``[0, 1]``.
         restarts: Steps at which a new warm-up and cosine begin (e.g. where the data switches from
-            image batches to video batches); steps at or past ``total_steps`` are ignored, so a
-            shortened run keeps working.
+            image batches to video batches). A restart at step 0 (no image batches) or at or past
+            ``total_steps`` (a shortened run) changes nothing.
 
     A run shorter than twice the warm-up (a smoke test with ``trainer.max_steps=2``) warms up for half
     of its steps instead, with a warning.
@@ -63,8 +63,8 @@ def warmup_cosine(
     if not 0.0 <= final_ratio <= 1.0:
         raise ValueError(f"final_ratio must be in [0, 1], got {final_ratio}")
     restarts = tuple(int(r) for r in restarts)
-    if any(r <= 0 for r in restarts):
-        raise ValueError(f"restarts must be positive steps, got {restarts}")
+    if any(r < 0 for r in restarts):
+        raise ValueError(f"restarts must be steps >= 0, got {restarts}")
     if 2 * warmup_steps > total_steps:
         log.warning(
             "warm-up of %d steps in a %d-step run: warming up for %d",
