@@ -186,8 +186,8 @@ class WorldDataModule(L.LightningDataModule):
         image_max_objects: Largest number of objects per image (``None``: ``max_objects``). With 1
             the image batches show one object per frame, drawn from the one-object training
             prompts, so every frame pairs one shape word with one shape. The video batches keep
-            ``max_objects``. (Measured in the README, "Where the teacher stands": it helps the
-            shapes only over long runs and costs two-object scenes at the default budget.)
+            ``max_objects``. (README, "Where the teacher stands": it lifts the shapes only in
+            long runs, and it costs two-object scenes.)
 
     Raises:
         ValueError: For impossible settings, naming the setting.
