@@ -196,7 +196,12 @@ TINY_WORLD = [
 
 @pytest.mark.parametrize(
     "overrides",
-    [["experiment=tiny"], ["experiment=toy_teacher"], ["experiment=toy_teacher", "data.image_batches=0"]],
+    [
+        ["experiment=tiny"],
+        ["experiment=toy_teacher"],
+        ["experiment=toy_teacher", "data.image_batches=0"],
+        ["experiment=toy_teacher_long"],
+    ],
 )
 def test_teacher_experiments_run_with_fast_dev_run(compose_train, overrides):
     cfg = compose_train([*overrides, *TINY_WORLD])
