@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from sfpp.data.world import COLOURS, PALETTE, SHAPES, WorldSpec, shape_mask
+from sfpp.diffusion.sampling import EulerSampler
 from sfpp.metrics.ideal_denoiser import (
     denoiser_excess_error,
     ideal_x0,
     object_templates,
     one_object_clips,
+    shape_handover,
 )
 
 SMALL = WorldSpec(frame_size=8, min_size=3, max_size=4)
@@ -97,3 +99,45 @@ def test_no_clips_or_no_allowed_template_is_refused() -> None:
     bank = object_templates(BACKGROUND, SMALL)
     with pytest.raises(ValueError, match="no template"):
         ideal_x0(torch.zeros(1, 3, 8, 8), 0.5, bank.frames, torch.zeros(len(bank.frames), dtype=torch.bool))
+
+
+def _ideal_denoiser(use_shape: bool):  # noqa: ANN202 - a Denoiser
+    data = one_object_clips(18, 1)
+
+    def denoise(x_t: torch.Tensor, sigma: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        assert prompts == data.prompts
+        # At sigma 1 the posterior mean is the prior mean; the ideal takes levels inside (0, 1).
+        return data.ideal(x_t, min(float(sigma[0]), 0.999), use_shape=use_shape)
+
+    return denoise
+
+
+def test_shape_handover_finds_where_the_ideal_decides_the_shape() -> None:
+    grid = EulerSampler(num_steps=16, shift=3.0).grid()
+    informed = shape_handover(_ideal_denoiser(True), grid, (0.0, 0.3, 0.9), num_frames=1)
+    # Sampling with the shape word draws every prompted shape; by sigma 0.3 the shape is drawn, so a
+    # shape-blind finish keeps it; from sigma 0.9 the blind finish draws whatever the noise suggests.
+    assert informed[0.0] == {"clean_frame_fraction": 1.0, "detected_fraction": 1.0, "shape_accuracy": 1.0}
+    assert informed[0.3]["shape_accuracy"] == 1.0
+    assert informed[0.9]["shape_accuracy"] < 0.5
+    assert informed[0.9]["clean_frame_fraction"] == 1.0  # the blind finish still draws one clean object
+    blind = shape_handover(_ideal_denoiser(False), grid, (0.0,), num_frames=1)
+    assert blind[0.0]["shape_accuracy"] < 0.5
+    # Each handover branches off the one model trajectory: asked alone, it gives the same scores.
+    assert shape_handover(_ideal_denoiser(True), grid, (0.9,), num_frames=1) == {0.9: informed[0.9]}
+
+
+@pytest.mark.parametrize(
+    ("grid", "handover", "match"),
+    [
+        ([1.0, 0.5], (0.0,), "grid"),
+        ([1.0, 0.2, 0.5, 0.0], (0.0,), "grid"),
+        ([1.0, 0.5, 0.0], (), "at least one"),
+        ([1.0, 0.5, 0.0], (1.0,), r"\[0, 1\)"),
+    ],
+)
+def test_shape_handover_refuses_bad_grids_and_levels(
+    grid: list[float], handover: tuple[float, ...], match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        shape_handover(lambda x, s, p: x, grid, handover, num_clips=1, num_frames=1)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from sfpp.codecs import PixelCodec
-from sfpp.diffusion.sampling import EulerSampler
+from sfpp.diffusion.sampling import EulerSampler, guided_flow
 from sfpp.diffusion.schedule import x0_from_flow
 
 __all__ = ["TeacherClipSampler"]
@@ -103,4 +103,24 @@ class TeacherClipSampler:
         """
         latents = self.codec.encode(x_t)
         flow = self.teacher(latents, sigma * 1000.0, self.text_encoder(list(prompts))[0])
+        return self.codec.decode(x0_from_flow(flow, latents, sigma))
+
+    @torch.no_grad()
+    def guided_denoise(self, x_t: torch.Tensor, sigma: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """The clean estimate the sampler steps with: :meth:`denoise` with the sampler's CFG scale.
+
+        Args:
+            x_t: Noisy clips ``(B, 3, K, H, W)``.
+            sigma: Per-sample noise levels ``(B,)`` in ``(0, 1]``.
+            prompts: One prompt per clip; the null condition is ``negative_prompt``.
+
+        Returns:
+            The guided ``x0`` estimate, ``x_t``'s shape.
+        """
+        latents = self.codec.encode(x_t)
+        context = self.text_encoder(list(prompts))[0]
+        null_context = self.text_encoder([self.negative_prompt] * len(prompts))[0]
+        flow = guided_flow(
+            self.teacher, latents, sigma * 1000.0, context, null_context, self.sampler.guidance_scale
+        )
         return self.codec.decode(x0_from_flow(flow, latents, sigma))

@@ -13,6 +13,11 @@ own, while a video model also sees the other frames of the clip, so the ideal's 
 bound on the error the best video denoiser could reach: a model above it is certainly short of
 optimal. The ideal is also run with the prompt's colour only, which measures what the shape word is
 worth at each noise level.
+
+:func:`shape_handover` asks where along its sampling trajectory a model decides an object's shape:
+the model samples one-object clips down to a noise level, then the ideal denoiser that knows the
+prompt's colour but not its shape finishes them. Whatever shape the finished clips have, the model's
+trajectory had already drawn when it handed over.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from sfpp.data.world import (
     shape_mask,
     spec_from_prompt,
 )
+from sfpp.diffusion.schedule import euler_step, flow_from_x0
 
 __all__ = [
     "ObjectTemplates",
@@ -43,6 +49,7 @@ __all__ = [
     "ideal_x0",
     "object_templates",
     "one_object_clips",
+    "shape_handover",
 ]
 
 #: ``denoise(x_t, sigma, prompts) -> x0``: ``x_t`` ``(B, 3, F, H, W)``, ``sigma`` ``(B,)``.
@@ -234,3 +241,84 @@ def denoiser_excess_error(
         errors["excess"] = errors["model"] - errors["ideal"]
         results[sigma] = errors
     return results
+
+
+def shape_handover(
+    denoise: Denoiser,
+    grid: Sequence[float],
+    handover_sigmas: Sequence[float],
+    num_clips: int = 18,
+    num_frames: int = 8,
+    world: WorldSpec = DEFAULT_WORLD,
+    seed: int = 0,
+) -> dict[float, dict[str, float]]:
+    """Object scores of one-object clips that the model samples down to a noise level and the ideal finishes.
+
+    The model integrates the Euler ODE over ``grid`` from seeded noise with the prompts of
+    :func:`one_object_clips`. At every grid level at or below a handover sigma, the clean estimate
+    is the ideal one given the prompt's colour only (:meth:`OneObjectClips.ideal` with
+    ``use_shape=False``), so the shape the finished clips show was decided by the model above that
+    level. Handover ``0`` is the model alone. A model that reads the shape word keeps its shape
+    accuracy when it hands over at middle noise levels; one that draws an undecided blob falls to
+    the accuracy of a shape-blind finish (about chance).
+
+    One model trajectory serves every handover: each branches off it at its level.
+
+    Args:
+        denoise: The model's clean estimate ``denoise(x_t, sigma, prompts)``, with the guidance the
+            model samples with (:meth:`~sfpp.inference.teacher.TeacherClipSampler.guided_denoise`).
+        grid: Decreasing noise levels from 1 to 0, the sampler's integration grid
+            (:meth:`~sfpp.diffusion.sampling.EulerSampler.grid`).
+        handover_sigmas: Levels in ``[0, 1)`` at which the ideal takes over.
+        num_clips: Clips sampled (18 cover every colour and shape once).
+        num_frames: Frames per clip (the model's horizon).
+        world: World settings.
+        seed: Seed of the noise (and of the scenes whose backgrounds the ideal uses).
+
+    Returns:
+        ``{handover: {"clean_frame_fraction", "detected_fraction", "shape_accuracy"}}`` scored by
+        :class:`~sfpp.metrics.world_objects.WorldObjectScore` against the prompts.
+
+    Raises:
+        ValueError: For a grid that does not run from 1 down to 0, no handover level, a handover
+            outside ``[0, 1)`` or no clips.
+    """
+    from sfpp.metrics.world_objects import WorldObjectScore  # the metric imports the world too
+
+    levels = [float(s) for s in grid]
+    if (
+        len(levels) < 2
+        or levels[0] != 1.0
+        or levels[-1] != 0.0
+        or any(b >= a for a, b in zip(levels[:-1], levels[1:], strict=True))
+    ):
+        raise ValueError(f"grid must decrease strictly from 1 to 0, got {levels}")
+    if not handover_sigmas:
+        raise ValueError("give at least one handover sigma (0 scores the model alone)")
+    for sigma in handover_sigmas:
+        if not 0.0 <= float(sigma) < 1.0:
+            raise ValueError(f"handover sigmas must lie in [0, 1), got {sigma}")
+    data = one_object_clips(num_clips, num_frames, world, seed)
+    metric = WorldObjectScore(world=world)
+    keys = ("clean_frame_fraction", "detected_fraction", "shape_accuracy")
+
+    def finish(x: torch.Tensor, start: int) -> dict[str, float]:
+        for sigma, sigma_next in zip(levels[start:-1], levels[start + 1 :], strict=True):
+            x0 = data.ideal(x, sigma, use_shape=False)
+            x = euler_step(x, flow_from_x0(x0, x, sigma), sigma, sigma_next)
+        scores = metric(x.clamp(-1.0, 1.0), data.prompts)
+        return {key: float(scores[key]) for key in keys}
+
+    pending = sorted({float(s) for s in handover_sigmas}, reverse=True)
+    results: dict[float, dict[str, float]] = {}
+    generator = torch.Generator().manual_seed(derive_seed(seed, 2))
+    x = torch.randn(data.clips.shape, generator=generator)  # (B, 3, F, H, W)
+    with torch.no_grad():
+        for step, (sigma, sigma_next) in enumerate(zip(levels[:-1], levels[1:], strict=True)):
+            while pending and sigma <= pending[0]:
+                results[pending.pop(0)] = finish(x, step)
+            x0 = denoise(x, torch.full((num_clips,), sigma), data.prompts).float()
+            x = euler_step(x, flow_from_x0(x0, x, sigma), sigma, sigma_next)
+        for handover in pending:  # only 0: the model went all the way
+            results[handover] = finish(x, len(levels) - 1)
+    return {float(s): results[float(s)] for s in handover_sigmas}
