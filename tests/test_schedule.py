@@ -17,6 +17,7 @@ from sfpp.diffusion import (
     flow_target,
     noise_from_x0,
     shift_sigma,
+    training_sigmas,
     unshift_sigma,
     x0_from_flow,
     x0_from_noise,
@@ -413,3 +414,38 @@ def test_add_noise_matches_diffusers_scale_noise() -> None:
         expected = ref.scale_noise(x0, ref.timesteps[i : i + 1], noise)
         ours = add_noise(x0, noise, schedule.sigma_from_timestep(ref.timesteps[i]))
         torch.testing.assert_close(ours, expected, rtol=1e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- training levels
+
+
+def test_training_sigmas_uniform_and_logit_normal() -> None:
+    torch.manual_seed(0)
+    uniform = training_sigmas(20000)
+    torch.manual_seed(0)
+    logit = training_sigmas(20000, logit_normal=(0.0, 1.0))
+    assert uniform.shape == logit.shape == (20000,) and uniform.dtype == torch.float32
+    assert float(uniform.min()) >= 0.0 and float(uniform.max()) <= 1.0
+    assert float(logit.min()) > 0.0 and float(logit.max()) < 1.0
+
+    def middle(s: torch.Tensor) -> float:
+        return float(((s > 0.3) & (s < 0.7)).float().mean())
+
+    # P(0.3 < u < 0.7) is 0.4 for uniform u and P(|z| < logit(0.7)) = 0.60 for logit(u) ~ N(0, 1).
+    assert middle(uniform) == pytest.approx(0.4, abs=0.015)
+    assert middle(logit) == pytest.approx(0.600, abs=0.015)
+    assert float((logit > 0.9).float().mean()) == pytest.approx(0.014, abs=0.005)
+    # The mean moves the mass: logit(u) ~ N(1, 1) puts most of it above 1/2.
+    assert float((training_sigmas(5000, logit_normal=(1.0, 1.0)) > 0.5).float().mean()) == pytest.approx(
+        0.84, abs=0.02
+    )
+
+
+def test_training_sigmas_are_shifted_after_drawing() -> None:
+    torch.manual_seed(3)
+    plain = training_sigmas(64, logit_normal=(0.0, 0.5))
+    torch.manual_seed(3)
+    shifted = training_sigmas(64, shift=3.0, logit_normal=(0.0, 0.5))
+    assert torch.allclose(shifted, shift_sigma(plain, 3.0))
+    with pytest.raises(ValueError, match="std must be positive"):
+        training_sigmas(4, logit_normal=(0.0, 0.0))

@@ -170,6 +170,37 @@ def test_foreground_weighted_loss_is_the_weighted_mean_of_the_x0_error():
     assert torch.allclose(plain, torch.tensor(6.0 / (3 * 128)), rtol=1e-4)
 
 
+@pytest.mark.parametrize("bad", [[0.0], [0.0, -1.0], [0.0, 1.0, 2.0]])
+def test_bad_logit_normal_levels_are_refused(bad):
+    with pytest.raises(ValueError, match="timestep_logit_normal"):
+        _teacher(timestep_logit_normal=bad)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\(\)`")
+def test_logit_normal_levels_train_the_teacher(monkeypatch):
+    teacher = _teacher(timestep_logit_normal=[0.5, 0.8])
+    drawn = []
+    real = teacher.model.forward
+
+    def spy(x_t, timestep, context):
+        drawn.append(timestep / 1000.0)
+        return real(x_t, timestep, context)
+
+    monkeypatch.setattr(teacher.model, "forward", spy)
+    batch = {
+        "video": torch.rand(64, 3, 2, 8, 8) * 2 - 1,
+        "prompt": ["a red circle bouncing on a dark background"] * 64,
+    }
+    torch.manual_seed(0)
+    loss = teacher.training_step(batch, 0)
+    assert torch.isfinite(loss)
+    (sigma,) = drawn
+    torch.manual_seed(0)
+    torch.rand(64)  # the CFG dropout draw comes first
+    expected = torch.sigmoid(0.5 + 0.8 * torch.randn(64))
+    assert torch.allclose(sigma, expected, atol=1e-6)
+
+
 def test_causal_model_is_refused():
     with pytest.raises(ValueError, match="causal=false"):
         TeacherModule(

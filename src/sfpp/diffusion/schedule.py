@@ -54,6 +54,7 @@ __all__ = [
     "min_snr_weight",
     "noise_from_x0",
     "shift_sigma",
+    "training_sigmas",
     "unshift_sigma",
     "x0_from_flow",
     "x0_from_noise",
@@ -107,6 +108,41 @@ def shift_sigma(sigma: float | Tensor, shift: float) -> float | Tensor:
     if isinstance(sigma, Tensor):
         sigma = _as_float_tensor(sigma)
     return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+def training_sigmas(
+    batch_size: int,
+    shift: float = 1.0,
+    logit_normal: tuple[float, float] | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Noise levels of a training batch: uniform or logit-normal, then shifted.
+
+    ``u ~ U(0, 1)`` by default; with ``logit_normal = (mean, std)``, ``u = sigmoid(mean + std * z)``
+    with ``z ~ N(0, 1)`` (Esser et al., 2024), which puts more of the batch at middle noise levels,
+    where the layout of a sample is decided, and less at both ends. Either is then mapped by
+    :func:`shift_sigma`. Draws from the global generator (seed it with ``torch.manual_seed``).
+
+    Args:
+        batch_size: Number of levels.
+        shift: Timestep shift applied to ``u``.
+        logit_normal: ``(mean, std)`` of ``logit(u)``, or ``None`` for uniform ``u``.
+        device: Device of the result.
+
+    Returns:
+        ``(batch_size,)`` float32 levels in ``[0, 1]``.
+
+    Raises:
+        ValueError: For a non-positive shift or standard deviation.
+    """
+    if logit_normal is None:
+        u = torch.rand(batch_size, device=device)
+    else:
+        mean, std = (float(v) for v in logit_normal)
+        if not std > 0.0:
+            raise ValueError(f"logit_normal std must be positive, got {std}")
+        u = torch.sigmoid(mean + std * torch.randn(batch_size, device=device))
+    return shift_sigma(u, shift)
 
 
 @overload

@@ -6,7 +6,7 @@ are components passed in by the config.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -16,7 +16,7 @@ from torch import nn
 
 from sfpp.diffusion.losses import foreground_weights
 from sfpp.diffusion.sampling import EulerSampler
-from sfpp.diffusion.schedule import add_noise, flow_target, min_snr_weight, shift_sigma, x0_from_flow
+from sfpp.diffusion.schedule import add_noise, flow_target, min_snr_weight, training_sigmas, x0_from_flow
 from sfpp.models.causal_wan import CausalWanDiT
 from sfpp.models.ema import EMA
 from sfpp.models.parallelize import configure_stage_modules
@@ -36,6 +36,9 @@ class TeacherModule(L.LightningModule):
         train_text_encoder: Train the text encoder with the teacher (the world's small encoder)
             instead of keeping it frozen (umT5).
         timestep_shift: Shift of the training noise levels (``sigma = shift(u)``, ``u ~ U(0, 1)``).
+        timestep_logit_normal: ``[mean, std]``: draw ``logit(u)`` from a normal instead
+            (:func:`~sfpp.diffusion.schedule.training_sigmas`), which trains more at the middle
+            noise levels where the world's shapes are decided; ``None`` (default): uniform.
         loss_space: ``flow``: MSE between predicted and true flow (Wan). ``x0``: MSE between the
             clean latents implied by the prediction and the true ones (pairs with a model whose
             ``prediction_type`` is ``x0``; learns much faster at the built-in world's size).
@@ -69,6 +72,7 @@ class TeacherModule(L.LightningModule):
         lr_scheduler: Callable[..., Any] | None = None,
         train_text_encoder: bool = True,
         timestep_shift: float = 1.0,
+        timestep_logit_normal: Sequence[float] | None = None,
         loss_space: str = "flow",
         min_snr_gamma: float | None = None,
         foreground_weight: float = 0.0,
@@ -84,6 +88,12 @@ class TeacherModule(L.LightningModule):
         super().__init__()
         if model.causal:
             raise ValueError("the teacher is bidirectional: build its model with causal=false")
+        if timestep_logit_normal is not None and (
+            len(timestep_logit_normal) != 2 or not float(timestep_logit_normal[1]) > 0
+        ):
+            raise ValueError(
+                f"timestep_logit_normal must be [mean, std] with std > 0 (or null), got {timestep_logit_normal}"
+            )
         if loss_space not in ("flow", "x0"):
             raise ValueError(f"loss_space must be 'flow' or 'x0', got {loss_space!r}")
         if min_snr_gamma is not None and not min_snr_gamma > 0:
@@ -115,6 +125,11 @@ class TeacherModule(L.LightningModule):
         self.sampler = sampler or EulerSampler()
         self.quality_metric = quality_metric
         self.timestep_shift = timestep_shift
+        self.timestep_logit_normal = (
+            None
+            if timestep_logit_normal is None
+            else (float(timestep_logit_normal[0]), float(timestep_logit_normal[1]))
+        )
         self.loss_space = loss_space
         self.min_snr_gamma = min_snr_gamma
         self.foreground_weight = foreground_weight
@@ -176,7 +191,9 @@ class TeacherModule(L.LightningModule):
         drop = torch.rand(batch_size, device=self.device) < self.cfg_dropout
         prompts = ["" if d else p for p, d in zip(batch["prompt"], drop.tolist(), strict=True)]
         context = self.encode_prompts(prompts)
-        sigma = shift_sigma(torch.rand(batch_size, device=self.device), self.timestep_shift)  # (B,)
+        sigma = training_sigmas(
+            batch_size, self.timestep_shift, self.timestep_logit_normal, device=self.device
+        )  # (B,)
         noise = torch.randn_like(x0)
         x_t = add_noise(x0, noise, sigma)
         flow = self.model(x_t, sigma * 1000.0, context)
