@@ -101,30 +101,21 @@ def test_no_clips_or_no_allowed_template_is_refused() -> None:
         ideal_x0(torch.zeros(1, 3, 8, 8), 0.5, bank.frames, torch.zeros(len(bank.frames), dtype=torch.bool))
 
 
-def _ideal_denoiser(use_shape: bool):  # noqa: ANN202 - a Denoiser
-    data = one_object_clips(18, 1)
-
-    def denoise(x_t: torch.Tensor, sigma: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        assert prompts == data.prompts
-        # At sigma 1 the posterior mean is the prior mean; the ideal takes levels inside (0, 1).
-        return data.ideal(x_t, min(float(sigma[0]), 0.999), use_shape=use_shape)
-
-    return denoise
-
-
 def test_shape_handover_finds_where_the_ideal_decides_the_shape() -> None:
     grid = EulerSampler(num_steps=16, shift=3.0).grid()
-    informed = shape_handover(_ideal_denoiser(True), grid, (0.0, 0.3, 0.9), num_frames=1)
+    informed = shape_handover(one_object_clips(18, 1).denoiser(), grid, (0.0, 0.3, 0.9), num_frames=1)
     # Sampling with the shape word draws every prompted shape; by sigma 0.3 the shape is drawn, so a
     # shape-blind finish keeps it; from sigma 0.9 the blind finish draws whatever the noise suggests.
     assert informed[0.0] == {"clean_frame_fraction": 1.0, "detected_fraction": 1.0, "shape_accuracy": 1.0}
     assert informed[0.3]["shape_accuracy"] == 1.0
     assert informed[0.9]["shape_accuracy"] < 0.5
     assert informed[0.9]["clean_frame_fraction"] == 1.0  # the blind finish still draws one clean object
-    blind = shape_handover(_ideal_denoiser(False), grid, (0.0,), num_frames=1)
+    blind = shape_handover(one_object_clips(18, 1).denoiser(use_shape=False), grid, (0.0,), num_frames=1)
     assert blind[0.0]["shape_accuracy"] < 0.5
     # Each handover branches off the one model trajectory: asked alone, it gives the same scores.
-    assert shape_handover(_ideal_denoiser(True), grid, (0.9,), num_frames=1) == {0.9: informed[0.9]}
+    assert shape_handover(one_object_clips(18, 1).denoiser(), grid, (0.9,), num_frames=1) == {
+        0.9: informed[0.9]
+    }
 
 
 @pytest.mark.parametrize(
@@ -141,3 +132,20 @@ def test_shape_handover_refuses_bad_grids_and_levels(
 ) -> None:
     with pytest.raises(ValueError, match=match):
         shape_handover(lambda x, s, p: x, grid, handover, num_clips=1, num_frames=1)
+
+
+def test_the_ideal_as_a_denoiser_callable() -> None:
+    data = one_object_clips(4, 2)
+    denoise = data.denoiser()
+    x_t = torch.randn(data.clips.shape, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(denoise(x_t, torch.full((4,), 0.5), data.prompts), data.ideal(x_t, 0.5))
+    # At sigma 1 it is the prior mean: the same for any input, and the average of the allowed templates.
+    prior = denoise(x_t, torch.ones(4), data.prompts)
+    assert torch.equal(prior, denoise(torch.zeros_like(x_t), torch.ones(4), data.prompts))
+    colour, shape = data.pairs[0]
+    expected = data.templates[0].frames[data.templates[0].allowed(colour, shape)].mean(0)
+    assert torch.allclose(prior[0, :, 1], expected)
+    with pytest.raises(ValueError, match="prompts"):
+        denoise(x_t, torch.full((4,), 0.5), data.prompts[::-1])
+    with pytest.raises(ValueError, match="one noise level"):
+        denoise(x_t, torch.tensor([0.5, 0.5, 0.5, 0.6]), data.prompts)

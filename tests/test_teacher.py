@@ -176,7 +176,7 @@ def test_bad_logit_normal_levels_are_refused(bad):
         _teacher(timestep_logit_normal=bad)
 
 
-@pytest.mark.filterwarnings("ignore:You are trying to `self.log\(\)`")
+@pytest.mark.filterwarnings(r"ignore:You are trying to `self.log\(\)`")
 def test_logit_normal_levels_train_the_teacher(monkeypatch):
     teacher = _teacher(timestep_logit_normal=[0.5, 0.8])
     drawn = []

@@ -87,11 +87,13 @@ def test_teacher_report_on_a_stand_in_checkpoint(tmp_path):
     gap = report["ideal_gap"]
     assert set(gap) == {0.2, 0.4, 0.6, 0.8} and gap[0.2]["ideal"] < 1e-6
     assert all(v["model"] > v["ideal"] for v in gap.values())  # an untrained teacher is far from ideal
-    handover = report["shape_handover"]
-    assert set(handover) == {0.0, 0.3, 0.5, 0.7, 0.9}
+    handover, ideal = report["shape_handover"]["teacher"], report["shape_handover"]["ideal"]
+    assert set(handover) == set(ideal) == {0.0, 0.3, 0.5, 0.7, 0.9}
     # An untrained teacher draws no clean object; the ideal finishing from sigma 0.3 draws clean ones.
     assert handover[0.0]["clean_frame_fraction"] < 0.5
     assert handover[0.3]["clean_frame_fraction"] > handover[0.0]["clean_frame_fraction"]
+    # The reference: the ideal itself draws every prompted shape, and has decided it by sigma 0.3.
+    assert ideal[0.0]["shape_accuracy"] == ideal[0.3]["shape_accuracy"] == 1.0
     written = json.loads((tmp_path / "r" / "report.json").read_text())
     assert written["real"] == report["real"] and set(written["word_use"]) == {"0.4", "0.6"}
     with pytest.raises(FileNotFoundError, match="toy_teacher"):

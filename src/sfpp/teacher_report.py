@@ -39,7 +39,7 @@ from rich.table import Table
 from sfpp.data.world import SHAPES, heldout_prompts
 from sfpp.demo import HORIZON, ground_truth
 from sfpp.inference.teacher import TeacherClipSampler
-from sfpp.metrics.ideal_denoiser import denoiser_excess_error, shape_handover
+from sfpp.metrics.ideal_denoiser import denoiser_excess_error, one_object_clips, shape_handover
 from sfpp.metrics.word_swap import denoiser_word_choice, denoiser_word_use
 from sfpp.metrics.world_objects import WorldObjectScore
 
@@ -82,7 +82,8 @@ def teacher_report(
         "word_use": {sigma: {"true" | attribute: scores}},
         "word_choice": {attribute: {"accuracy", "error_gap"}},
         "ideal_gap": {sigma: {"model", "ideal", "ideal_colour_only", "excess"}},
-        "shape_handover": {sigma: {"clean_frame_fraction", "detected_fraction", "shape_accuracy"}}}``.
+        "shape_handover": {"teacher" | "ideal": {sigma: {"clean_frame_fraction", "detected_fraction",
+        "shape_accuracy"}}}}``; the ideal's row is the reference.
 
     Raises:
         ValueError: For a prompt count outside ``1..len(heldout_prompts())``.
@@ -119,13 +120,15 @@ def teacher_report(
         "ideal_gap": denoiser_excess_error(
             sample.denoise, IDEAL_SIGMAS, num_frames=teacher_clips.shape[2], seed=seed
         ),
-        "shape_handover": shape_handover(
-            sample.guided_denoise,
-            sample.sampler.grid(),
-            HANDOVER_SIGMAS,
-            num_frames=teacher_clips.shape[2],
-            seed=seed,
-        ),
+        "shape_handover": {
+            name: shape_handover(
+                denoise, sample.sampler.grid(), HANDOVER_SIGMAS, num_frames=teacher_clips.shape[2], seed=seed
+            )
+            for name, denoise in (
+                ("teacher", sample.guided_denoise),
+                ("ideal", one_object_clips(18, teacher_clips.shape[2], seed=seed).denoiser()),
+            )
+        },
     }
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
@@ -184,20 +187,20 @@ def _print(report: dict[str, Any], checkpoint: str, num_prompts: int) -> None:
         )
     console.print(ideal)
     handover = Table(
-        title="shape decided: 18 one-object clips sampled by the teacher down to sigma, finished by the "
-        "ideal denoiser without the shape word (sigma 0: the teacher alone; the ideal itself: "
-        "1.00 / 1.00 / 0.83 at 0.6 / 0.17 at 0.9)"
+        title="shape decided: 18 one-object clips sampled down to sigma, then finished by the ideal "
+        "denoiser without the shape word (sigma 0: the sampler alone; the shape-blind ideal alone is at chance)"
     )
-    for column in ("handover sigma", "clean frames", "detected", "shape accuracy"):
-        handover.add_column(column, justify="right")
-    for sigma, values in report["shape_handover"].items():
-        handover.add_row(
-            f"{sigma:g}",
-            *(
-                f"{values[key]:.3f}"
-                for key in ("clean_frame_fraction", "detected_fraction", "shape_accuracy")
-            ),
-        )
+    handover.add_column("sampler")
+    handover.add_column("score")
+    for sigma in HANDOVER_SIGMAS:
+        handover.add_column(f"sigma {sigma:g}", justify="right")
+    for name, by_sigma in report["shape_handover"].items():
+        for key in ("clean_frame_fraction", "shape_accuracy"):
+            handover.add_row(
+                name if key == "clean_frame_fraction" else "",
+                key.replace("_", " "),
+                *(f"{by_sigma[sigma][key]:.3f}" for sigma in HANDOVER_SIGMAS),
+            )
     console.print(handover)
 
 

@@ -169,6 +169,35 @@ class OneObjectClips:
             out[index] = ideal_x0(frames, sigma, bank.frames, keep).transpose(0, 1)  # (3, F, H, W)
         return out
 
+    def denoiser(self, use_shape: bool = True) -> Denoiser:
+        """The ideal as a ``denoise(x_t, sigma, prompts)`` callable for these clips' prompts.
+
+        At sigma 1 the noisy clip says nothing and the estimate is the prior mean: the average of the
+        allowed templates. Every call takes one noise level for the whole batch.
+
+        Args:
+            use_shape: Condition on the prompt's shape as well as its colour.
+
+        Raises:
+            ValueError: (from the callable) for other prompts than these clips' or mixed noise levels.
+        """
+
+        def denoise(x_t: torch.Tensor, sigma: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+            if list(prompts) != self.prompts:
+                raise ValueError("the ideal denoiser knows these clips' prompts only")
+            level = float(sigma.flatten()[0])
+            if not bool((sigma == level).all()):
+                raise ValueError(f"the ideal takes one noise level per call, got {sigma.tolist()}")
+            if level < 1.0:
+                return self.ideal(x_t, level, use_shape)
+            means = [
+                bank.frames[bank.allowed(colour, shape if use_shape else None)].mean(0)
+                for (colour, shape), bank in zip(self.pairs, self.templates, strict=True)
+            ]  # B x (3, H, W)
+            return torch.stack(means)[:, :, None].expand_as(x_t).clone()  # (B, 3, F, H, W)
+
+        return denoise
+
 
 def one_object_clips(
     num_clips: int, num_frames: int, world: WorldSpec = DEFAULT_WORLD, seed: int = 0
@@ -266,7 +295,8 @@ def shape_handover(
 
     Args:
         denoise: The model's clean estimate ``denoise(x_t, sigma, prompts)``, with the guidance the
-            model samples with (:meth:`~sfpp.inference.teacher.TeacherClipSampler.guided_denoise`).
+            model samples with (:meth:`~sfpp.inference.teacher.TeacherClipSampler.guided_denoise`);
+            ``one_object_clips(...).denoiser()`` is the ideal's own, the reference.
         grid: Decreasing noise levels from 1 to 0, the sampler's integration grid
             (:meth:`~sfpp.diffusion.sampling.EulerSampler.grid`).
         handover_sigmas: Levels in ``[0, 1)`` at which the ideal takes over.
