@@ -7,6 +7,7 @@ from sfpp.metrics.ideal_denoiser import (
     ideal_x0,
     object_templates,
     one_object_clips,
+    shape_handover,
 )
 from sfpp.metrics.quality_curve import DynamicDegree, WindowQuality, frechet_distance, real_feature_statistics
 from sfpp.metrics.stability import (
@@ -58,6 +59,7 @@ __all__ = [
     "one_object_clips",
     "real_feature_statistics",
     "score_videos",
+    "shape_handover",
     "stability_curve",
     "stability_scores",
     "swap_attribute",

@@ -41,6 +41,7 @@ from sfpp.data.world import (
     spec_from_prompt,
 )
 from sfpp.diffusion.schedule import euler_step, flow_from_x0
+from sfpp.metrics.world_objects import WorldObjectScore
 
 __all__ = [
     "ObjectTemplates",
@@ -313,8 +314,6 @@ def shape_handover(
         ValueError: For a grid that does not run from 1 down to 0, no handover level, a handover
             outside ``[0, 1)`` or no clips.
     """
-    from sfpp.metrics.world_objects import WorldObjectScore  # the metric imports the world too
-
     levels = [float(s) for s in grid]
     if (
         len(levels) < 2
