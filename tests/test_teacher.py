@@ -201,6 +201,53 @@ def test_logit_normal_levels_train_the_teacher(monkeypatch):
     assert torch.allclose(sigma, expected, atol=1e-6)
 
 
+def test_x0_target_is_what_the_x0_loss_regresses_on(monkeypatch):
+    seen = {}
+
+    def target(x0, x_t, sigma, batch):
+        seen.update(x0=x0, x_t=x_t, sigma=sigma, batch=batch)
+        return torch.zeros_like(x0)
+
+    teacher = _teacher(loss_space="x0", x0_target=target)
+    flows = []
+    real = teacher.model.forward
+
+    def spy(x_t, timestep, context):
+        flows.append(real(x_t, timestep, context))
+        return flows[-1]
+
+    monkeypatch.setattr(teacher.model, "forward", spy)
+    batch = {
+        "video": torch.rand(4, 3, 2, 8, 8) * 2 - 1,
+        "prompt": ["a red circle bouncing on a dark background"] * 4,
+    }
+    loss = teacher.training_step(batch, 0)
+    assert seen["batch"] is batch and torch.equal(seen["x0"], batch["video"])
+    expected = x0_from_flow(flows[0], seen["x_t"], seen["sigma"]).square().mean()  # error against zeros
+    assert torch.allclose(loss, expected)
+    with pytest.raises(ValueError, match="loss_space: x0"):
+        _teacher(loss_space="flow", x0_target=target)
+
+
+def test_world_posterior_targets_train_on_image_batches_only(tmp_path):
+    from sfpp.data.world_targets import WorldPosteriorTarget
+
+    calls = []
+
+    class Recording(WorldPosteriorTarget):
+        def __call__(self, x0, x_t, sigma, batch):
+            target = super().__call__(x0, x_t, sigma, batch)
+            calls.append((x0.shape[2], "layout" in batch, torch.equal(target, x0)))
+            return target
+
+    L.seed_everything(0)
+    module = _teacher(loss_space="x0", x0_target=Recording())
+    data = WorldDataModule(num_frames=4, batch_size=2, seed=0, image_batch_size=4, image_batches=2)
+    _cpu_trainer(3, limit_val_batches=0).fit(module, datamodule=data)
+    # two image batches get the posterior mean (not x0), the video batch gets x0 itself
+    assert calls == [(1, True, False), (1, True, False), (4, False, True)]
+
+
 def test_causal_model_is_refused():
     with pytest.raises(ValueError, match="causal=false"):
         TeacherModule(

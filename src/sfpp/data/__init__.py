@@ -24,6 +24,7 @@ from sfpp.data.world import (
     VideoSpec,
     WorldSpec,
     all_prompts,
+    frame_layout,
     heldout_prompts,
     parse_prompt,
     prompt_of,
@@ -33,6 +34,7 @@ from sfpp.data.world import (
     train_prompts,
 )
 from sfpp.data.world_datamodule import WorldDataModule, WorldVideoDataset
+from sfpp.data.world_targets import WorldPosteriorTarget, placement_log_prior
 
 __all__ = [
     "PromptDataModule",
@@ -49,10 +51,13 @@ __all__ = [
     "VideoSpec",
     "WorldDataModule",
     "WorldSpec",
+    "WorldPosteriorTarget",
     "WorldVideoDataset",
     "all_prompts",
+    "frame_layout",
     "heldout_prompts",
     "parse_prompt",
+    "placement_log_prior",
     "prompt_of",
     "render",
     "sample_spec",

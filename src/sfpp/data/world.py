@@ -46,6 +46,7 @@ __all__ = [
     "background_colours",
     "derive_seed",
     "format_prompt",
+    "frame_layout",
     "heldout_prompts",
     "object_pixel_positions",
     "object_positions",
@@ -343,6 +344,35 @@ def render(spec: VideoSpec, num_frames: int, start_frame: int = 0) -> np.ndarray
         for index, (x, y) in enumerate(pixels.tolist()):
             video[index, y : y + obj.size, x : x + obj.size][mask] = colour
     return np.ascontiguousarray(video.transpose(3, 0, 1, 2))  # (C, F, H, W)
+
+
+def frame_layout(spec: VideoSpec, frame: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """What one frame of a video is made of: its objects' placements and its background colour.
+
+    Rendering the objects' masks at these placements over the background, back to front, gives
+    exactly ``render(spec, 1, frame)``.
+
+    Args:
+        spec: The video.
+        frame: Frame index.
+
+    Returns:
+        ``(objects, background)``: ``objects`` is an int64 array ``(2, 5)`` with one row
+        ``[colour index, shape index, size, x, y]`` per object, front first (indices into
+        :data:`COLOURS` and :data:`SHAPES`; ``x, y`` the integer top-left pixel), and a row of -1
+        where a video has one object; ``background`` is the float32 RGB ``(3,)`` of the frame.
+
+    Raises:
+        ValueError: For a negative frame index.
+    """
+    if frame < 0:
+        raise ValueError(f"frame must be >= 0, got {frame}")
+    objects = np.full((2, 5), -1, dtype=np.int64)
+    for row, obj in enumerate(spec.objects):
+        x, y = object_pixel_positions(obj, spec.frame_size, np.array(frame)).tolist()
+        objects[row] = (COLOURS.index(obj.colour), SHAPES.index(obj.shape), obj.size, x, y)
+    background = background_colours(spec.background, np.array([frame]))[0].astype(np.float32)
+    return objects, background
 
 
 # -- the prompt grammar --------------------------------------------------------------------------

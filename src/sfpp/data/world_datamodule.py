@@ -19,6 +19,7 @@ from sfpp.data.resumable import ResumableDataLoader
 from sfpp.data.world import (
     WorldSpec,
     derive_seed,
+    frame_layout,
     heldout_prompts,
     prompt_of,
     render,
@@ -46,9 +47,14 @@ class WorldVideoDataset(Dataset):
         stream: Distinguishes datasets sharing a base seed (training vs validation).
         cycle_prompts: If true, item ``i`` uses ``prompts[i % len(prompts)]`` (fixed evaluation
             prompts); otherwise the prompt is drawn with :func:`~sfpp.data.world.sample_spec`.
+        with_layout: One-frame items also carry what the frame is made of (see
+            :func:`~sfpp.data.world.frame_layout`): ``"layout"`` ``(2, 5)`` int64 and
+            ``"background"`` ``(3,)`` float32, which exact regression targets need
+            (:class:`~sfpp.data.world_targets.WorldPosteriorTarget`).
 
     Raises:
-        ValueError: For an empty prompt list or non-positive sizes.
+        ValueError: For an empty prompt list, non-positive sizes, or ``with_layout`` on clips of
+            more than one frame.
     """
 
     def __init__(
@@ -60,6 +66,7 @@ class WorldVideoDataset(Dataset):
         seed: int,
         stream: int,
         cycle_prompts: bool = False,
+        with_layout: bool = False,
     ) -> None:
         if not prompts:
             raise ValueError("WorldVideoDataset needs at least one prompt")
@@ -67,6 +74,8 @@ class WorldVideoDataset(Dataset):
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
         if length < 1:
             raise ValueError(f"dataset length must be >= 1, got {length}")
+        if with_layout and num_frames != 1:
+            raise ValueError(f"with_layout describes one frame; got num_frames={num_frames}")
         self.world = world
         self.prompts = tuple(prompts)
         self.num_frames = num_frames
@@ -74,12 +83,16 @@ class WorldVideoDataset(Dataset):
         self.seed = seed
         self.stream = stream
         self.cycle_prompts = cycle_prompts
+        self.with_layout = with_layout
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        """Render item ``index`` as ``{"video": (C, F, H, W) float32 in [-1, 1], "prompt": str}``."""
+        """Render item ``index`` as ``{"video": (C, F, H, W) float32 in [-1, 1], "prompt": str}``.
+
+        With ``with_layout`` the item also has ``"layout"`` and ``"background"`` (see the class).
+        """
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for a dataset of length {self.length}")
         video_seed = derive_seed(self.seed, self.stream, index)
@@ -88,7 +101,12 @@ class WorldVideoDataset(Dataset):
         else:
             spec = sample_spec(video_seed, self.world, self.prompts)
         video = torch.from_numpy(render(spec, self.num_frames))  # (C, F, H, W)
-        return {"video": video, "prompt": prompt_of(spec)}
+        item = {"video": video, "prompt": prompt_of(spec)}
+        if self.with_layout:
+            layout, background = frame_layout(spec)
+            item["layout"] = torch.from_numpy(layout)
+            item["background"] = torch.from_numpy(background)
+        return item
 
 
 class ImagesThenVideos(Dataset):
@@ -140,7 +158,11 @@ class ImagesThenVideos(Dataset):
         return self.image_batches + len(self.videos) // self.batch_size
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        """Batch ``index`` as ``{"video": (B, 3, F, H, W), "prompt": list[str]}`` (``F = 1`` for images)."""
+        """Batch ``index`` as ``{"video": (B, 3, F, H, W), "prompt": list[str]}`` (``F = 1`` for images).
+
+        Image batches carry whatever else the image dataset's items have (the layout of each frame
+        when it was built ``with_layout``), stacked over the batch.
+        """
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} out of range for {len(self)} batches")
         if index < self.image_batches:
@@ -168,7 +190,9 @@ class WorldDataModule(L.LightningDataModule):
     (``image_batch_size`` each, from their own seed stream) before the video batches: a one-frame
     step costs a fraction of a video step, and a pixel-space model learns the look of objects far
     faster from many independent frames than from the near-duplicate frames of a few clips (the way
-    Wan2.1 learns from images as well as videos).
+    Wan2.1 learns from images as well as videos). Image batches also carry each frame's
+    ``"layout"`` ``(B, 2, 5)`` and ``"background"`` ``(B, 3)`` (:func:`~sfpp.data.world.frame_layout`),
+    from which :class:`~sfpp.data.world_targets.WorldPosteriorTarget` computes exact targets.
 
     Args:
         num_frames: Frames per clip (the teacher horizon).
@@ -259,6 +283,7 @@ class WorldDataModule(L.LightningDataModule):
             max(image_batches * image_batch_size, 1),
             seed,
             _IMAGE_STREAM,
+            with_layout=True,
         )
         self.train_batches = ImagesThenVideos(
             self.train_dataset, images, batch_size, image_batch_size, image_batches

@@ -49,6 +49,11 @@ class TeacherModule(L.LightningModule):
         foreground_weight: Extra weight of the positions that stand out of their frame's
             background in the squared error (:func:`~sfpp.diffusion.losses.foreground_weights`);
             each sample's error is the weighted mean. 0 (default): every position weighs the same.
+        x0_target: Optional ``target(x0, x_t, sigma, batch) -> tensor like x0`` that replaces the
+            clean latents as the regression target (``loss_space: x0`` only), e.g. the built-in
+            world's exact posterior mean for single frames
+            (:class:`~sfpp.data.world_targets.WorldPosteriorTarget`), which has the same minimiser
+            as ``x0`` and far less variance. ``None`` (default): ``x0``.
         cfg_dropout: Probability of replacing a prompt by the empty prompt (the CFG null condition).
         ema_decay: Decay of the EMA copy used for sampling and evaluation.
         ema_start_step: Steps before the EMA starts averaging.
@@ -76,6 +81,7 @@ class TeacherModule(L.LightningModule):
         loss_space: str = "flow",
         min_snr_gamma: float | None = None,
         foreground_weight: float = 0.0,
+        x0_target: Callable[..., torch.Tensor] | None = None,
         cfg_dropout: float = 0.1,
         ema_decay: float = 0.999,
         ema_start_step: int = 0,
@@ -102,6 +108,10 @@ class TeacherModule(L.LightningModule):
             raise ValueError(f"foreground_weight must be >= 0, got {foreground_weight}")
         if not 0.0 <= cfg_dropout < 1.0:
             raise ValueError(f"cfg_dropout must be in [0, 1), got {cfg_dropout}")
+        if x0_target is not None and loss_space != "x0":
+            raise ValueError(
+                f"x0_target replaces the clean latents of an x0 loss; set loss_space: x0 (got {loss_space!r})"
+            )
         # Components are saved by Hydra's config of the run; the checkpoint keeps the scalar settings.
         self.save_hyperparameters(
             ignore=[
@@ -109,6 +119,7 @@ class TeacherModule(L.LightningModule):
                 "text_encoder",
                 "codec",
                 "quality_metric",
+                "x0_target",
                 "sampler",
                 "optimizer",
                 "lr_scheduler",
@@ -133,6 +144,7 @@ class TeacherModule(L.LightningModule):
         self.loss_space = loss_space
         self.min_snr_gamma = min_snr_gamma
         self.foreground_weight = foreground_weight
+        self.x0_target = x0_target
         self.cfg_dropout = cfg_dropout
 
     # -- parallelism ---------------------------------------------------------------------------
@@ -197,7 +209,8 @@ class TeacherModule(L.LightningModule):
         noise = torch.randn_like(x0)
         x_t = add_noise(x0, noise, sigma)
         flow = self.model(x_t, sigma * 1000.0, context)
-        loss = self.loss(flow, x0, noise, x_t, sigma)
+        target = x0 if self.x0_target is None else self.x0_target(x0, x_t, sigma, batch)
+        loss = self.loss(flow, target, noise, x_t, sigma)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/clip_frames", float(batch["video"].shape[2]), batch_size=batch_size)
         return loss
