@@ -96,7 +96,6 @@ class WorldPosteriorTarget:
         self.frame_size = frame_size
         self.min_size, self.max_size = min_size, max_size
         placements, log_prior = placement_log_prior(frame_size, min_size, max_size)
-        self.placements = torch.from_numpy(placements)  # (P, 3)
         self.log_prior = torch.from_numpy(log_prior)  # (P,)
         self.masks = torch.stack(
             [self._placement_masks(shape, placements) for shape in SHAPES]
