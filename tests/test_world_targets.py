@@ -135,8 +135,8 @@ def test_target_is_the_brute_force_posterior_mean(sigma: float) -> None:
         np.testing.assert_allclose(target[b, :, 0].numpy(), reference, atol=2e-5)
 
 
-def test_target_limits_and_variance() -> None:
-    """x0 at sigma -> 0, the prior mean at sigma -> 1, and in between closer to x0's mean than x0 is."""
+def test_target_limits_and_range() -> None:
+    """x0 at sigma -> 0, the prior mean at sigma -> 1, and in between a mixture of the templates."""
     batch = _laid_out_batch(range(8))
     x0 = batch["video"]
     target_of = WorldPosteriorTarget()
@@ -153,11 +153,17 @@ def test_target_limits_and_variance() -> None:
     background = batch["background"][0].double()[:, None]
     expected = (background + coverage[None] * (colour - background)).reshape(3, 1, 16, 16)
     torch.testing.assert_close(high[0].double(), expected, atol=1e-6, rtol=0)
-    # the target varies less around the clean frames than the clean frames do around it
+    # in between: neither limit, and on one-object frames every pixel lies between the background
+    # and the object's colour (a posterior mean of templates that differ only there)
     sigma = torch.full((8,), 0.7)
     mid = target_of(x0, (1 - 0.7) * x0 + 0.7 * noise, sigma, batch)
-    assert (mid - x0).abs().max() > 0.1  # not x0
+    assert (mid - x0).abs().max() > 0.1
     assert not torch.allclose(mid, high)
+    for b in torch.nonzero(batch["layout"][:, 1, 0] < 0).flatten().tolist():
+        back = batch["background"][b][:, None, None, None]  # (3, 1, 1, 1)
+        paint = torch.tensor(PALETTE[COLOURS[int(batch["layout"][b, 0, 0])]])[:, None, None, None]
+        low_end, high_end = torch.minimum(back, paint), torch.maximum(back, paint)
+        assert bool(((mid[b] >= low_end - 1e-6) & (mid[b] <= high_end + 1e-6)).all())
 
 
 def test_videos_pass_through_and_bad_input_is_refused() -> None:

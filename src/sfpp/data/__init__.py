@@ -34,7 +34,7 @@ from sfpp.data.world import (
     train_prompts,
 )
 from sfpp.data.world_datamodule import WorldDataModule, WorldVideoDataset
-from sfpp.data.world_targets import WorldPosteriorTarget, placement_log_prior
+from sfpp.data.world_targets import WorldPosteriorTarget, placement_log_prior, placement_masks
 
 __all__ = [
     "PromptDataModule",
@@ -58,6 +58,7 @@ __all__ = [
     "heldout_prompts",
     "parse_prompt",
     "placement_log_prior",
+    "placement_masks",
     "prompt_of",
     "render",
     "sample_spec",

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from sfpp.data.world import COLOURS, DEFAULT_WORLD, PALETTE, SHAPES, shape_mask
 
-__all__ = ["WorldPosteriorTarget", "placement_log_prior"]
+__all__ = ["WorldPosteriorTarget", "placement_log_prior", "placement_masks"]
 
 
 def placement_log_prior(frame_size: int, min_size: int, max_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,6 +66,15 @@ def placement_log_prior(frame_size: int, min_size: int, max_size: int) -> tuple[
                 placements.append((size, x, y))
                 log_prior.append(np.log(coordinate[x] * coordinate[y] / len(sizes)))
     return np.asarray(placements, dtype=np.int64), np.asarray(log_prior)
+
+
+def placement_masks(shape: str, frame_size: int, min_size: int, max_size: int) -> np.ndarray:
+    """``(P, H, W)`` bool masks of ``shape`` at every placement, in :func:`placement_log_prior`'s order."""
+    placements, _ = placement_log_prior(frame_size, min_size, max_size)
+    frames = np.zeros((len(placements), frame_size, frame_size), dtype=bool)
+    for index, (side, x, y) in enumerate(placements.tolist()):
+        frames[index, y : y + side, x : x + side] = shape_mask(shape, side)
+    return frames
 
 
 class WorldPosteriorTarget:
@@ -95,20 +104,14 @@ class WorldPosteriorTarget:
             )
         self.frame_size = frame_size
         self.min_size, self.max_size = min_size, max_size
-        placements, log_prior = placement_log_prior(frame_size, min_size, max_size)
+        _, log_prior = placement_log_prior(frame_size, min_size, max_size)
         self.log_prior = torch.from_numpy(log_prior)  # (P,)
-        self.masks = torch.stack(
-            [self._placement_masks(shape, placements) for shape in SHAPES]
-        )  # (S, P, H*W) float64, one candidate mask per shape and placement
+        masks = np.stack([placement_masks(shape, frame_size, min_size, max_size) for shape in SHAPES])
+        self.masks = torch.from_numpy(masks).flatten(2).double()  # (S, P, H*W): each shape at each placement
+        # Index of each size's first placement (placements are ordered by size, then y, then x).
+        per_size = (frame_size - torch.arange(min_size, max_size + 1) + 1) ** 2  # (sizes,)
+        self.first_placement = torch.cumsum(per_size, 0) - per_size
         self.palette = torch.tensor([PALETTE[c] for c in COLOURS], dtype=torch.float64)  # (K, 3)
-
-    def _placement_masks(self, shape: str, placements: np.ndarray) -> torch.Tensor:
-        """``(P, H*W)`` float64 masks of ``shape`` at every placement."""
-        size = self.frame_size
-        frames = np.zeros((len(placements), size, size), dtype=bool)
-        for index, (side, x, y) in enumerate(placements.tolist()):
-            frames[index, y : y + side, x : x + side] = shape_mask(shape, side)
-        return torch.from_numpy(frames.reshape(len(placements), size * size)).double()
 
     def object_masks(self, layout: torch.Tensor) -> torch.Tensor:
         """``(B, 2, H*W)`` float64 masks of each object of a layout ``(B, 2, 5)`` (zeros for absent ones).
@@ -133,10 +136,11 @@ class WorldPosteriorTarget:
                 f"in a {self.frame_size}-px frame): build WorldPosteriorTarget with the data's world"
             )
         side = side.clamp(self.min_size, self.max_size)
-        # Placements are ordered by size, then y, then x (placement_log_prior).
-        first = torch.cumsum((self.frame_size - torch.arange(self.min_size, self.max_size + 1) + 1) ** 2, 0)
-        first = torch.cat([first.new_zeros(1), first[:-1]])  # (sizes,) index of each size's first placement
-        index = first[side - self.min_size] + y.clamp_min(0) * (self.frame_size - side + 1) + x.clamp_min(0)
+        index = (
+            self.first_placement[side - self.min_size]
+            + y.clamp_min(0) * (self.frame_size - side + 1)
+            + x.clamp_min(0)
+        )
         masks = self.masks[shape.clamp_min(0), index]  # (B, 2, H*W)
         return masks * present[..., None]
 

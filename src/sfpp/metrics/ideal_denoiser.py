@@ -37,9 +37,9 @@ from sfpp.data.world import (
     derive_seed,
     format_prompt,
     render,
-    shape_mask,
     spec_from_prompt,
 )
+from sfpp.data.world_targets import placement_masks
 from sfpp.diffusion.schedule import euler_step, flow_from_x0
 from sfpp.metrics.world_objects import WorldObjectScore
 
@@ -89,18 +89,10 @@ def object_templates(background: Sequence[float], world: WorldSpec = DEFAULT_WOR
     Returns:
         The templates, ``len(COLOURS) * len(SHAPES) * sum over sizes of (frame - size + 1)^2`` of them.
     """
-    size = world.frame_size
-    masks, shapes = [], []
-    for shape_index, shape in enumerate(SHAPES):
-        for side in range(world.min_size, world.max_size + 1):
-            mask = shape_mask(shape, side)
-            for y in range(size - side + 1):
-                for x in range(size - side + 1):
-                    frame = np.zeros((size, size), dtype=bool)
-                    frame[y : y + side, x : x + side] = mask
-                    masks.append(frame)
-                    shapes.append(shape_index)
-    mask = torch.from_numpy(np.stack(masks))[:, None]  # (M, 1, H, W)
+    per_shape = [placement_masks(shape, world.frame_size, world.min_size, world.max_size) for shape in SHAPES]
+    masks = np.concatenate(per_shape)  # (M, H, W), shape by shape
+    shapes = [index for index, frames in enumerate(per_shape) for _ in range(len(frames))]
+    mask = torch.from_numpy(masks)[:, None]  # (M, 1, H, W)
     back = torch.tensor(background, dtype=torch.float32)[:, None, None]  # (3, 1, 1)
     frames = [torch.where(mask, torch.tensor(PALETTE[c])[:, None, None], back) for c in COLOURS]
     return ObjectTemplates(

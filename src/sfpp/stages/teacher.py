@@ -227,7 +227,8 @@ class TeacherModule(L.LightningModule):
 
         Args:
             flow: Predicted flow ``(B, C, F, h, w)``.
-            x0: Clean latents, same shape.
+            x0: The regression target, same shape: the clean latents, or ``x0_target``'s estimate
+                of them (the foreground weights are taken from it too).
             noise: The noise mixed into ``x0``, same shape.
             x_t: The model's input, same shape.
             sigma: Per-sample noise levels ``(B,)``.
