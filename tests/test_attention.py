@@ -89,3 +89,15 @@ def test_flex_block_mask_matches_sdpa_dense_mask_on_cuda():
     out = flex(q, k, v, flex.prepare_mask(pattern, 8, 16, dev))
     ref = SDPAttention()(q, k, v, SDPAttention().prepare_mask(pattern, 8, 16, dev))
     assert (out - ref).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_sdpa_attends_half_precision_cpu_inputs_in_float32(dtype):
+    q, k, v = (t.to(dtype) for t in _qkv())
+    out = SDPAttention()(q, k, v)
+    assert out.dtype == dtype
+    # computed from the half-precision inputs in float32, rounded once at the end
+    assert torch.equal(out, SDPAttention()(q.float(), k.float(), v.float()).to(dtype))
+    assert torch.allclose(out.float(), _naive_attention(q.float(), k.float(), v.float()), atol=1e-2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(SDPAttention()(q, k, v), out)  # autocast does not reach inside

@@ -157,3 +157,22 @@ def test_patchify_equals_the_patch_embedding_convolution(patch_size):
     # The gradient reaches the convolution's own parameters (the ones Wan checkpoints name).
     model._patchify(x).sum().backward()
     assert model.patch_embedding.weight.grad is not None and model.patch_embedding.bias.grad is not None
+
+
+def test_cpu_bf16_autocast_keeps_the_head_in_float32_and_trains():
+    model = _tiny(causal=False, prediction_type="x0").train()
+    x, t, c = _inputs()
+    reference = model(x, t, c)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, t, c)
+    # The head projects in float32: the flow is not rounded to bf16's 8-bit mantissa.
+    assert out.dtype == torch.float32
+    rounded = out.to(torch.bfloat16).float()
+    assert not torch.equal(rounded, out)
+    # bf16 projections move the output by about bf16's rounding (2^-8), no more.
+    error = (out - reference).abs().mean() / reference.abs().mean()
+    assert 0 < error < 2e-2, error
+    out.square().mean().backward()
+    grad = model.patch_embedding.weight.grad
+    assert grad is not None and grad.dtype == torch.float32 and torch.isfinite(grad).all()
+    assert grad.abs().sum() > 0

@@ -318,3 +318,46 @@ def test_a_run_that_ends_within_the_image_batches_is_warned_about(tmp_path):
     trainer = _cpu_trainer(2, limit_val_batches=0, default_root_dir=tmp_path)
     with pytest.warns(UserWarning, match="never sees a video batch"):
         trainer.fit(module, datamodule=data)
+
+
+@pytest.mark.filterwarnings(r"ignore:You are trying to `self.log\(\)`")
+def test_bf16_mixed_precision_trains_on_the_cpu_with_exact_targets(tmp_path):
+    """`trainer.precision=bf16-mixed` on the CPU: the model runs under bf16 autocast, the
+    posterior-mean targets are still computed exactly (float64, untouched by autocast), the loss
+    and the flow the loss sees are float32, and the weights stay float32 and learn."""
+    from sfpp.data.world_targets import WorldPosteriorTarget
+
+    seen = []
+
+    class Recording(WorldPosteriorTarget):
+        def __call__(self, x0, x_t, sigma, batch):
+            target = super().__call__(x0, x_t, sigma, batch)
+            assert torch.is_autocast_enabled("cpu")
+            with torch.autocast("cpu", enabled=False):
+                exact = super().__call__(x0, x_t, sigma, batch)
+            seen.append(torch.equal(target, exact) and target.dtype == torch.float32)
+            return target
+
+    class Checked(TeacherModule):
+        def loss(self, flow, x0, noise, x_t, sigma):
+            seen.append(flow.dtype == torch.float32)
+            return super().loss(flow, x0, noise, x_t, sigma)
+
+    L.seed_everything(0)
+    torch.manual_seed(0)
+    model = build_model("tiny", in_channels=3, out_channels=3, patch_size=(1, 4, 4), attention_backend="sdpa")
+    module = Checked(
+        model=model,
+        text_encoder=WorldTextEncoder(embed_dim=16),
+        codec=PixelCodec(),
+        optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3),
+        sampler=EulerSampler(num_steps=4, shift=3.0, guidance_scale=2.0),
+        loss_space="x0",
+        x0_target=Recording(),
+    )
+    data = WorldDataModule(num_frames=4, batch_size=2, seed=0, image_batch_size=4, image_batches=2)
+    before = [p.detach().clone() for p in module.model.parameters()]
+    _cpu_trainer(3, limit_val_batches=0, precision="bf16-mixed").fit(module, datamodule=data)
+    assert seen == [True] * 6  # (target, loss) of two image batches and one video batch
+    assert all(p.dtype == torch.float32 for p in module.model.parameters())
+    assert all(not torch.equal(a, b) for a, b in zip(before, module.model.parameters(), strict=True))

@@ -67,18 +67,24 @@ class Copy:
         params = [*self.model.parameters(), *self.text.parameters()]
         self.optimizer = optimizer_of(variant, params)
 
-    def step(self, batch: dict, seed: int) -> tuple[float, float]:
-        """One x0-loss training step; returns (seconds of the whole step, seconds of ``optimizer.step``)."""
+    def step(self, batch: dict, seed: int, bf16: bool = False) -> tuple[float, float]:
+        """One x0-loss training step; returns (seconds of the whole step, seconds of ``optimizer.step``).
+
+        With ``bf16`` the forward runs under CPU bf16 autocast, as ``trainer.precision=bf16-mixed``
+        runs it. The last loss is kept in ``self.loss``.
+        """
         generator = torch.Generator().manual_seed(seed)
         began = time.perf_counter()
         x0 = PixelCodec().encode(batch["video"])  # (B, 3, F, 16, 16)
-        context, _ = self.text(list(batch["prompt"]))
-        sigma = training_sigmas(x0.shape[0], 1.0, (0.0, 1.0))
-        noise = torch.randn(x0.shape, generator=generator)
-        x_t = add_noise(x0, noise, sigma)
-        flow = self.model(x_t, sigma * 1000.0, context)
-        loss = (x0_from_flow(flow, x_t, sigma) - x0).square().mean()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            context, _ = self.text(list(batch["prompt"]))
+            sigma = training_sigmas(x0.shape[0], 1.0, (0.0, 1.0))
+            noise = torch.randn(x0.shape, generator=generator)
+            x_t = add_noise(x0, noise, sigma)
+            flow = self.model(x_t, sigma * 1000.0, context)
+            loss = (x0_from_flow(flow, x_t, sigma) - x0).square().mean()
         loss.backward()
+        self.loss = loss.item()
         optimizer_began = time.perf_counter()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -73,7 +73,23 @@ class SDPAttention:
     def __call__(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """See :class:`AttentionBackend`."""
+        """See :class:`AttentionBackend`.
+
+        On the CPU, bf16/fp16 inputs (CPU autocast) are attended in float32 and the result cast
+        back: PyTorch's CPU attention kernels are many times slower in bf16 than in float32 (the
+        backward of the toy teacher's image batch: 3.3 ms against 0.4 ms a call), while the
+        projections around them gain from bf16 (``tests/benchmarks/bench_teacher_step.py``).
+        """
+        dtype = q.dtype
+        if q.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
+            with torch.autocast("cpu", enabled=False):
+                out = F.scaled_dot_product_attention(
+                    q.float().transpose(1, 2),
+                    k.float().transpose(1, 2),
+                    v.float().transpose(1, 2),
+                    attn_mask=mask,
+                )  # (B, H, Lq, D)
+            return out.transpose(1, 2).to(dtype)  # (B, Lq, H, D)
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
         )  # (B, H, Lq, D)

@@ -281,10 +281,19 @@ class WanHead(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
 
     def forward(self, x: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
-        """Project ``x`` ``(B, L, dim)`` with the per-frame time embedding ``(B, F, dim)``."""
+        """Project ``x`` ``(B, L, dim)`` with the per-frame time embedding ``(B, F, dim)``.
+
+        Under autocast the projection runs in the weight's dtype (float32 master weights), as in
+        Wan's own code: a bf16 head would round the clean estimate (and the flow derived from it)
+        to bf16's ~3 significant digits.
+        """
         mod = self.modulation.unsqueeze(0).float() + time_emb.float().unsqueeze(2)  # (B, F, 2, dim)
         shift, scale = mod.unbind(2)  # each (B, F, dim)
-        return self.head(_modulate(self.norm(x), shift, scale, time_emb.shape[1]).type_as(x))
+        modulated = _modulate(self.norm(x), shift, scale, time_emb.shape[1])  # (B, L, dim)
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return self.head(modulated.to(self.head.weight.dtype))
+        return self.head(modulated.type_as(x))
 
 
 # 4. Model -------------------------------------------------------------------------------------
