@@ -29,6 +29,9 @@ def _shrink_for_cpu(cfg: DictConfig) -> None:
     trainer.log_every_n_steps = 1
     if "strategy" in trainer:
         trainer.strategy = "auto"
+    if "stage" in cfg and "compile_model" in cfg.stage:
+        # Compiling costs tens of seconds per batch shape; test_teacher compiles once on purpose.
+        cfg.stage.compile_model = False
 
 
 @pytest.fixture

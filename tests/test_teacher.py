@@ -361,3 +361,31 @@ def test_bf16_mixed_precision_trains_on_the_cpu_with_exact_targets(tmp_path):
     assert seen == [True] * 6  # (target, loss) of two image batches and one video batch
     assert all(p.dtype == torch.float32 for p in module.model.parameters())
     assert all(not torch.equal(a, b) for a, b in zip(before, module.model.parameters(), strict=True))
+
+
+@pytest.mark.filterwarnings(r"ignore:You are trying to `self.log\(\)`")
+@pytest.mark.filterwarnings("ignore:trainer.max_steps=3 ends within")
+def test_compiled_training_forward_matches_the_model_and_trains(tmp_path):
+    """`stage.compile_model=true`: training steps go through one torch.compile of the model (one
+    graph per batch shape; a single shape here, to compile once), which computes what the eager
+    model computes; the checkpoint holds the model's weights once, under their usual names."""
+    L.seed_everything(0)
+    module = _teacher(loss_space="x0", compile_model=True)
+    forward = module.train_forward()
+    assert forward is module.train_forward() and forward is not module.model
+    data = WorldDataModule(num_frames=4, batch_size=2, seed=0, image_batch_size=4, image_batches=3)
+    before = [p.detach().clone() for p in module.model.parameters()]
+    trainer = _cpu_trainer(3, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=data)
+    assert all(not torch.equal(a, b) for a, b in zip(before, module.model.parameters(), strict=True))
+    x = torch.randn(4, 3, 1, 16, 16)  # the image batches' shape: no second compile
+    sigma = torch.tensor([0.1, 0.3, 0.6, 0.9])
+    context, _ = module.text_encoder(["a red circle bouncing on a dark background"] * 4)
+    with torch.no_grad():
+        compiled, eager = forward(x, sigma * 1000.0, context), module.model(x, sigma * 1000.0, context)
+    assert torch.allclose(compiled, eager, atol=1e-4), (compiled - eager).abs().max()
+    trainer.save_checkpoint(tmp_path / "compiled.ckpt")
+    state = torch.load(tmp_path / "compiled.ckpt", weights_only=False)["state_dict"]
+    assert not any("_orig_mod" in key or "_compiled" in key for key in state)
+    assert set(state) == set(module.state_dict())
+    assert not _teacher().hparams.compile_model  # eager unless asked
