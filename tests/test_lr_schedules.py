@@ -65,3 +65,21 @@ def test_a_restart_begins_a_new_warm_up_and_cosine():
     assert _lrs(lambda opt: warmup_cosine(opt, 2, 10, 0.1, restarts=[0, 10, 30]), 10) == pytest.approx(plain)
     with pytest.raises(ValueError, match="restarts"):
         _lrs(lambda opt: warmup_cosine(opt, 2, 10, 0.1, restarts=[-1]), 1)
+
+
+def test_phase_scales_set_the_peak_of_each_phase():
+    lrs = _lrs(lambda opt: warmup_cosine(opt, 2, 20, 0.1, restarts=[10], phase_scales=[1.0, 0.5]), 20)
+    plain = _lrs(lambda opt: warmup_cosine(opt, 2, 20, 0.1, restarts=[10]), 20)
+    assert lrs[:10] == pytest.approx(plain[:10])
+    assert lrs[10:] == pytest.approx([0.5 * lr for lr in plain[10:]])
+    # With no image batches (restart at 0) the whole run is the second phase; with a run that ends
+    # before the restart, the first.
+    only_videos = _lrs(lambda opt: warmup_cosine(opt, 2, 10, 0.1, restarts=[0], phase_scales=[1.0, 0.5]), 10)
+    assert only_videos == pytest.approx(
+        [0.5 * lr for lr in _lrs(lambda opt: warmup_cosine(opt, 2, 10, 0.1), 10)]
+    )
+    only_images = _lrs(lambda opt: warmup_cosine(opt, 2, 10, 0.1, restarts=[30], phase_scales=[1.0, 0.5]), 10)
+    assert only_images == pytest.approx(_lrs(lambda opt: warmup_cosine(opt, 2, 10, 0.1), 10))
+    for bad in ([1.0], [1.0, 0.5, 0.2], [1.0, 0.0]):
+        with pytest.raises(ValueError, match="phase_scales"):
+            _lrs(lambda opt, bad=bad: warmup_cosine(opt, 2, 20, 0.1, restarts=[10], phase_scales=bad), 1)
