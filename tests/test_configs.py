@@ -178,3 +178,23 @@ def test_stage_optimisers_are_fused_adamw(compose_train, experiment: str) -> Non
         weight.grad = torch.full_like(weight, 0.5)
         optimizer.step()  # the fused CPU kernel runs
         assert torch.all(weight < 1.0), name
+
+
+@pytest.mark.parametrize("experiment", ["toy_teacher", "toy_teacher_long"])
+def test_toy_teacher_schedule_gives_the_images_twice_the_videos_peak_rate(
+    compose_train, experiment: str
+) -> None:
+    """The image batches peak at the optimiser's 1e-3, the video batches after them at half of it."""
+    cfg = compose_train([f"experiment={experiment}"], shrink=False)
+    stage, images, steps = cfg.stage, cfg.data.image_batches, cfg.trainer.max_steps
+    assert 0 < images < steps
+    optimizer = hydra.utils.instantiate(stage.optimizer)(params=[torch.nn.Parameter(torch.ones(3))])
+    scheduler = hydra.utils.instantiate(stage.lr_scheduler)(optimizer)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert max(lrs[:images]) == pytest.approx(stage.optimizer.lr)
+    assert max(lrs[images:]) == pytest.approx(0.5 * stage.optimizer.lr)
+    assert lrs[images - 1] < 0.1 * stage.optimizer.lr  # the image phase has decayed before the videos

@@ -26,8 +26,8 @@ def warmup_cosine_factor(
 
     Past ``total_steps`` the multiplier stays at ``final_ratio``. Each step in ``restarts`` (within
     ``(0, total_steps)``) begins a new warm-up and cosine that ends at the next restart or at
-    ``total_steps``. With ``phase_scales``, the whole curve of the ``i``-th phase (before the
-    first restart, after it, ...) is multiplied by ``phase_scales[i]``.
+    ``total_steps``. With ``phase_scales`` (one value per segment of this run, in time order),
+    the whole curve of the ``i``-th segment is multiplied by ``phase_scales[i]``.
     """
     kept = sorted({r for r in restarts if 0 < r < total_steps})
     bounds = [0, *kept, total_steps]
@@ -94,16 +94,10 @@ def warmup_cosine(
             total_steps // 2,
         )
         warmup_steps = total_steps // 2
+    scales = _scales_in_run(restarts, total_steps, phase_scales)
     return LambdaLR(
         optimizer,
-        lambda step: warmup_cosine_factor(
-            step,
-            warmup_steps,
-            total_steps,
-            final_ratio,
-            restarts,
-            _scales_in_run(restarts, total_steps, phase_scales),
-        ),
+        lambda step: warmup_cosine_factor(step, warmup_steps, total_steps, final_ratio, restarts, scales),
     )
 
 
