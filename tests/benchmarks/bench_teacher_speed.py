@@ -27,15 +27,13 @@ image batches and at most 0.7x on video batches.
 
 from __future__ import annotations
 
-import argparse
 import gc
-import platform
 import statistics
 import sys
 import time
 
 import torch
-from bench_teacher_step import Copy, batches
+from bench_teacher_step import Copy, batches, start_run
 
 from sfpp.models import build_model
 from sfpp.text.world import WorldTextEncoder
@@ -88,17 +86,7 @@ def measure(kind: str, rounds: int, warmup: int = 3) -> dict[str, tuple[float, f
 
 def main(argv: list[str] | None = None) -> int:
     """Time every way on both batch kinds, print the table, the check and the targets; return the exit code."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=30, help="timed rounds per batch kind")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="8 timed rounds per batch kind")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    rounds = 8 if args.quick else args.rounds
-    print(
-        f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}, "
-        f"torch {torch.__version__}, {args.threads} intra-op threads"
-    )
+    rounds = start_run(argv, __doc__.splitlines()[0], rounds=30, quick_rounds=8)
     results = {kind: measure(kind, rounds) for kind in KINDS}
     for kind, result in results.items():
         reference = result["eager"][1]

@@ -127,19 +127,24 @@ def measure(kind: str, data: list[dict], rounds: int, warmup: int) -> dict[str, 
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Measure both batch kinds, print the table and the target; return the exit code."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=60, help="timed rounds per batch kind")
+def start_run(argv: list[str] | None, description: str, rounds: int, quick_rounds: int) -> int:
+    """Parse ``--rounds/--threads/--quick``, set the threads, print the machine; return the rounds to time."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--rounds", type=int, default=rounds, help="timed rounds per batch kind")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="12 rounds per batch kind")
+    parser.add_argument("--quick", action="store_true", help=f"{quick_rounds} rounds per batch kind")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rounds = 12 if args.quick else args.rounds
     print(
         f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}, "
         f"torch {torch.__version__}, {args.threads} intra-op threads"
     )
+    return quick_rounds if args.quick else args.rounds
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure both batch kinds, print the table and the target; return the exit code."""
+    rounds = start_run(argv, __doc__.splitlines()[0], rounds=60, quick_rounds=12)
     kinds: dict[str, Callable[[], list[dict]]] = {
         "image (16 x 1 frame)": lambda: batches(1, 16, 8),
         "video (8 x 8 frames)": lambda: batches(8, 8, 8),

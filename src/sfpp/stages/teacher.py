@@ -69,7 +69,7 @@ class TeacherModule(L.LightningModule):
         compile_model: Run the training forward through ``torch.compile`` (static shapes: each
             batch shape compiles once, the image and the video batches of the built-in world
             about 40-50 s each on a 2-core CPU). Sampling, validation and the EMA copy stay
-            eager. On the toy teacher the compiled step takes 0.8x the eager one in float32 and,
+            eager. On the toy teacher the compiled step takes 0.75-0.8x the eager one in float32 and,
             with ``trainer.precision=bf16-mixed``, 0.67x on image and 0.54x on video batches
             (``tests/benchmarks/bench_teacher_precision.py``).
     """
