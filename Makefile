@@ -64,10 +64,10 @@ bench: install ## Run every tests/benchmarks/bench_*.py script and print its tab
 	done
 
 demo: install ## Train teacher, ODE init and Self-Forcing++ on the built-in world (~25 min), then a 20-horizon video, curves and summary in artifacts/demo
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.demo
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.apps.demo
 
 study: install ## Self-Forcing vs Self-Forcing++ (+ GRPO) at 1/5/10/20 horizons, several seeds (<= 2 h): table and plot in artifacts/study
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.study
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.apps.study
 
 lint: install ## Check style: ruff check and ruff format --check
 	$(BIN)/ruff check $(SRC_DIRS)

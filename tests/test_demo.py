@@ -4,10 +4,10 @@ import json
 
 import torch
 
-from sfpp.demo import DEMO_PROMPTS, demo_stages, run_demo
+from sfpp.apps.demo import DEMO_PROMPTS, run_demo
+from sfpp.apps.pipeline import StageRun, toy_stages
 from sfpp.models import build_model
-from sfpp.pipeline import StageRun
-from sfpp.text.world import WorldTextEncoder
+from sfpp.world import WorldTextEncoder
 
 
 def test_demo_reuses_finished_stages_and_writes_videos_curves_and_summary(tmp_path):
@@ -38,7 +38,7 @@ def test_demo_reuses_finished_stages_and_writes_videos_curves_and_summary(tmp_pa
 
 
 def test_demo_pipeline_chains_the_toy_stages():
-    stages = demo_stages()
+    stages = toy_stages()
     assert [s.name for s in stages] == ["teacher", "ode_pairs", "ode_init", "self_forcing_pp"]
     assert str(stages[-1].done_file).endswith("checkpoints/toy_extend/last.ckpt")
     assert all(s.module in ("sfpp.train", "sfpp.ode_pairs") for s in stages)

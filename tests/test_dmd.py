@@ -4,12 +4,11 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from sfpp.codecs import PixelCodec
-from sfpp.data.world_datamodule import WorldDataModule
 from sfpp.diffusion import FewStepSampler
 from sfpp.diffusion.losses import dmd_loss, flow_matching_loss, real_and_fake_x0
 from sfpp.models import build_model
 from sfpp.stages.dmd import DMDModule, update_kind
-from sfpp.text.world import WorldTextEncoder
+from sfpp.world import WorldDataModule, WorldTextEncoder
 
 PROMPTS = ["a red circle bouncing on a dark background", "a blue square bouncing on a dark background"]
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from sfpp.models import build_model
-from sfpp.text.world import WorldTextEncoder
 from sfpp.train import train
+from sfpp.world import WorldTextEncoder
 
 TINY = {"in_channels": 3, "out_channels": 3, "patch_size": (1, 4, 4), "prediction_type": "x0"}
 

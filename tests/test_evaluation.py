@@ -4,8 +4,8 @@ import imageio.v2 as imageio
 import numpy as np
 import torch
 
-from sfpp.data.world import prompt_of, render, sample_spec
-from sfpp.evaluation import evaluate_long_videos, plot_curves
+from sfpp.apps.evaluation import evaluate_long_videos, plot_curves
+from sfpp.world import prompt_of, render, sample_spec
 
 
 def world_videos(count=2, frames=48):

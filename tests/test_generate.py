@@ -19,7 +19,7 @@ from sfpp.diffusion.rollout import FewStepSampler
 from sfpp.generate import compose_config, generate, generate_video, load_generator, video_name
 from sfpp.inference import FrameRecord, MeanFlowMagnitude, evaluate_metric, plan_segments
 from sfpp.models import build_model
-from sfpp.text.world import WorldTextEncoder
+from sfpp.world import WorldTextEncoder
 
 PROMPT = "a red circle bouncing on a dark background"
 OTHER_PROMPT = "a blue square bouncing on a dark background"

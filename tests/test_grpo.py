@@ -11,7 +11,7 @@ from sfpp.diffusion.policy import ChunkTrajectory, StepTransition, gaussian_log_
 from sfpp.diffusion.rollout import FewStepSampler, rollout
 from sfpp.models import build_model
 from sfpp.stages.grpo import GRPOModule
-from sfpp.text.world import WorldTextEncoder
+from sfpp.world import WorldTextEncoder
 
 TINY = {"in_channels": 3, "out_channels": 3, "patch_size": (1, 4, 4), "prediction_type": "x0"}
 SAMPLER = FewStepSampler.from_steps((1000, 750, 500, 250), shift=5.0)

@@ -98,12 +98,11 @@ def test_toy_grpo_raises_the_continuity_reward_of_the_toy_extend_student(compose
     """
     import csv
 
-    from sfpp.demo import demo_stages
-    from sfpp.pipeline import run_stages
+    from sfpp.apps.pipeline import run_stages, toy_stages
 
     root = Path(__file__).resolve().parents[1]
-    stages = run_stages(demo_stages(root), cwd=root)
-    teacher_ckpt, student_ckpt = demo_stages(root)[0].done_file, stages[-1].done_file
+    stages = run_stages(toy_stages(root), cwd=root)
+    teacher_ckpt, student_ckpt = toy_stages(root)[0].done_file, stages[-1].done_file
     cfg = compose_train(
         [
             "experiment=toy_grpo",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sfpp.data.world import COLOURS, PALETTE, SHAPES, WorldSpec, shape_mask
 from sfpp.diffusion.sampling import EulerSampler
-from sfpp.metrics.ideal_denoiser import (
+from sfpp.world import COLOURS, PALETTE, SHAPES, WorldSpec, shape_mask
+from sfpp.world.ideal_denoiser import (
     denoiser_excess_error,
     ideal_x0,
     object_templates,

@@ -14,8 +14,8 @@ from sfpp.diffusion.rollout import FewStepSampler
 from sfpp.diffusion.sampling import EulerSampler
 from sfpp.models import build_model, save_wan_weights
 from sfpp.stages.ode_init import ODEInitModule, chunkwise_states
-from sfpp.text.world import WorldTextEncoder
 from sfpp.train import train
+from sfpp.world import WorldTextEncoder, train_prompts
 
 STUDENT = FewStepSampler.from_steps([1000, 750, 500, 250], shift=5.0)
 TINY = dict(
@@ -42,7 +42,7 @@ def _make_pairs(path: Path, num_trajectories=8, num_frames=4, sampler=STUDENT) -
         student_sampler=sampler,
         latent_shape=(3, 8, 8),
         num_frames=num_frames,
-        prompts="world",
+        prompts=list(train_prompts()),
         num_trajectories=num_trajectories,
         shard_size=4,
         batch_size=4,

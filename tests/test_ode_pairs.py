@@ -23,8 +23,8 @@ from sfpp.diffusion.sampling import EulerSampler
 from sfpp.diffusion.schedule import FlowMatchSchedule, euler_step
 from sfpp.models import build_model
 from sfpp.ode_pairs import generate_ode_pairs
-from sfpp.text.world import WorldTextEncoder
 from sfpp.utils.config_dir import find_config_dir
+from sfpp.world import WorldTextEncoder, train_prompts
 
 STUDENT = FewStepSampler.from_steps([1000, 750, 500, 250], shift=5.0)
 LATENT = (3, 8, 8)
@@ -49,7 +49,7 @@ def _generator(teacher=None, **kw):
         student_sampler=STUDENT,
         latent_shape=LATENT,
         num_frames=FRAMES,
-        prompts="world",
+        prompts=list(train_prompts()),
         num_trajectories=5,
         shard_size=2,
         seed=0,
@@ -149,7 +149,11 @@ def test_writer_writes_shards_and_index(tmp_path):
     )
     assert settings["student_sigmas"] == pytest.approx(STUDENT.sigmas)
     assert settings["latent_shape"] == list(LATENT) and settings["num_frames"] == FRAMES
-    assert settings["seed"] == 0 and settings["shard_size"] == 2 and settings["prompt_source"] == "world"
+    assert (
+        settings["seed"] == 0
+        and settings["shard_size"] == 2
+        and settings["prompt_source"] == f"<list of {len(train_prompts())} prompts>"
+    )
 
     shard = _read(tmp_path / "pairs" / "shard_00000.safetensors")
     assert shard["noisy"].shape == (2, 4, *LATENT[:1], FRAMES, *LATENT[1:])

@@ -28,7 +28,6 @@ from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, DistributedSampler
 
 from sfpp.codecs import PixelCodec
-from sfpp.data.world import train_prompts
 from sfpp.diffusion import FewStepSampler
 from sfpp.diffusion.reinject import NoiseReinjector
 from sfpp.diffusion.rollout import stream_rollout
@@ -42,7 +41,7 @@ from sfpp.models.parallelize import (
 )
 from sfpp.stages.dmd import DMDModule
 from sfpp.stages.teacher import TeacherModule
-from sfpp.text.world import WorldTextEncoder
+from sfpp.world import WorldTextEncoder, train_prompts
 
 PROMPTS = list(train_prompts()[::37][:8])
 SAMPLER = FewStepSampler.from_steps([1000, 750, 500, 250], shift=3.0)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sfpp.pipeline import StageFailedError, StageRun, run_stages
+from sfpp.apps.pipeline import StageFailedError, StageRun, run_stages
 
 FAKE_STAGE = """
 import sys

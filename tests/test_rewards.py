@@ -8,16 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from sfpp.data.world import (
-    DEFAULT_WORLD,
-    VideoSpec,
-    object_pixel_positions,
-    prompt_of,
-    render,
-    sample_spec,
-    spec_from_prompt,
-)
 from sfpp.rewards import ContinuityTerms, FlowContinuityReward, Reward, WeightedSum, render_flow
+from sfpp.world import DEFAULT_WORLD, VideoSpec, prompt_of, render, sample_spec, spec_from_prompt
+from sfpp.world.scene import object_pixel_positions
 
 NUM_FRAMES = 32
 MIDDLE = NUM_FRAMES // 2

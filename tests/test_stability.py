@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from sfpp.data.world import derive_seed, object_pixel_positions, render, sample_spec
 from sfpp.metrics.quality_curve import (
     FEATURE_NAMES,
     DynamicDegree,
@@ -25,6 +24,9 @@ from sfpp.metrics.stability import (
     stability_curve,
     stability_scores,
 )
+from sfpp.utils.seeding import derive_seed
+from sfpp.world import render, sample_spec, world_feature_statistics
+from sfpp.world.scene import object_pixel_positions
 
 Degrade = Callable[[np.ndarray, float], np.ndarray]
 
@@ -187,7 +189,7 @@ def test_window_quality_real_beats_degraded(real_batch: np.ndarray) -> None:
     curves = {}
     for name, (degrade, strengths) in {"real": (None, (0.0,)), **DEGRADATIONS}.items():
         videos = real_batch if degrade is None else np.stack([degrade(v, strengths[-1]) for v in real_batch])
-        metric = WindowQuality()
+        metric = WindowQuality(world_feature_statistics)
         metric.update(torch.from_numpy(videos))
         curves[name] = metric.compute()
         assert curves[name].shape == (8,)
@@ -229,7 +231,10 @@ def test_dynamic_degree_frozen_and_real() -> None:
 @pytest.mark.parametrize("metric_class", [VisualStability, WindowQuality, DynamicDegree])
 def test_two_updates_equal_one(metric_class: type, real_batch: np.ndarray) -> None:
     videos = torch.from_numpy(real_batch[:4, :, :32])
-    split, joined = metric_class(), metric_class()
+    make = (
+        (lambda: WindowQuality(world_feature_statistics)) if metric_class is WindowQuality else metric_class
+    )
+    split, joined = make(), make()
     split.update(videos[:1])
     split.update(videos[1:])
     joined.update(videos)
@@ -241,7 +246,7 @@ def test_two_updates_equal_one(metric_class: type, real_batch: np.ndarray) -> No
 
 def test_bad_inputs_raise() -> None:
     video = torch.zeros(3, 32, 16, 16)
-    for metric in (VisualStability(), WindowQuality(), DynamicDegree()):
+    for metric in (VisualStability(), WindowQuality(world_feature_statistics), DynamicDegree()):
         with pytest.raises(ValueError, match=r"\(B, 3, F, H, W\)"):
             metric.update(video)  # a single video without the batch dimension
         with pytest.raises(ValueError, match=r"\(B, 3, F, H, W\)"):
@@ -256,7 +261,7 @@ def test_bad_inputs_raise() -> None:
         stability_scores(torch.zeros(2, 3, 32, 16, 16))
     with pytest.raises(ValueError, match="at least 2 frames"):
         DynamicDegree().update(torch.zeros(1, 3, 1, 16, 16))
-    quality = WindowQuality()
+    quality = WindowQuality(world_feature_statistics)
     quality.update(torch.zeros(1, 3, 16, 16, 16))
     with pytest.raises(ValueError, match="same length"):
         quality.update(torch.zeros(1, 3, 24, 16, 16))

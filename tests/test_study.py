@@ -4,10 +4,10 @@ import json
 
 import torch
 
+from sfpp.apps.pipeline import StageRun
+from sfpp.apps.study import HORIZONS, METRICS, REAL_LABEL, TEACHER_LABEL, StudyModel, run_study, study_stages
 from sfpp.models import build_model
-from sfpp.pipeline import StageRun
-from sfpp.study import HORIZONS, METRICS, REAL_LABEL, TEACHER_LABEL, StudyModel, run_study, study_stages
-from sfpp.text.world import WorldTextEncoder
+from sfpp.world import WorldTextEncoder
 
 
 def test_study_table_plot_and_videos(tmp_path):

@@ -8,14 +8,13 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger
 
 from sfpp.codecs import PixelCodec
-from sfpp.data.world_datamodule import WorldDataModule
 from sfpp.diffusion.losses import foreground_weights
 from sfpp.diffusion.sampling import EulerSampler
 from sfpp.diffusion.schedule import add_noise, flow_target, min_snr_weight, x0_from_flow
 from sfpp.models import build_model
 from sfpp.stages.teacher import TeacherModule
-from sfpp.text.world import WorldTextEncoder
 from sfpp.train import train
+from sfpp.world import WorldDataModule, WorldTextEncoder
 
 
 def _teacher(lr=3e-3, **kw):
@@ -230,7 +229,7 @@ def test_x0_target_is_what_the_x0_loss_regresses_on(monkeypatch):
 
 
 def test_world_posterior_targets_train_on_image_batches_only(tmp_path):
-    from sfpp.data.world_targets import WorldPosteriorTarget
+    from sfpp.world import WorldPosteriorTarget
 
     calls = []
 
@@ -325,7 +324,7 @@ def test_bf16_mixed_precision_trains_on_the_cpu_with_exact_targets(tmp_path):
     """`trainer.precision=bf16-mixed` on the CPU: the model runs under bf16 autocast, the
     posterior-mean targets are still computed exactly (float64, untouched by autocast), the loss
     and the flow the loss sees are float32, and the weights stay float32 and learn."""
-    from sfpp.data.world_targets import WorldPosteriorTarget
+    from sfpp.world import WorldPosteriorTarget
 
     seen = []
 

@@ -1,22 +1,27 @@
-"""Word swaps of world prompts, the denoiser word-use check, and python -m sfpp.teacher_report."""
+"""Word swaps of world prompts, the denoiser word-use check, and python -m sfpp.world.report."""
 
 import json
 
 import pytest
 import torch
 
-from sfpp.data.world import all_prompts, parse_prompt, render, spec_from_prompt
-from sfpp.demo import ground_truth
-from sfpp.metrics import (
+from sfpp.models import build_model
+from sfpp.world import (
     WorldObjectScore,
+    WorldTextEncoder,
+    all_prompts,
+    ground_truth,
+    parse_prompt,
+    render,
+    spec_from_prompt,
+)
+from sfpp.world.report import main as teacher_report_main
+from sfpp.world.word_swap import (
     denoiser_word_choice,
     denoiser_word_use,
     first_object_variants,
     swap_attribute,
 )
-from sfpp.models import build_model
-from sfpp.teacher_report import main as teacher_report_main
-from sfpp.text.world import WorldTextEncoder
 
 
 @pytest.mark.parametrize("attribute", ["colour", "shape", "background"])

@@ -1,4 +1,4 @@
-"""The built-in world (sfpp.data.world) and its LightningDataModule."""
+"""The built-in world (sfpp.world) and its LightningDataModule."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sfpp.data.world import (
+from sfpp.world import (
     COLOURS,
     PALETTE,
     SHAPES,
@@ -16,11 +16,10 @@ from sfpp.data.world import (
     BackgroundSpec,
     ObjectSpec,
     VideoSpec,
+    WorldDataModule,
     WorldSpec,
     all_prompts,
     heldout_prompts,
-    object_pixel_positions,
-    object_positions,
     parse_prompt,
     prompt_of,
     prompt_words,
@@ -30,7 +29,7 @@ from sfpp.data.world import (
     spec_from_prompt,
     train_prompts,
 )
-from sfpp.data.world_datamodule import WorldDataModule
+from sfpp.world.scene import object_pixel_positions, object_positions
 
 
 def _content(spec: VideoSpec) -> tuple:
@@ -373,7 +372,7 @@ def test_image_batches_can_show_one_object_while_videos_show_two() -> None:
 
 
 def test_image_batch_settings_are_checked() -> None:
-    from sfpp.data.world_datamodule import ImagesThenVideos, WorldVideoDataset
+    from sfpp.world import ImagesThenVideos, WorldVideoDataset
 
     with pytest.raises(ValueError, match="image_batches"):
         WorldDataModule(image_batches=-1)

@@ -1,4 +1,4 @@
-"""The world's object-level quality metric (sfpp.metrics.world_objects)."""
+"""The world's object-level quality metric (sfpp.world.objects)."""
 
 from __future__ import annotations
 
@@ -9,23 +9,21 @@ import numpy as np
 import pytest
 import torch
 
-from sfpp.data.world import (
+from sfpp.world import (
     PALETTE,
     SHAPES,
     BackgroundSpec,
     ObjectSpec,
     VideoSpec,
+    WorldObjectScore,
     WorldSpec,
+    classify_shape,
+    fit_shape_thresholds,
     prompt_of,
     render,
     sample_spec,
-    shape_mask,
-)
-from sfpp.metrics.world_objects import (
-    WorldObjectScore,
-    classify_shape,
-    fit_shape_thresholds,
     score_videos,
+    shape_mask,
 )
 
 

@@ -1,4 +1,4 @@
-"""Exact posterior-mean targets of the built-in world's single frames (sfpp.data.world_targets)."""
+"""Exact posterior-mean targets of the built-in world's single frames (sfpp.world.targets)."""
 
 from __future__ import annotations
 
@@ -8,20 +8,21 @@ import numpy as np
 import pytest
 import torch
 
-from sfpp.data.world import (
+from sfpp.world import (
     COLOURS,
     PALETTE,
     SHAPES,
     BackgroundSpec,
     ObjectSpec,
     VideoSpec,
+    WorldDataModule,
+    WorldPosteriorTarget,
     frame_layout,
+    placement_log_prior,
     render,
     shape_mask,
     spec_from_prompt,
 )
-from sfpp.data.world_datamodule import WorldDataModule
-from sfpp.data.world_targets import WorldPosteriorTarget, placement_log_prior
 
 PROMPTS = (
     "a red circle bouncing on a dark background",

@@ -1,13 +1,13 @@
-"""The world's small text encoder (sfpp.text.world)."""
+"""The world's small text encoder (sfpp.world.text)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from sfpp.data.world import VOCABULARY, all_prompts
 from sfpp.text.base import TextEncoder
-from sfpp.text.world import PAD_ID, WorldTextEncoder
+from sfpp.world import VOCABULARY, WorldTextEncoder, all_prompts
+from sfpp.world.text import PAD_ID
 
 PROMPTS = [
     "a red circle bouncing on a dark background",

@@ -33,7 +33,7 @@ from sfpp.codecs import PixelCodec  # noqa: E402
 from sfpp.diffusion.rollout import FewStepSampler  # noqa: E402
 from sfpp.models import build_model  # noqa: E402
 from sfpp.stages.dmd import DMDModule  # noqa: E402
-from sfpp.text.world import WorldTextEncoder  # noqa: E402
+from sfpp.world.text import WorldTextEncoder  # noqa: E402
 
 WINDOW = 8  # the toy teacher's horizon, in latent frames
 CHUNK = 2

@@ -36,7 +36,7 @@ import torch
 from bench_teacher_step import Copy, batches, start_run
 
 from sfpp.models import build_model
-from sfpp.text.world import WorldTextEncoder
+from sfpp.world import WorldTextEncoder
 
 TARGETS = {"16 images": 0.75, "8 x 8 frames": 0.7}
 KINDS = {"16 images": (1, 16), "8 x 8 frames": (8, 8)}  # name: (frames per clip, clips per batch)

@@ -34,11 +34,9 @@ from collections.abc import Callable
 import torch
 
 from sfpp.codecs import PixelCodec
-from sfpp.data.world import WorldSpec, train_prompts
-from sfpp.data.world_datamodule import WorldVideoDataset
 from sfpp.diffusion.schedule import add_noise, training_sigmas, x0_from_flow
 from sfpp.models import build_model
-from sfpp.text.world import WorldTextEncoder
+from sfpp.world import WorldSpec, WorldTextEncoder, WorldVideoDataset, train_prompts
 
 VARIANTS = ("for-loop", "foreach", "fused")
 TARGET = 0.92

@@ -39,9 +39,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from sfpp.data.prompts import read_prompts
-from sfpp.data.world import derive_seed, train_prompts
 from sfpp.diffusion.rollout import FewStepSampler
 from sfpp.diffusion.sampling import EulerSampler
+from sfpp.utils.seeding import derive_seed
 
 __all__ = [
     "INDEX_FILE",
@@ -78,20 +78,12 @@ def shard_file_name(shard_index: int) -> str:
 
 
 def resolve_prompts(source: str) -> list[str]:
-    """The prompts of a prompt source.
-
-    Args:
-        source: ``world`` (the built-in world's training prompts, up to two objects),
-            ``world:<max_objects>`` (1 or 2), or the path of a text file with one prompt per line
-            (see :func:`sfpp.data.prompts.read_prompts`).
+    """The prompts of a prompt file (one prompt per line, see :func:`sfpp.data.prompts.read_prompts`).
 
     Raises:
-        FileNotFoundError: If a prompt file does not exist.
-        ValueError: For an empty file or an impossible ``max_objects``.
+        FileNotFoundError: If the prompt file does not exist.
+        ValueError: For an empty file.
     """
-    if source == "world" or source.startswith("world:"):
-        max_objects = int(source.split(":", 1)[1]) if ":" in source else 2
-        return list(train_prompts(max_objects))
     return read_prompts(source, setting="prompts")
 
 
@@ -242,8 +234,8 @@ class OdePairGenerator:
         student_sampler: The student's few-step schedule; states are kept at its ``sigmas``.
         latent_shape: ``(C, H, W)`` of one latent frame.
         num_frames: Latent frames per trajectory (the teacher horizon).
-        prompts: A prompt source for :func:`resolve_prompts` (``world`` or a prompt file) or an
-            explicit list. Trajectory ``i`` gets the prompts cycled in an order reshuffled (seeded)
+        prompts: A prompt file for :func:`resolve_prompts`, or an explicit list (the built-in
+            world's configs pass :func:`sfpp.world.train_prompts`). Trajectory ``i`` gets the prompts cycled in an order reshuffled (seeded)
             every cycle.
         num_trajectories: Trajectories to have in the output directory.
         shard_size: Trajectories per shard.

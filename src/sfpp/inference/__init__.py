@@ -4,7 +4,6 @@ from sfpp.inference.frame_record import FrameRecord
 from sfpp.inference.generator import ChunkInfo, GenerationPlan, GenerationResult, VideoGenerator
 from sfpp.inference.metrics import MeanFlowMagnitude, evaluate_metric, evaluate_segments
 from sfpp.inference.prompt_schedule import PromptSegment, parse_switch, plan_segments
-from sfpp.inference.teacher import TeacherClipSampler
 
 __all__ = [
     "ChunkInfo",
@@ -13,7 +12,6 @@ __all__ = [
     "GenerationResult",
     "MeanFlowMagnitude",
     "PromptSegment",
-    "TeacherClipSampler",
     "VideoGenerator",
     "evaluate_metric",
     "evaluate_segments",

@@ -1,7 +1,7 @@
 """Metrics of generated videos: a pluggable set, evaluated per prompt segment.
 
 A metric is a callable ``metric(videos (B, 3, F, H, W) in [-1, 1], prompts) -> dict[str, float]``
-(:class:`~sfpp.metrics.world_objects.WorldObjectScore`, :class:`MeanFlowMagnitude`), or a
+(:class:`~sfpp.world.objects.WorldObjectScore`, :class:`MeanFlowMagnitude`), or a
 torchmetrics-style object with ``update(videos)`` and ``compute()`` (reset before each use). Results
 are flattened to ``"<name>/<key>"`` (``"<name>"`` for a scalar).
 

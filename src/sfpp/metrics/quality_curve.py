@@ -13,9 +13,9 @@ that need no weights (:data:`FEATURE_NAMES`):
 - motion: :func:`~sfpp.metrics.stability.motion_magnitudes` of the frame pair ending at the frame
   (the first frame takes the first pair).
 
-The real statistics (mean and covariance of the features) are fitted once per setting on frames of
-clips rendered from the built-in world with a seeded generator (:func:`real_feature_statistics`,
-cached). Features are standardised by the real mean and standard deviation (floored at
+The real statistics (mean and covariance of the features) are fitted on frames of real clips
+(:func:`feature_statistics`; for the built-in world,
+:func:`sfpp.world.reference.world_feature_statistics` renders and caches them). Features are standardised by the real mean and standard deviation (floored at
 ``std_floor``, so that features real videos never vary, like the noise level, stay finite). For the
 ``k``-th window of ``window_frames`` frames, the frames of that window of every video seen form a
 Gaussian ``(mu_k, Sigma_k)``, and the curve is the Frechet distance
@@ -29,7 +29,7 @@ frame pairs above a motion threshold (VBench's dynamic degree, measured on every
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import cv2
@@ -38,7 +38,6 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from sfpp.data.world import DEFAULT_WORLD, WorldSpec, derive_seed, render, sample_spec
 from sfpp.metrics.stability import (
     as_single_video,
     as_video_batch,
@@ -57,7 +56,7 @@ __all__ = [
     "WindowQuality",
     "frame_features",
     "frechet_distance",
-    "real_feature_statistics",
+    "feature_statistics",
 ]
 
 #: Names of the per-frame features, in the order of :func:`frame_features`' columns.
@@ -156,55 +155,33 @@ class FeatureStatistics:
     num_frames: int
 
 
-@functools.lru_cache(maxsize=8)
-def real_feature_statistics(
-    num_clips: int = 48,
-    clip_frames: int = 32,
-    seed: int = 0,
-    world: WorldSpec = DEFAULT_WORLD,
-    flow_method: str = "dis",
-    flow_upscale: int = 4,
+def feature_statistics(
+    clips: Iterable[np.ndarray], flow_method: str = "dis", flow_upscale: int = 4
 ) -> FeatureStatistics:
-    """Feature statistics of clips rendered from the built-in world (cached per argument set).
-
-    Clip ``i`` shows :func:`sample_spec` ``(derive_seed(seed, i))`` from a start frame drawn from
-    ``np.random.default_rng(seed)`` in ``[0, 1000)``, so both background kinds, one and two
-    objects and every phase of the motion are represented.
+    """Feature statistics of real clips: the reference a :class:`WindowQuality` compares with.
 
     Args:
-        num_clips: Number of clips.
-        clip_frames: Frames per clip (``>= 2``).
-        seed: Seed of the clips.
-        world: World settings.
+        clips: Real videos, each ``(F, H, W, 3)`` in ``[-1, 1]`` with ``F >= 2``; at least two frames
+            in all.
         flow_method: Optical-flow method of the motion feature.
         flow_upscale: Optical-flow upscaling factor.
 
     Returns:
-        Read-only statistics over ``num_clips * clip_frames`` frames.
+        Read-only statistics over every frame of ``clips``.
 
     Raises:
-        ValueError: If ``num_clips < 2`` or ``clip_frames < 2``.
+        ValueError: For fewer than two frames in all.
     """
-    if num_clips < 2 or clip_frames < 2:
-        raise ValueError(f"need num_clips >= 2 and clip_frames >= 2, got {num_clips} and {clip_frames}")
-    rng = np.random.default_rng(seed)
-    starts = rng.integers(0, 1000, size=num_clips)
-    features = np.concatenate(
-        [
-            frame_features(
-                render(sample_spec(derive_seed(seed, index), world), clip_frames, int(start)),
-                flow_method,
-                flow_upscale,
-            )
-            for index, start in enumerate(starts)
-        ]
-    )  # (num_clips * clip_frames, D)
-    mean = features.mean(axis=0)
-    cov = np.cov(features, rowvar=False)
+    features = [frame_features(clip, flow_method, flow_upscale) for clip in clips]
+    if not features or sum(len(f) for f in features) < 2:
+        raise ValueError("feature_statistics needs real clips with at least two frames in all")
+    stacked = np.concatenate(features)  # (frames, D)
+    mean = stacked.mean(axis=0)
+    cov = np.cov(stacked, rowvar=False)
     std = np.sqrt(np.diag(cov))
     for array in (mean, cov, std):
         array.setflags(write=False)
-    return FeatureStatistics(mean=mean, cov=cov, std=std, num_frames=int(features.shape[0]))
+    return FeatureStatistics(mean=mean, cov=cov, std=std, num_frames=int(stacked.shape[0]))
 
 
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
@@ -238,7 +215,7 @@ def frechet_distance(mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray, 
 
 
 class WindowQuality(Metric):
-    """Per-window Frechet distance of frame features to real clips of the world (lower is better).
+    """Per-window Frechet distance of frame features to real clips (lower is better).
 
     ``update(videos)`` takes ``(B, 3, F, H, W)`` in ``[-1, 1]``; every update must give the same
     number of windows ``K = F // window_frames``. ``compute()`` returns the ``(K,)`` curve
@@ -247,10 +224,9 @@ class WindowQuality(Metric):
     Args:
         window_frames: Frames per window (``>= 2``); windows do not overlap.
         std_floor: Smallest standard deviation a feature is divided by when standardised.
-        num_real_clips: Real clips of :func:`real_feature_statistics`.
-        real_clip_frames: Frames per real clip.
-        seed: Seed of the real clips.
-        world: World the real clips come from.
+        reference: The real clips' feature statistics (:func:`feature_statistics`), or a callable
+            without arguments that returns them (called once, at the first ``compute``), so that
+            building the metric costs nothing.
         **kwargs: Passed to :class:`torchmetrics.Metric`.
 
     Raises:
@@ -263,12 +239,9 @@ class WindowQuality(Metric):
 
     def __init__(
         self,
+        reference: FeatureStatistics | Callable[[], FeatureStatistics],
         window_frames: int = 8,
         std_floor: float = 0.02,
-        num_real_clips: int = 48,
-        real_clip_frames: int = 32,
-        seed: int = 0,
-        world: WorldSpec = DEFAULT_WORLD,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)
@@ -278,12 +251,14 @@ class WindowQuality(Metric):
             raise ValueError(f"std_floor must be > 0, got {std_floor}")
         self.window_frames = window_frames
         self.std_floor = std_floor
-        self.real_settings = (num_real_clips, real_clip_frames, seed, world)
+        self.reference = reference
         self.add_state("window_features", default=[], dist_reduce_fx="cat")
 
     def real_statistics(self) -> FeatureStatistics:
-        """The (cached) real statistics this metric compares with."""
-        return real_feature_statistics(*self.real_settings)
+        """The real statistics this metric compares with (a callable reference is called once)."""
+        if not isinstance(self.reference, FeatureStatistics):
+            self.reference = self.reference()
+        return self.reference
 
     def update(self, videos: torch.Tensor) -> None:
         """Add a batch of videos ``(B, 3, F, H, W)``; ``F // window_frames`` must match earlier updates.

@@ -52,7 +52,7 @@ class TeacherModule(L.LightningModule):
         x0_target: Optional ``target(x0, x_t, sigma, batch) -> tensor like x0`` that replaces the
             clean latents as the regression target (``loss_space: x0`` only), e.g. the built-in
             world's exact posterior mean for single frames
-            (:class:`~sfpp.data.world_targets.WorldPosteriorTarget`), which has the same minimiser
+            (:class:`~sfpp.world.targets.WorldPosteriorTarget`), which has the same minimiser
             as ``x0`` and far less variance. ``None`` (default): ``x0``.
         cfg_dropout: Probability of replacing a prompt by the empty prompt (the CFG null condition).
         ema_decay: Decay of the EMA copy used for sampling and evaluation.

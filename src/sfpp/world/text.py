@@ -1,6 +1,6 @@
 """A small text encoder for the built-in world's prompts; no download, trained with the teacher.
 
-Words of the world's grammar (:data:`sfpp.data.world.VOCABULARY`) are tokens ``1..V``; ``0`` pads.
+Words of the world's grammar (:data:`sfpp.world.grammar.VOCABULARY`) are tokens ``1..V``; ``0`` pads.
 Token embeddings plus learned positions go through a few pre-norm Transformer encoder layers, and
 the outputs at padding positions are zeroed, as Wan zeroes umT5's outputs past a prompt's length.
 The empty prompt (the classifier-free guidance null condition) is all padding and encodes to zeros.
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from sfpp.data.world import VOCABULARY, prompt_words
 from sfpp.text.base import check_prompts
+from sfpp.world.grammar import VOCABULARY, prompt_words
 
 __all__ = ["PAD_ID", "WorldTextEncoder"]
 

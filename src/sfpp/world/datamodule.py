@@ -1,4 +1,4 @@
-"""LightningDataModule serving clips of the built-in world (:mod:`sfpp.data.world`).
+"""LightningDataModule serving clips of the built-in world (:mod:`sfpp.world`).
 
 Training draws from the training prompts only, validation cycles through the held-out prompts.
 Every item is a pure function of ``(seed, split, index)``, so the same seed gives the same batches
@@ -16,17 +16,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from sfpp.data.resumable import ResumableDataLoader
-from sfpp.data.world import (
-    WorldSpec,
-    derive_seed,
-    frame_layout,
-    heldout_prompts,
-    prompt_of,
-    render,
-    sample_spec,
-    spec_from_prompt,
-    train_prompts,
-)
+from sfpp.utils.seeding import derive_seed
+from sfpp.world.grammar import heldout_prompts, train_prompts
+from sfpp.world.scene import WorldSpec, frame_layout, prompt_of, render, sample_spec, spec_from_prompt
 
 __all__ = ["ImagesThenVideos", "WorldDataModule", "WorldVideoDataset"]
 
@@ -46,11 +38,11 @@ class WorldVideoDataset(Dataset):
         seed: Base seed.
         stream: Distinguishes datasets sharing a base seed (training vs validation).
         cycle_prompts: If true, item ``i`` uses ``prompts[i % len(prompts)]`` (fixed evaluation
-            prompts); otherwise the prompt is drawn with :func:`~sfpp.data.world.sample_spec`.
+            prompts); otherwise the prompt is drawn with :func:`~sfpp.world.scene.sample_spec`.
         with_layout: One-frame items also carry what the frame is made of (see
-            :func:`~sfpp.data.world.frame_layout`): ``"layout"`` ``(2, 5)`` int64 and
+            :func:`~sfpp.world.scene.frame_layout`): ``"layout"`` ``(2, 5)`` int64 and
             ``"background"`` ``(3,)`` float32, which exact regression targets need
-            (:class:`~sfpp.data.world_targets.WorldPosteriorTarget`).
+            (:class:`~sfpp.world.targets.WorldPosteriorTarget`).
 
     Raises:
         ValueError: For an empty prompt list, non-positive sizes, or ``with_layout`` on clips of
@@ -191,8 +183,8 @@ class WorldDataModule(L.LightningDataModule):
     step costs a fraction of a video step, and a pixel-space model learns the look of objects far
     faster from many independent frames than from the near-duplicate frames of a few clips (the way
     Wan2.1 learns from images as well as videos). Image batches also carry each frame's
-    ``"layout"`` ``(B, 2, 5)`` and ``"background"`` ``(B, 3)`` (:func:`~sfpp.data.world.frame_layout`),
-    from which :class:`~sfpp.data.world_targets.WorldPosteriorTarget` computes exact targets.
+    ``"layout"`` ``(B, 2, 5)`` and ``"background"`` ``(B, 3)`` (:func:`~sfpp.world.scene.frame_layout`),
+    from which :class:`~sfpp.world.targets.WorldPosteriorTarget` computes exact targets.
 
     Args:
         num_frames: Frames per clip (the teacher horizon).

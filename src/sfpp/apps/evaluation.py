@@ -7,7 +7,7 @@ summary numbers and the per-window curves, measured in units of the teacher's ho
 * quality: the per-window Frechet distance of frame features to real clips
   (:class:`~sfpp.metrics.quality_curve.WindowQuality`, lower is better);
 * dynamic degree (:class:`~sfpp.metrics.quality_curve.DynamicDegree`);
-* the world's object scores (:class:`~sfpp.metrics.world_objects.WorldObjectScore`), when prompts
+* the world's object scores (:class:`~sfpp.world.objects.WorldObjectScore`), when prompts
   are given.
 
 :func:`plot_curves` draws the curves of one or several models against time, with the teacher's
@@ -25,7 +25,7 @@ import torch
 
 from sfpp.metrics.quality_curve import DynamicDegree, WindowQuality
 from sfpp.metrics.stability import VisualStability, stability_curve
-from sfpp.metrics.world_objects import WorldObjectScore
+from sfpp.world import WorldObjectScore, world_feature_statistics
 
 __all__ = ["LongVideoReport", "evaluate_long_videos", "plot_curves"]
 
@@ -68,7 +68,7 @@ def evaluate_long_videos(
     stability = VisualStability(window_frames=window_frames)
     stability.update(videos)
     per_video = stability.compute_per_video()
-    quality = WindowQuality(window_frames=window_frames)
+    quality = WindowQuality(world_feature_statistics, window_frames=window_frames)
     quality.update(videos)
     quality_curve = quality.compute().numpy()
     dynamic = DynamicDegree()

@@ -4,7 +4,7 @@ A :class:`StageRun` is one command (``python -m sfpp.train experiment=...`` or
 ``python -m sfpp.ode_pairs ...``) and the file it leaves when it has finished (a checkpoint, an
 index). :func:`run_stages` runs each stage whose file is missing, in a child process that shares
 the terminal (its own progress bars show), and skips the others, so a second run reuses what the
-first one trained. ``make demo`` (:mod:`sfpp.demo`) and ``make study`` are built on it.
+first one trained. ``make demo`` (:mod:`sfpp.apps.demo`) and ``make study`` are built on it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-__all__ = ["StageFailedError", "StageRun", "StageTiming", "run_stages"]
+__all__ = ["StageFailedError", "StageRun", "StageTiming", "run_stages", "toy_stages"]
 
 console = Console(highlight=False)
 
@@ -99,3 +99,51 @@ def run_stages(
         console.print(f"[bold]{header}[/]: done in {seconds / 60:.1f} min -> {stage.done_file}")
         timings.append(StageTiming(stage.name, reused=False, seconds=seconds, done_file=stage.done_file))
     return timings
+
+
+def toy_stages(root: Path = Path(".")) -> list[StageRun]:
+    """The toy pipeline of ``make demo``: teacher, ODE pairs, ODE init, Self-Forcing++ at demo budgets.
+
+    ``make study`` reuses its first three stages.
+
+    Args:
+        root: The repository root (where ``checkpoints/`` and ``artifacts/`` live).
+    """
+    checkpoints = root / "checkpoints"
+    return [
+        StageRun(
+            "teacher",
+            "sfpp.train",
+            [
+                "experiment=toy_teacher",
+                "data.image_batches=2000",  # then 1600 video batches
+                "trainer.max_steps=3600",
+                "trainer.val_check_interval=3600",
+                "callbacks.video_samples.every_n_steps=3600",
+            ],
+            checkpoints / "toy_teacher" / "last.ckpt",
+        ),
+        StageRun(
+            "ode_pairs",
+            "sfpp.ode_pairs",
+            ["generator.num_trajectories=128", "generator.shard_size=64"],
+            root / "artifacts" / "ode_pairs" / "toy" / "index.json",
+        ),
+        StageRun(
+            "ode_init",
+            "sfpp.train",
+            ["experiment=toy_ode_init", "trainer.max_steps=300", "trainer.val_check_interval=300"],
+            checkpoints / "toy_ode_init" / "last.ckpt",
+        ),
+        StageRun(
+            "self_forcing_pp",
+            "sfpp.train",
+            [
+                "experiment=toy_extend",
+                "trainer.max_steps=350",
+                "trainer.val_check_interval=350",
+                "callbacks.video_samples.every_n_steps=350",
+            ],
+            checkpoints / "toy_extend" / "last.ckpt",
+        ),
+    ]

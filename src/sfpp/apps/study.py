@@ -1,7 +1,7 @@
 """``make study``: Self-Forcing vs Self-Forcing++ (and + GRPO) on the built-in world, in miniature.
 
-``python -m sfpp.study`` trains the toy teacher, its ODE pairs and the ODE-init student once (the
-stages of :mod:`sfpp.demo`, reused when finished), then from the same ODE init:
+``python -m sfpp.apps.study`` trains the toy teacher, its ODE pairs and the ODE-init student once (the
+stages of :mod:`sfpp.apps.demo`, reused when finished), then from the same ODE init:
 
 * ``Self-Forcing``: extended DMD with rollouts of one teacher horizon (N = K = 8 latent frames);
 * ``Self-Forcing++``: rollouts of 20 horizons (N = 20K = 160 frames), a uniformly drawn window of K;
@@ -37,13 +37,11 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from sfpp.data.world import heldout_prompts
-from sfpp.demo import HORIZON, demo_stages, ground_truth
+from sfpp.apps.evaluation import evaluate_long_videos
+from sfpp.apps.pipeline import StageRun, run_stages, toy_stages
 from sfpp.diffusion.rollout import rollout_from_seed
-from sfpp.evaluation import evaluate_long_videos
-from sfpp.inference.teacher import TeacherClipSampler
 from sfpp.io.video import write_video
-from sfpp.pipeline import StageRun, run_stages
+from sfpp.world import HORIZON, TeacherClipSampler, ground_truth, heldout_prompts
 
 __all__ = [
     "HORIZONS",
@@ -94,7 +92,7 @@ def study_stages(root: Path = Path("."), dmd_steps: int = 850, grpo_steps: int =
             steps, then 4 critic steps per generator step).
         grpo_steps: GRPO steps after Self-Forcing++.
     """
-    shared = demo_stages(root)[:3]
+    shared = toy_stages(root)[:3]
     checkpoints = root / "checkpoints"
 
     def dmd(name: str, experiment: str, rollout_frames: int) -> StageRun:
@@ -313,7 +311,7 @@ def run_study(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line of ``python -m sfpp.study``."""
+    """Command line of ``python -m sfpp.apps.study``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("artifacts/study"), help="output directory")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="evaluation seeds")

@@ -28,20 +28,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sfpp.data.world import (
-    COLOURS,
-    DEFAULT_WORLD,
-    PALETTE,
-    SHAPES,
-    WorldSpec,
-    derive_seed,
-    format_prompt,
-    render,
-    spec_from_prompt,
-)
-from sfpp.data.world_targets import placement_masks
 from sfpp.diffusion.schedule import euler_step, flow_from_x0
-from sfpp.metrics.world_objects import WorldObjectScore
+from sfpp.utils.seeding import derive_seed
+from sfpp.world.grammar import COLOURS, PALETTE, SHAPES, format_prompt
+from sfpp.world.objects import WorldObjectScore
+from sfpp.world.scene import DEFAULT_WORLD, WorldSpec, render, spec_from_prompt
+from sfpp.world.targets import placement_masks
 
 __all__ = [
     "ObjectTemplates",
@@ -63,8 +55,8 @@ class ObjectTemplates:
 
     Attributes:
         frames: ``(N, 3, H, W)`` float32 in ``[-1, 1]``.
-        colours: ``(N,)`` index into :data:`~sfpp.data.world.COLOURS`.
-        shapes: ``(N,)`` index into :data:`~sfpp.data.world.SHAPES`.
+        colours: ``(N,)`` index into :data:`~sfpp.world.grammar.COLOURS`.
+        shapes: ``(N,)`` index into :data:`~sfpp.world.grammar.SHAPES`.
     """
 
     frames: torch.Tensor
@@ -288,7 +280,7 @@ def shape_handover(
 
     Args:
         denoise: The model's clean estimate ``denoise(x_t, sigma, prompts)``, with the guidance the
-            model samples with (:meth:`~sfpp.inference.teacher.TeacherClipSampler.guided_denoise`);
+            model samples with (:meth:`~sfpp.world.teacher_sampler.TeacherClipSampler.guided_denoise`);
             ``one_object_clips(...).denoiser()`` is the ideal's own, the reference.
         grid: Decreasing noise levels from 1 to 0, the sampler's integration grid
             (:meth:`~sfpp.diffusion.sampling.EulerSampler.grid`).
@@ -300,7 +292,7 @@ def shape_handover(
 
     Returns:
         ``{handover: {"clean_frame_fraction", "detected_fraction", "shape_accuracy"}}`` scored by
-        :class:`~sfpp.metrics.world_objects.WorldObjectScore` against the prompts.
+        :class:`~sfpp.world.objects.WorldObjectScore` against the prompts.
 
     Raises:
         ValueError: For a grid that does not run from 1 down to 0, no handover level, a handover

@@ -1,23 +1,23 @@
-"""``python -m sfpp.teacher_report``: how good is a toy teacher, and which words of the prompt does it use?
+"""``python -m sfpp.world.report``: how good is a toy teacher, and which words of the prompt does it use?
 
 Samples the teacher of a ``toy_teacher`` checkpoint (its EMA weights with the sampler that writes
 the ODE pairs: 32 Euler steps, CFG 2) on held-out prompts and reports:
 
-* the world's object scores (:class:`~sfpp.metrics.world_objects.WorldObjectScore`: clean frames,
+* the world's object scores (:class:`~sfpp.world.objects.WorldObjectScore`: clean frames,
   objects detected, shape accuracy, box edges on the model's patch grid, motion, jumps) of the
   teacher's clips next to real clips of the same prompts;
 * the shapes the teacher drew for each prompted shape (a confusion table);
-* which words it uses (:func:`~sfpp.metrics.word_swap.denoiser_word_use`): real clips noised to
+* which words it uses (:func:`~sfpp.world.word_swap.denoiser_word_use`): real clips noised to
   mid noise levels are denoised with the true prompts and with every colour (or shape) word
   swapped, and the estimates are scored against the true prompts. A kind of word the teacher reads
   costs accuracy when swapped; one it ignores costs nothing;
-* which word it would choose (:func:`~sfpp.metrics.word_swap.denoiser_word_choice`): the teacher
+* which word it would choose (:func:`~sfpp.world.word_swap.denoiser_word_choice`): the teacher
   as a classifier, picking the colour (or shape) word of a real clip's first object whose clean
   estimate fits the clip best, over noise levels from 0.3 to 0.9;
 * how far its clean estimate is from the best possible
-  (:func:`~sfpp.metrics.ideal_denoiser.denoiser_excess_error`): on one-object clips the
+  (:func:`~sfpp.world.ideal_denoiser.denoiser_excess_error`): on one-object clips the
   Bayes-optimal denoiser is computable exactly, frame by frame, with and without the shape word;
-* where it decides an object's shape (:func:`~sfpp.metrics.ideal_denoiser.shape_handover`): it
+* where it decides an object's shape (:func:`~sfpp.world.ideal_denoiser.shape_handover`): it
   samples one-object clips down to a noise level, the ideal denoiser that knows the colour but not
   the shape finishes them, and the finished clips' shape accuracy says how much of the prompted
   shape the teacher had drawn by then.
@@ -36,12 +36,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from sfpp.data.world import SHAPES, heldout_prompts
-from sfpp.demo import HORIZON, ground_truth
-from sfpp.inference.teacher import TeacherClipSampler
-from sfpp.metrics.ideal_denoiser import denoiser_excess_error, one_object_clips, shape_handover
-from sfpp.metrics.word_swap import denoiser_word_choice, denoiser_word_use
-from sfpp.metrics.world_objects import WorldObjectScore
+from sfpp.world.clips import HORIZON, ground_truth
+from sfpp.world.grammar import SHAPES, heldout_prompts
+from sfpp.world.ideal_denoiser import denoiser_excess_error, one_object_clips, shape_handover
+from sfpp.world.objects import WorldObjectScore
+from sfpp.world.teacher_sampler import TeacherClipSampler
+from sfpp.world.word_swap import denoiser_word_choice, denoiser_word_use
 
 __all__ = ["main", "teacher_report"]
 

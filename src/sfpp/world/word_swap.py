@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from sfpp.data.world import BACKGROUNDS, COLOURS, SHAPES, format_prompt, parse_prompt
+from sfpp.world.grammar import BACKGROUNDS, COLOURS, SHAPES, format_prompt, parse_prompt
 
 __all__ = [
     "ATTRIBUTES",
@@ -87,7 +87,7 @@ def denoiser_word_use(
         prompts: One world prompt per clip.
         sigmas: Noise levels in ``(0, 1)`` to test.
         score: ``score(videos, prompts) -> {name: value}`` (e.g. a
-            :class:`~sfpp.metrics.world_objects.WorldObjectScore`), always given the true prompts.
+            :class:`~sfpp.world.objects.WorldObjectScore`), always given the true prompts.
         attributes: Kinds of words to swap, from :data:`ATTRIBUTES`.
         seed: Seed of the noise (the same noise for every prompt variant of a level).
 

@@ -33,7 +33,8 @@ import cv2
 import numpy as np
 import torch
 
-from sfpp.data.world import COLOURS, DEFAULT_WORLD, PALETTE, SHAPES, WorldSpec, parse_prompt, shape_mask
+from sfpp.world.grammar import COLOURS, PALETTE, SHAPES, parse_prompt
+from sfpp.world.scene import DEFAULT_WORLD, WorldSpec, shape_mask
 
 __all__ = [
     "ShapeThresholds",
@@ -141,7 +142,7 @@ def label_colours(frames: np.ndarray, colour_threshold: float) -> np.ndarray:
         colour_threshold: Largest RGB distance to a palette colour that still counts as that colour.
 
     Returns:
-        Int8 labels of shape ``frames.shape[:-1]``: the index in :data:`~sfpp.data.world.COLOURS`
+        Int8 labels of shape ``frames.shape[:-1]``: the index in :data:`~sfpp.world.grammar.COLOURS`
         or ``-1``.
     """
     distances = np.square(frames[..., None, :] - _PALETTE_RGB).sum(axis=-1)  # (..., K)

@@ -1,6 +1,6 @@
 """``make demo``: the whole method on the built-in world, from nothing to a long video, on a laptop CPU.
 
-``python -m sfpp.demo`` trains the toy teacher, writes its ODE pairs, runs the ODE init and the
+``python -m sfpp.apps.demo`` trains the toy teacher, writes its ODE pairs, runs the ODE init and the
 extended DMD (Self-Forcing++) at a demo budget, then streams videos 20 times the teacher's horizon
 for held-out prompts and writes, under ``--out`` (``artifacts/demo``):
 
@@ -27,65 +27,17 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from sfpp.data.world import heldout_prompts, render, spec_from_prompt
-from sfpp.evaluation import LongVideoReport, evaluate_long_videos, plot_curves
+from sfpp.apps.evaluation import LongVideoReport, evaluate_long_videos, plot_curves
+from sfpp.apps.pipeline import StageRun, StageTiming, run_stages, toy_stages
 from sfpp.io.video import write_video
-from sfpp.pipeline import StageRun, StageTiming, run_stages
+from sfpp.world import HORIZON, ground_truth, heldout_prompts
 
-__all__ = ["DEMO_PROMPTS", "demo_stages", "main", "run_demo"]
+__all__ = ["DEMO_PROMPTS", "main", "run_demo"]
 
 console = Console(highlight=False)
 
-#: The teacher's horizon in latent (= pixel, for the pixel codec) frames.
-HORIZON = 8
 #: Held-out prompts of the demo video (never seen in training).
 DEMO_PROMPTS: tuple[str, ...] = tuple(heldout_prompts(2)[i] for i in (0, 5, 10, 15))
-
-
-def demo_stages(root: Path = Path(".")) -> list[StageRun]:
-    """The demo pipeline: teacher, ODE pairs, ODE init, Self-Forcing++ at demo budgets.
-
-    Args:
-        root: The repository root (where ``checkpoints/`` and ``artifacts/`` live).
-    """
-    checkpoints = root / "checkpoints"
-    return [
-        StageRun(
-            "teacher",
-            "sfpp.train",
-            [
-                "experiment=toy_teacher",
-                "data.image_batches=2000",  # then 1600 video batches
-                "trainer.max_steps=3600",
-                "trainer.val_check_interval=3600",
-                "callbacks.video_samples.every_n_steps=3600",
-            ],
-            checkpoints / "toy_teacher" / "last.ckpt",
-        ),
-        StageRun(
-            "ode_pairs",
-            "sfpp.ode_pairs",
-            ["generator.num_trajectories=128", "generator.shard_size=64"],
-            root / "artifacts" / "ode_pairs" / "toy" / "index.json",
-        ),
-        StageRun(
-            "ode_init",
-            "sfpp.train",
-            ["experiment=toy_ode_init", "trainer.max_steps=300", "trainer.val_check_interval=300"],
-            checkpoints / "toy_ode_init" / "last.ckpt",
-        ),
-        StageRun(
-            "self_forcing_pp",
-            "sfpp.train",
-            [
-                "experiment=toy_extend",
-                "trainer.max_steps=350",
-                "trainer.val_check_interval=350",
-                "callbacks.video_samples.every_n_steps=350",
-            ],
-            checkpoints / "toy_extend" / "last.ckpt",
-        ),
-    ]
 
 
 def _collect_into(frames: list[torch.Tensor]) -> Callable[[Any], None]:
@@ -113,12 +65,6 @@ def generate_long_videos(
         )
         videos.append(torch.cat(frames, dim=1))  # chunks (3, f, H, W) -> (3, F, H, W)
     return torch.stack(videos)
-
-
-def ground_truth(prompts: Sequence[str], num_frames: int, seed: int = 0) -> torch.Tensor:
-    """Real videos of the world for the prompts, ``(B, 3, F, H, W)``."""
-    specs = [spec_from_prompt(prompt, seed=seed + index) for index, prompt in enumerate(prompts)]
-    return torch.stack([torch.from_numpy(render(spec, num_frames)) for spec in specs])
 
 
 def write_summary(
@@ -176,13 +122,13 @@ def run_demo(
         horizons: Video length in teacher horizons (20: the paper's claim in miniature).
         force: Stages to retrain even if their checkpoint exists.
         root: Repository root.
-        stages: The pipeline (default: :func:`demo_stages`).
+        stages: The pipeline (default: :func:`~sfpp.apps.pipeline.toy_stages`).
 
     Returns:
         The reports of the student and of the real videos.
     """
     began = time.perf_counter()
-    stages = stages if stages is not None else demo_stages(root)
+    stages = stages if stages is not None else toy_stages(root)
     timings = run_stages(stages, force=force, cwd=root)
     teacher_ckpt, student_ckpt = stages[0].done_file, stages[-1].done_file
     num_frames = horizons * HORIZON
@@ -207,7 +153,7 @@ def run_demo(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line of ``python -m sfpp.demo``."""
+    """Command line of ``python -m sfpp.apps.demo``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("artifacts/demo"), help="output directory")
     parser.add_argument(

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sfpp.data.world import COLOURS, DEFAULT_WORLD, PALETTE, SHAPES, shape_mask
+from sfpp.world.grammar import COLOURS, PALETTE, SHAPES
+from sfpp.world.scene import DEFAULT_WORLD, shape_mask
 
 __all__ = ["WorldPosteriorTarget", "placement_log_prior", "placement_masks"]
 
@@ -82,7 +83,7 @@ class WorldPosteriorTarget:
 
     Called by the teacher stage (``stage.x0_target``) with the clean latents, the noisy input, the
     noise levels and the batch. Batches of one-frame clips that carry their layout (the image
-    batches of :class:`~sfpp.data.world_datamodule.WorldDataModule`) get the posterior mean;
+    batches of :class:`~sfpp.world.datamodule.WorldDataModule`) get the posterior mean;
     any other batch (videos) gets ``x0`` back unchanged. The latents must be the pixels (the
     world's :class:`~sfpp.codecs.PixelCodec` without space-to-depth).
 
