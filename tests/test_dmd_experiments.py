@@ -64,7 +64,7 @@ def tiny_wan_dir(tmp_path_factory):
     """A diffusers-style Wan directory with tiny random parts: transformer/, vae/, text_encoder/, tokenizer/."""
     from diffusers import AutoencoderKLWan
 
-    from sfpp.models.wan_weights import save_wan_weights
+    from sfpp.models.wan import save_wan_weights
     from test_codecs import TINY_VAE_CONFIG
     from test_umt5 import build_model as build_umt5
     from test_umt5 import build_tokenizer

@@ -12,7 +12,7 @@ from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffu
 from safetensors.torch import save_file
 
 from sfpp.models import FLAVOURS, CausalWanDiT
-from sfpp.models.wan_weights import (
+from sfpp.models.wan import (
     WanWeightsError,
     build_from_pretrained,
     config_from_diffusers,
@@ -365,16 +365,13 @@ def test_build_in_bfloat16(diffusers_dir, ours):
 
 
 def test_wan_1_3b_diffusers_config_is_the_registered_flavour():
-    kwargs = config_from_diffusers(WAN_1_3B_DIFFUSERS_CONFIG)
-    flavour = FLAVOURS["wan_1_3b"]
-    shared = set(kwargs) & set(flavour)
-    assert shared == set(flavour)
-    assert {k: kwargs[k] for k in shared} == flavour
-    assert config_from_original(WAN_1_3B_ORIGINAL_CONFIG) == kwargs
+    config = config_from_diffusers(WAN_1_3B_DIFFUSERS_CONFIG)
+    assert config == FLAVOURS["wan_1_3b"]
+    assert config_from_original(WAN_1_3B_ORIGINAL_CONFIG) == config
 
     public = {k: v for k, v in WAN_1_3B_DIFFUSERS_CONFIG.items() if not k.startswith("_")}
     with torch.device("meta"):
-        ours = CausalWanDiT(**kwargs)
+        ours = CausalWanDiT(config)
         theirs = WanTransformer3DModel(**public)
     num_ours = sum(p.numel() for p in ours.parameters())
     assert num_ours == sum(p.numel() for p in theirs.parameters()) == 1_418_996_800

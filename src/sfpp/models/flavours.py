@@ -1,18 +1,20 @@
 """Size registry of CausalWanDiT: a debug flavour for tests, the toy world's, and Wan2.1's sizes.
 
-Each flavour is a dict of :class:`~sfpp.models.causal_wan.CausalWanDiT` constructor arguments;
-anything can be overridden at build time (``build_model("tiny", num_layers=1)``).
+Each flavour is a :class:`~sfpp.models.config.CausalWanConfig` (bidirectional by default); any
+field can be overridden at build time (``build_model("tiny", num_layers=1)``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from sfpp.models.config import CausalWanConfig
+
 __all__ = ["FLAVOURS", "build_model", "flavour_config"]
 
-FLAVOURS: dict[str, dict[str, Any]] = {
+FLAVOURS: dict[str, CausalWanConfig] = {
     # Unit tests: a few thousand parameters, runs in milliseconds.
-    "tiny": dict(
+    "tiny": CausalWanConfig(
         patch_size=(1, 2, 2),
         in_channels=4,
         out_channels=4,
@@ -24,7 +26,7 @@ FLAVOURS: dict[str, dict[str, Any]] = {
         freq_dim=32,
     ),
     # The built-in procedural world: 16x16 RGB frames as 4x4 patches -> 16 tokens per frame, ~4M parameters.
-    "toy": dict(
+    "toy": CausalWanConfig(
         patch_size=(1, 4, 4),
         in_channels=3,
         out_channels=3,
@@ -35,8 +37,8 @@ FLAVOURS: dict[str, dict[str, Any]] = {
         text_dim=64,
         freq_dim=64,
     ),
-    # Wan2.1-T2V-1.3B (METHOD.md reference settings).
-    "wan_1_3b": dict(
+    # Wan2.1-T2V-1.3B.
+    "wan_1_3b": CausalWanConfig(
         patch_size=(1, 2, 2),
         in_channels=16,
         out_channels=16,
@@ -50,7 +52,7 @@ FLAVOURS: dict[str, dict[str, Any]] = {
         cross_attn_norm=True,
     ),
     # Wan2.1-T2V-14B.
-    "wan_14b": dict(
+    "wan_14b": CausalWanConfig(
         patch_size=(1, 2, 2),
         in_channels=16,
         out_channels=16,
@@ -66,15 +68,15 @@ FLAVOURS: dict[str, dict[str, Any]] = {
 }
 
 
-def flavour_config(flavour: str) -> dict[str, Any]:
-    """Constructor arguments of a registered flavour (a copy).
+def flavour_config(flavour: str, **overrides: Any) -> CausalWanConfig:
+    """The config of a registered flavour, with fields overridden.
 
     Raises:
-        ValueError: For an unknown flavour, listing the registered ones.
+        ValueError: For an unknown flavour (listing the registered ones) or an unknown field.
     """
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown model flavour {flavour!r}; registered flavours: {sorted(FLAVOURS)}")
-    return dict(FLAVOURS[flavour])
+    return FLAVOURS[flavour].replace(**overrides)
 
 
 def build_model(
@@ -91,21 +93,21 @@ def build_model(
         causal: Block-causal student instead of a bidirectional teacher/critic.
         num_frames_per_chunk: Latent frames per chunk of the block-causal model.
         attention_backend: ``auto``, ``flash``, ``flex`` or ``sdpa``.
-        **overrides: Any other constructor argument.
+        **overrides: Any other :class:`~sfpp.models.config.CausalWanConfig` field.
 
     Returns:
         A freshly initialised model.
+
+    Raises:
+        ValueError: For an unknown flavour or field.
     """
     from sfpp.models.causal_wan import CausalWanDiT
 
-    config = flavour_config(flavour)
-    unknown = set(overrides) - set(CausalWanDiT.__init__.__code__.co_varnames)
-    if unknown:
-        raise ValueError(f"unknown CausalWanDiT arguments {sorted(unknown)} for flavour {flavour!r}")
-    config.update(overrides)
-    return CausalWanDiT(
-        **config,
+    config = flavour_config(
+        flavour,
         causal=causal,
         num_frames_per_chunk=num_frames_per_chunk,
         attention_backend=attention_backend,
+        **overrides,
     )
+    return CausalWanDiT(config)

@@ -1,0 +1,83 @@
+"""The package layout: dependencies point one way (apps -> world -> core), and files stay readable."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "sfpp"
+CORE = ("models", "diffusion", "stages", "metrics", "inference", "codecs", "text")
+#: Packages and modules that only applications may import.
+APPLICATION_MODULES = ("sfpp.apps", "sfpp.train", "sfpp.generate", "sfpp.ode_pairs")
+WORLD = "sfpp.world"
+MAX_LINES = 600
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at any depth (function-level imports included)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _is_under(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def _core_files() -> list[Path]:
+    return sorted(path for package in CORE for path in (SRC / package).rglob("*.py"))
+
+
+def test_the_core_never_imports_the_world_or_an_application() -> None:
+    offenders = []
+    for path in _core_files():
+        for module in _imported_modules(path):
+            if _is_under(module, WORLD) or any(_is_under(module, app) for app in APPLICATION_MODULES):
+                offenders.append(f"{path.relative_to(SRC)} imports {module}")
+    assert offenders == []
+
+
+def test_the_world_never_imports_an_application() -> None:
+    offenders = [
+        f"{path.relative_to(SRC)} imports {module}"
+        for path in sorted((SRC / "world").rglob("*.py"))
+        for module in _imported_modules(path)
+        if any(_is_under(module, app) for app in APPLICATION_MODULES)
+    ]
+    assert offenders == []
+
+
+def test_the_import_scan_sees_function_level_imports(tmp_path: Path) -> None:
+    source = tmp_path / "probe.py"
+    source.write_text("def f():\n    from sfpp.world.scene import render\n    import sfpp.apps.demo\n")
+    modules = _imported_modules(source)
+    assert "sfpp.world.scene" in modules and "sfpp.apps.demo" in modules
+
+
+def test_importing_the_core_loads_no_world_module() -> None:
+    code = (
+        "import json, sys; "
+        "import sfpp.models, sfpp.diffusion, sfpp.stages, sfpp.metrics, sfpp.inference, sfpp.codecs, sfpp.text; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('sfpp.world', 'sfpp.apps')))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert json.loads(result.stdout) == []
+
+
+@pytest.mark.parametrize("path", sorted(SRC.rglob("*.py")), ids=lambda p: str(p.relative_to(SRC)))
+def test_no_source_file_exceeds_the_line_limit(path: Path) -> None:
+    lines = len(path.read_text().splitlines())
+    assert lines <= MAX_LINES, f"{path.relative_to(SRC)} has {lines} lines; split it by concern"
