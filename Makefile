@@ -43,11 +43,11 @@ $(STAMP): pyproject.toml | $(PYTHON)
 		echo "no GPU: installing the CPU build torch==$(TORCH_VERSION)"; \
 		$(PIP) install $(PIP_FLAGS) "torch==$(TORCH_VERSION)" $(PIP_NOISE); \
 	fi
-	@echo "installing sfpp editable with the dev extra"
-	@$(PIP) install $(PIP_FLAGS) -e '.[dev]' $(PIP_NOISE)
+	@echo "installing sfpp editable with the dev and apps extras"
+	@$(PIP) install $(PIP_FLAGS) -e '.[dev,apps]' $(PIP_NOISE)
 	@touch $@
 
-install: $(STAMP) ## Create .venv (if missing) and install sfpp editable with the dev extra
+install: $(STAMP) ## Create .venv (if missing) and install sfpp editable with the dev and apps extras
 
 test: install ## Run the fast test suite (no slow, no gpu, no benchmarks)
 	$(BIN)/pytest -q

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "sfpp"
 CORE = ("models", "diffusion", "stages", "metrics", "inference", "codecs", "text")
+#: The rest of the library: no more allowed to import the world or an application than the core.
+LIBRARY = CORE + ("data", "rewards", "callbacks", "io", "utils")
 #: Packages and modules that only applications may import.
 APPLICATION_MODULES = ("sfpp.apps", "sfpp.train", "sfpp.generate", "sfpp.ode_pairs")
 WORLD = "sfpp.world"
@@ -36,7 +39,7 @@ def _is_under(module: str, package: str) -> bool:
 
 
 def _core_files() -> list[Path]:
-    return sorted(path for package in CORE for path in (SRC / package).rglob("*.py"))
+    return sorted(path for package in LIBRARY for path in (SRC / package).rglob("*.py"))
 
 
 def test_the_core_never_imports_the_world_or_an_application() -> None:
@@ -81,3 +84,43 @@ def test_importing_the_core_loads_no_world_module() -> None:
 def test_no_source_file_exceeds_the_line_limit(path: Path) -> None:
     lines = len(path.read_text().splitlines())
     assert lines <= MAX_LINES, f"{path.relative_to(SRC)} has {lines} lines; split it by concern"
+
+
+def _layout_names(text: str) -> set[str]:
+    """Package and module names a layout text mentions as ``sfpp.<name>`` or ``<name>/``."""
+    import re
+
+    names = set(re.findall(r"sfpp\.([a-z_]+)", text))
+    names |= set(re.findall(r"(?<![\w./])([a-z_]+)/", text))
+    return names
+
+
+def test_the_readme_layout_and_the_architecture_page_match_the_tree() -> None:
+    root = SRC.parents[1]
+    packages = {p.name for p in SRC.iterdir() if p.is_dir() and not p.name.startswith("_")}
+    readme = (root / "README.md").read_text()
+    layout = readme[readme.index("## Layout") :]
+    layout = layout[: layout.index("\n## ", 3)]
+    architecture = (root / "docs" / "architecture.md").read_text()
+    for text in (layout, architecture):
+        mentioned = _layout_names(text)
+        assert packages <= mentioned | {"sfpp"}, sorted(packages - mentioned)
+        stale = {
+            name for name in mentioned if name in {"demo", "study", "evaluation", "pipeline", "wan_weights"}
+        }
+        assert not stale & {p.stem for p in SRC.glob("*.py")}, stale
+    # every module the layout names under a package exists
+    for package in packages:
+        line_modules = re.findall(rf"^\s+{package}/\s+(.+)$", layout, flags=re.M)
+        for line in line_modules:
+            listed = re.sub(r"\([^)]*\)", "", line).split(":")[-1]  # the names, without remarks
+            for word in re.findall(r"\b([a-z_]+)\b", listed):
+                if (
+                    word in packages
+                    or (SRC / package / f"{word}.py").exists()
+                    or (SRC / package / word).is_dir()
+                ):
+                    continue
+                assert word in {"and", "the", "of", "on", "python", "m", "sfpp"}, (
+                    f"{package}/{word} is not in the tree"
+                )

@@ -9,7 +9,8 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
 
 from sfpp.codecs import PixelCodec
-from sfpp.data.ode_pairs import OdePairGenerator, OdePairsDataModule
+from sfpp.data.ode_pairs import OdePairGenerator
+from sfpp.data.ode_pairs_data import OdePairsDataModule
 from sfpp.diffusion.rollout import FewStepSampler
 from sfpp.diffusion.sampling import EulerSampler
 from sfpp.models import build_model, save_wan_weights

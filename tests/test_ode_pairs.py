@@ -12,12 +12,11 @@ from safetensors import safe_open
 from sfpp.data.ode_pairs import (
     INDEX_FILE,
     OdePairGenerator,
-    OdePairsDataModule,
-    OdePairsDataset,
     OdePairSettingsError,
     OdePairWriter,
     shard_file_name,
 )
+from sfpp.data.ode_pairs_data import OdePairsDataModule, OdePairsDataset
 from sfpp.diffusion.rollout import FewStepSampler
 from sfpp.diffusion.sampling import EulerSampler
 from sfpp.diffusion.schedule import FlowMatchSchedule, euler_step

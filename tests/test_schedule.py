@@ -9,7 +9,9 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from sfpp.diffusion import (
+    NUM_TRAIN_TIMESTEPS,
     FlowMatchSchedule,
+    TrainingSigmas,
     add_noise,
     euler_step,
     expand_sigma,
@@ -17,7 +19,8 @@ from sfpp.diffusion import (
     flow_target,
     noise_from_x0,
     shift_sigma,
-    training_sigmas,
+    sigma_from_timestep,
+    timestep_from_sigma,
     unshift_sigma,
     x0_from_flow,
     x0_from_noise,
@@ -283,13 +286,14 @@ def test_conversions_float32() -> None:
     torch.testing.assert_close(x0_from_flow(flow_target(x0, noise), x_t, sigma), x0, rtol=0, atol=1e-5)
 
 
-def test_schedule_exposes_conversions() -> None:
+def test_timestep_conversions_are_the_schedules() -> None:
     schedule = FlowMatchSchedule(shift=5.0)
-    x0, noise = _video(0), _video(1)
-    x_t = schedule.add_noise(x0, noise, 0.4)
-    torch.testing.assert_close(x_t, add_noise(x0, noise, 0.4))
-    torch.testing.assert_close(schedule.x0_from_flow(schedule.flow_target(x0, noise), x_t, 0.4), x0)
-    torch.testing.assert_close(schedule.euler_step(x_t, noise - x0, 0.4, 0.0), x0)
+    sigma = torch.tensor([0.0, 0.25, 1.0])
+    torch.testing.assert_close(timestep_from_sigma(sigma), schedule.timestep_from_sigma(sigma))
+    torch.testing.assert_close(timestep_from_sigma(sigma), torch.tensor([0.0, 250.0, 1000.0]))
+    torch.testing.assert_close(sigma_from_timestep(torch.tensor([0, 250, 1000])), sigma)
+    assert NUM_TRAIN_TIMESTEPS == schedule.num_train_timesteps == 1000
+    assert not hasattr(FlowMatchSchedule, "add_noise")  # one API: the module's functions
 
 
 def test_euler_step_follows_the_straight_path() -> None:
@@ -421,9 +425,9 @@ def test_add_noise_matches_diffusers_scale_noise() -> None:
 
 def test_training_sigmas_uniform_and_logit_normal() -> None:
     torch.manual_seed(0)
-    uniform = training_sigmas(20000)
+    uniform = TrainingSigmas()(20000)
     torch.manual_seed(0)
-    logit = training_sigmas(20000, logit_normal=(0.0, 1.0))
+    logit = TrainingSigmas(logit_normal=(0.0, 1.0))(20000)
     assert uniform.shape == logit.shape == (20000,) and uniform.dtype == torch.float32
     assert float(uniform.min()) >= 0.0 and float(uniform.max()) <= 1.0
     assert float(logit.min()) > 0.0 and float(logit.max()) < 1.0
@@ -436,16 +440,21 @@ def test_training_sigmas_uniform_and_logit_normal() -> None:
     assert middle(logit) == pytest.approx(0.600, abs=0.015)
     assert float((logit > 0.9).float().mean()) == pytest.approx(0.014, abs=0.005)
     # The mean moves the mass: logit(u) ~ N(1, 1) puts most of it above 1/2.
-    assert float((training_sigmas(5000, logit_normal=(1.0, 1.0)) > 0.5).float().mean()) == pytest.approx(
+    assert float((TrainingSigmas(logit_normal=(1.0, 1.0))(5000) > 0.5).float().mean()) == pytest.approx(
         0.84, abs=0.02
     )
 
 
 def test_training_sigmas_are_shifted_after_drawing() -> None:
     torch.manual_seed(3)
-    plain = training_sigmas(64, logit_normal=(0.0, 0.5))
+    plain = TrainingSigmas(logit_normal=(0.0, 0.5))(64)
     torch.manual_seed(3)
-    shifted = training_sigmas(64, shift=3.0, logit_normal=(0.0, 0.5))
+    shifted = TrainingSigmas(shift=3.0, logit_normal=(0.0, 0.5))(64)
     assert torch.allclose(shifted, shift_sigma(plain, 3.0))
-    with pytest.raises(ValueError, match="std must be positive"):
-        training_sigmas(4, logit_normal=(0.0, 0.0))
+    with pytest.raises(ValueError, match="std > 0"):
+        TrainingSigmas(logit_normal=(0.0, 0.0))
+    generator = torch.Generator().manual_seed(5)
+    seeded = TrainingSigmas(logit_normal=(0.0, 0.5))(8, generator=generator)
+    assert torch.equal(
+        seeded, TrainingSigmas(logit_normal=(0.0, 0.5))(8, generator=torch.Generator().manual_seed(5))
+    )

@@ -8,13 +8,14 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger
 
 from sfpp.codecs import PixelCodec
-from sfpp.diffusion.losses import foreground_weights
 from sfpp.diffusion.sampling import EulerSampler
-from sfpp.diffusion.schedule import add_noise, flow_target, min_snr_weight, x0_from_flow
+from sfpp.diffusion.schedule import add_noise, flow_target, x0_from_flow
+from sfpp.diffusion.training import MinSNRWeighting, TrainingSigmas, min_snr_weight
 from sfpp.models import build_model
 from sfpp.stages.teacher import TeacherModule
 from sfpp.train import train
 from sfpp.world import WorldDataModule, WorldTextEncoder
+from sfpp.world.losses import ForegroundWeighting, foreground_weights
 
 
 def _teacher(lr=3e-3, **kw):
@@ -106,8 +107,10 @@ def test_unweighted_loss_is_the_plain_mse(loss_space):
 
 def test_min_snr_loss_is_the_same_objective_in_both_spaces():
     flow, x0, noise, x_t, sigma = _loss_inputs(1)
-    x0_loss = _teacher(loss_space="x0", min_snr_gamma=5.0).loss(flow, x0, noise, x_t, sigma)
-    flow_loss = _teacher(loss_space="flow", min_snr_gamma=5.0).loss(flow, x0, noise, x_t, sigma)
+    x0_loss = _teacher(loss_space="x0", loss_weighting=MinSNRWeighting(5.0)).loss(flow, x0, noise, x_t, sigma)
+    flow_loss = _teacher(loss_space="flow", loss_weighting=MinSNRWeighting(5.0)).loss(
+        flow, x0, noise, x_t, sigma
+    )
     assert torch.allclose(x0_loss, flow_loss, rtol=1e-5)
     # By hand: per-sample x0 errors weighted by min(SNR, 5) / 5.
     per_sample = (x0_from_flow(flow, x_t, sigma) - x0).square().flatten(1).mean(1)
@@ -123,8 +126,8 @@ def test_min_snr_weights():
     assert torch.all(weights[1:].diff() <= 0)
     with pytest.raises(ValueError, match="gamma must be positive"):
         min_snr_weight(sigma, gamma=0.0)
-    with pytest.raises(ValueError, match="min_snr_gamma"):
-        _teacher(min_snr_gamma=-1.0)
+    with pytest.raises(ValueError, match="gamma must be positive"):
+        MinSNRWeighting(-1.0)
 
 
 def _scene():
@@ -149,7 +152,7 @@ def test_foreground_weights_mark_what_differs_from_the_frame_background():
     with pytest.raises(ValueError, match="B, C, F, H, W"):
         foreground_weights(x0[0], 1.0)
     with pytest.raises(ValueError, match="foreground_weight"):
-        _teacher(foreground_weight=-0.5)
+        ForegroundWeighting(-0.5)
 
 
 def test_foreground_weighted_loss_is_the_weighted_mean_of_the_x0_error():
@@ -161,7 +164,7 @@ def test_foreground_weighted_loss_is_the_weighted_mean_of_the_x0_error():
     error[:, :, 0, 3, 4] = 1.0  # one wrong position inside the object
     error[:, :, 1, 0, 0] = 1.0  # one wrong background position
     flow = (x_t - (x0 + error)) / sigma[:, None, None, None, None]  # the flow whose x0 estimate is x0 + error
-    module = _teacher(loss_space="x0", foreground_weight=4.0)
+    module = _teacher(loss_space="x0", loss_weighting=ForegroundWeighting(4.0))
     # Weighted mean per sample: (5 * 3 + 1 * 3) / (3 channels * (9 * 5 + 119 * 1)) squared errors.
     expected = torch.tensor(18.0 / (3 * (9 * 5 + 119)))
     assert torch.allclose(module.loss(flow, x0, noise, x_t, sigma), expected, rtol=1e-4)
@@ -171,13 +174,13 @@ def test_foreground_weighted_loss_is_the_weighted_mean_of_the_x0_error():
 
 @pytest.mark.parametrize("bad", [[0.0], [0.0, -1.0], [0.0, 1.0, 2.0]])
 def test_bad_logit_normal_levels_are_refused(bad):
-    with pytest.raises(ValueError, match="timestep_logit_normal"):
-        _teacher(timestep_logit_normal=bad)
+    with pytest.raises(ValueError, match="logit_normal"):
+        TrainingSigmas(logit_normal=bad)
 
 
 @pytest.mark.filterwarnings(r"ignore:You are trying to `self.log\(\)`")
 def test_logit_normal_levels_train_the_teacher(monkeypatch):
-    teacher = _teacher(timestep_logit_normal=[0.5, 0.8])
+    teacher = _teacher(timestep_sampler=TrainingSigmas(logit_normal=[0.5, 0.8]))
     drawn = []
     real = teacher.model.forward
 

@@ -1,12 +1,10 @@
-"""Data: the built-in procedural world and its LightningDataModule; prompt lists for DMD and GRPO; ODE pairs."""
+"""Data: prompt lists for DMD and GRPO, ODE pairs (writing and reading), resumable loaders.
 
-from sfpp.data.ode_pairs import (
-    OdePairGenerator,
-    OdePairsDataModule,
-    OdePairsDataset,
-    OdePairSettingsError,
-    OdePairWriter,
-)
+The built-in world's data is in :mod:`sfpp.world`.
+"""
+
+from sfpp.data.ode_pairs import OdePairGenerator, OdePairSettingsError, OdePairWriter
+from sfpp.data.ode_pairs_data import OdePairsDataModule, OdePairsDataset
 from sfpp.data.prompts import (
     PromptDataModule,
     PromptDataset,

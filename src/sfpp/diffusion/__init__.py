@@ -4,7 +4,6 @@ from sfpp.diffusion.lengths import Rounding, VideoTiming, parse_length
 from sfpp.diffusion.losses import (
     dmd_loss,
     flow_matching_loss,
-    foreground_weights,
     ode_regression_loss,
     real_and_fake_x0,
 )
@@ -14,6 +13,7 @@ from sfpp.diffusion.reinject import NoiseReinjector
 # shadow the module and break config targets such as sfpp.diffusion.rollout.FewStepSampler.
 from sfpp.diffusion.rollout import FewStepSampler, RolloutChunk, stream_rollout
 from sfpp.diffusion.schedule import (
+    NUM_TRAIN_TIMESTEPS,
     FlowMatchSchedule,
     SigmaLike,
     add_noise,
@@ -21,14 +21,15 @@ from sfpp.diffusion.schedule import (
     expand_sigma,
     flow_from_x0,
     flow_target,
-    min_snr_weight,
     noise_from_x0,
     shift_sigma,
-    training_sigmas,
+    sigma_from_timestep,
+    timestep_from_sigma,
     unshift_sigma,
     x0_from_flow,
     x0_from_noise,
 )
+from sfpp.diffusion.training import MinSNRWeighting, TrainingSigmas
 from sfpp.diffusion.window import WindowSampler
 
 __all__ = [
@@ -36,16 +37,19 @@ __all__ = [
     "RolloutChunk",
     "stream_rollout",
     "FlowMatchSchedule",
+    "NUM_TRAIN_TIMESTEPS",
     "SigmaLike",
     "add_noise",
     "euler_step",
     "expand_sigma",
     "flow_from_x0",
     "flow_target",
-    "min_snr_weight",
     "noise_from_x0",
     "shift_sigma",
-    "training_sigmas",
+    "sigma_from_timestep",
+    "timestep_from_sigma",
+    "TrainingSigmas",
+    "MinSNRWeighting",
     "unshift_sigma",
     "x0_from_flow",
     "x0_from_noise",
@@ -54,7 +58,6 @@ __all__ = [
     "parse_length",
     "dmd_loss",
     "flow_matching_loss",
-    "foreground_weights",
     "ode_regression_loss",
     "real_and_fake_x0",
     "NoiseReinjector",

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from sfpp.diffusion.sampling import guided_flow
 from sfpp.diffusion.schedule import SigmaLike, x0_from_flow
 
-__all__ = ["dmd_loss", "flow_matching_loss", "foreground_weights", "ode_regression_loss", "real_and_fake_x0"]
+__all__ = ["dmd_loss", "flow_matching_loss", "ode_regression_loss", "real_and_fake_x0"]
 
 
 def _check_same_shape(func: str, **tensors: Tensor) -> None:
@@ -27,37 +27,6 @@ def _check_same_shape(func: str, **tensors: Tensor) -> None:
     if len(set(shapes.values())) > 1:
         listed = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
         raise ValueError(f"{func}: inputs must have the same shape, got {listed}")
-
-
-def foreground_weights(x0: Tensor, weight: float, tolerance: float = 0.05) -> Tensor:
-    """Per-position loss weights that favour what stands out of a frame's background.
-
-    The background of a frame is taken as its per-channel median (the built-in world's objects
-    cover well under half of a frame on a plain or slowly varying background). A position whose
-    channels differ from it by more than ``tolerance`` (largest absolute difference over channels)
-    gets weight ``1 + weight``, every other position 1. Small objects then carry more of a
-    squared-error loss than their share of the pixels, so their outlines (a circle's cut corners
-    against a square's) are not drowned by the background.
-
-    Args:
-        x0: Clean samples ``(B, C, F, H, W)``.
-        weight: Extra weight of a foreground position, ``>= 0`` (0 gives all ones).
-        tolerance: Difference from the background median above which a position is foreground.
-
-    Returns:
-        Float32 weights ``(B, 1, F, H, W)``, broadcastable against ``x0``.
-
-    Raises:
-        ValueError: For a negative ``weight`` or ``tolerance``, or an ``x0`` that is not 5-D.
-    """
-    if weight < 0 or tolerance < 0:
-        raise ValueError(f"foreground weight and tolerance must be >= 0, got {weight} and {tolerance}")
-    if x0.ndim != 5:
-        raise ValueError(f"x0 must be (B, C, F, H, W), got shape {tuple(x0.shape)}")
-    x = x0.detach().float()
-    background = x.flatten(3).median(dim=3).values  # (B, C, F, H * W) -> (B, C, F)
-    distance = (x - background[..., None, None]).abs().amax(dim=1, keepdim=True)  # (B, 1, F, H, W)
-    return 1.0 + weight * (distance > tolerance).float()
 
 
 def ode_regression_loss(pred_x0: Tensor, target_x0: Tensor) -> Tensor:
@@ -173,7 +142,7 @@ def real_and_fake_x0(
             :func:`~sfpp.diffusion.schedule.expand_sigma`.
         context: Text embeddings ``(B, L, D)``.
         null_context: Unconditional embeddings ``(B, L, D)`` for CFG, or ``None`` (no CFG).
-        guidance_scale: Teacher CFG scale (METHOD.md: 3.0).
+        guidance_scale: Teacher CFG scale (Self-Forcing: 3.0).
 
     Returns:
         ``(real_x0, fake_x0)``, each shaped like ``x_t``.

@@ -2,7 +2,7 @@
 
 The student's clean window ``x0`` is re-noised on the flow-matching schedule,
 ``x_t = (1 - sigma) * x0 + sigma * eps`` with ``eps ~ N(0, I)``, at a DMD timestep drawn uniformly,
-shifted and clamped (METHOD.md: "uniform, shifted, clamped to [20, 980]"):
+shifted and clamped (Self-Forcing++: "uniform, shifted, clamped to [20, 980]"):
 
 1. ``u ~ U[0, 1)`` per sample;
 2. ``sigma = shift_sigma(u, shift)`` (more draws at high noise for ``shift > 1``);
@@ -26,9 +26,9 @@ class NoiseReinjector:
     """Re-noise clean latents at a random DMD timestep, one timestep per sample.
 
     Args:
-        shift: Timestep shift applied to the uniform draw (1.0 = none; METHOD.md: 5.0).
-        min_timestep: Lowest timestep, on the ``0..num_train_timesteps`` scale (METHOD.md: 20).
-        max_timestep: Highest timestep (METHOD.md: 980).
+        shift: Timestep shift applied to the uniform draw (1.0 = none; the paper: 5.0).
+        min_timestep: Lowest timestep, on the ``0..num_train_timesteps`` scale (the paper: 20).
+        max_timestep: Highest timestep (the paper: 980).
         num_train_timesteps: Timestep scale: ``sigma = timestep / num_train_timesteps``.
 
     Raises:
@@ -45,7 +45,7 @@ class NoiseReinjector:
     ) -> None:
         if not (math.isfinite(shift) and shift > 0):
             raise ValueError(
-                f"shift must be a finite number > 0 (1.0 = no shift, METHOD.md: 5.0), got {shift}"
+                f"shift must be a finite number > 0 (1.0 = no shift, the paper: 5.0), got {shift}"
             )
         if (
             isinstance(num_train_timesteps, bool)
@@ -58,7 +58,7 @@ class NoiseReinjector:
         if not 0 <= min_timestep <= max_timestep <= num_train_timesteps:
             raise ValueError(
                 f"need 0 <= min_timestep <= max_timestep <= num_train_timesteps, got min_timestep={min_timestep}, "
-                f"max_timestep={max_timestep}, num_train_timesteps={num_train_timesteps} (METHOD.md: 20, 980, 1000)"
+                f"max_timestep={max_timestep}, num_train_timesteps={num_train_timesteps} (the paper: 20, 980, 1000)"
             )
         self.shift = float(shift)
         self.min_timestep = float(min_timestep)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from sfpp.diffusion.schedule import FlowMatchSchedule, euler_step
+from sfpp.diffusion.schedule import FlowMatchSchedule, euler_step, timestep_from_sigma
 
 __all__ = ["KEEP_SIGMA_TOLERANCE", "EulerSampler", "SampleResult", "guided_flow"]
 
@@ -153,7 +153,7 @@ class EulerSampler:
         for i in range(num_steps):
             if i in keep_at:
                 states[i] = x
-            t = torch.full((x.shape[0],), sigmas[i] * 1000.0, device=x.device)
+            t = timestep_from_sigma(torch.full((x.shape[0],), sigmas[i], device=x.device))
             flow = guided_flow(model, x, t, context, null_context, self.guidance_scale)
             x = euler_step(x, flow, sigmas[i], sigmas[i + 1])
             if progress is not None:

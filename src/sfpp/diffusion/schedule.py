@@ -43,6 +43,8 @@ from typing import TypeAlias, overload
 import torch
 from torch import Tensor
 
+from sfpp.models.config import NUM_TRAIN_TIMESTEPS
+
 __all__ = [
     "FlowMatchSchedule",
     "SigmaLike",
@@ -51,10 +53,11 @@ __all__ = [
     "expand_sigma",
     "flow_from_x0",
     "flow_target",
-    "min_snr_weight",
+    "sigma_from_timestep",
+    "timestep_from_sigma",
+    "NUM_TRAIN_TIMESTEPS",
     "noise_from_x0",
     "shift_sigma",
-    "training_sigmas",
     "unshift_sigma",
     "x0_from_flow",
     "x0_from_noise",
@@ -108,41 +111,6 @@ def shift_sigma(sigma: float | Tensor, shift: float) -> float | Tensor:
     if isinstance(sigma, Tensor):
         sigma = _as_float_tensor(sigma)
     return shift * sigma / (1 + (shift - 1) * sigma)
-
-
-def training_sigmas(
-    batch_size: int,
-    shift: float = 1.0,
-    logit_normal: tuple[float, float] | None = None,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """Noise levels of a training batch: uniform or logit-normal, then shifted.
-
-    ``u ~ U(0, 1)`` by default; with ``logit_normal = (mean, std)``, ``u = sigmoid(mean + std * z)``
-    with ``z ~ N(0, 1)`` (Esser et al., 2024), which puts more of the batch at middle noise levels,
-    where the layout of a sample is decided, and less at both ends. Either is then mapped by
-    :func:`shift_sigma`. Draws from the global generator (seed it with ``torch.manual_seed``).
-
-    Args:
-        batch_size: Number of levels.
-        shift: Timestep shift applied to ``u``.
-        logit_normal: ``(mean, std)`` of ``logit(u)``, or ``None`` for uniform ``u``.
-        device: Device of the result.
-
-    Returns:
-        ``(batch_size,)`` float32 levels in ``[0, 1]``.
-
-    Raises:
-        ValueError: For a non-positive shift or standard deviation.
-    """
-    if logit_normal is None:
-        u = torch.rand(batch_size, device=device)
-    else:
-        mean, std = (float(v) for v in logit_normal)
-        if not std > 0.0:
-            raise ValueError(f"logit_normal std must be positive, got {std}")
-        u = torch.sigmoid(mean + std * torch.randn(batch_size, device=device))
-    return shift_sigma(u, shift)
 
 
 @overload
@@ -245,6 +213,24 @@ def expand_sigma(sigma: SigmaLike, like: Tensor, *, frame_dim: int = 2) -> Tenso
     raise _error()
 
 
+def timestep_from_sigma(sigma: SigmaLike, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> Tensor:
+    """The timestep at which a model is called for noise level(s) ``sigma``: ``sigma * N`` (no shift).
+
+    Args:
+        sigma: Noise level(s) in ``[0, 1]``.
+        num_train_timesteps: The timestep scale ``N`` (1000 for Wan2.1).
+
+    Returns:
+        A floating tensor of ``sigma``'s shape (on its device when it is a tensor).
+    """
+    return _as_float_tensor(sigma) * num_train_timesteps
+
+
+def sigma_from_timestep(t: float | Tensor, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> Tensor:
+    """The noise level of timestep(s) ``t``: ``t / N`` (no shift); integer tensors are accepted."""
+    return _as_float_tensor(t) / num_train_timesteps
+
+
 def _check_same_shape(func: str, name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
     if a.shape != b.shape:
         raise ValueError(
@@ -257,6 +243,15 @@ def _out_dtype(a: Tensor, b: Tensor) -> torch.dtype:
 
 
 def _check_denominator(denominator: Tensor, *, func: str, what: str, hint: str, eps: float) -> None:
+    """Refuse a denominator below ``eps``, without a host sync on an accelerator.
+
+    On the CPU the check raises ``ValueError`` at once. On an accelerator it is queued with
+    :func:`torch._assert_async`, so the hot path never waits for the device; a violation then fails
+    the next synchronising call with a device-side assertion.
+    """
+    if denominator.device.type != "cpu":
+        torch._assert_async((denominator.abs() >= eps).all(), f"{func} divides by {what} < eps={eps}; {hint}")
+        return
     smallest = denominator.abs().min()
     if not bool(smallest >= eps):
         raise ValueError(
@@ -299,32 +294,6 @@ def flow_target(x0: Tensor, noise: Tensor) -> Tensor:
     """
     _check_same_shape("flow_target", "x0", x0, "noise", noise)
     return noise - x0
-
-
-def min_snr_weight(sigma: Tensor, gamma: float) -> Tensor:
-    """Min-SNR-gamma weight of a squared error in clean-sample (``x0``) space, scaled into ``(0, 1]``.
-
-    ``w = min(SNR, gamma) / gamma`` with ``SNR = ((1 - sigma) / sigma) ** 2``, the signal-to-noise
-    ratio of ``x_t``. Noisy levels, whose ``x0`` error is large and mostly irreducible, get small
-    weights; levels cleaner than ``SNR = gamma`` all get weight 1 (Hang et al., "Efficient Diffusion
-    Training via Min-SNR Weighting Strategy", 2023). A flow error is the ``x0`` error divided by
-    ``sigma``, so the same objective in flow space has weight ``w * sigma ** 2``.
-
-    Args:
-        sigma: Noise levels in ``[0, 1]``, any shape.
-        gamma: The SNR above which the weight stops growing, positive.
-
-    Returns:
-        Float32 weights of ``sigma``'s shape; 1 at ``sigma = 0``, 0 at ``sigma = 1``.
-
-    Raises:
-        ValueError: For a non-positive ``gamma``.
-    """
-    if not gamma > 0:
-        raise ValueError(f"min-SNR gamma must be positive, got {gamma}")
-    s = sigma.float()
-    snr = (1.0 - s).square() / s.square().clamp_min(1e-12)  # inf-safe: sigma = 0 gives a huge SNR
-    return snr.clamp(max=gamma) / gamma
 
 
 def x0_from_flow(flow: Tensor, x_t: Tensor, sigma: SigmaLike) -> Tensor:
@@ -460,7 +429,7 @@ class FlowMatchSchedule:
     """Timestep grids and conversions of a shifted flow-matching schedule.
 
     The noise / flow conversions (:func:`add_noise`, :func:`x0_from_flow`, ...) do not depend on the
-    settings and are also available as static methods, e.g. ``schedule.add_noise(x0, noise, sigma)``.
+    settings: they are the module's functions, not methods.
 
     Args:
         num_train_timesteps: Timestep scale: ``t = sigma * num_train_timesteps`` (1000 for Wan2.1).
@@ -475,14 +444,6 @@ class FlowMatchSchedule:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"num_train_timesteps must be an integer >= 1 (Wan2.1: 1000), got {n!r}")
         _check_shift(self.shift)
-
-    add_noise = staticmethod(add_noise)
-    flow_target = staticmethod(flow_target)
-    x0_from_flow = staticmethod(x0_from_flow)
-    flow_from_x0 = staticmethod(flow_from_x0)
-    noise_from_x0 = staticmethod(noise_from_x0)
-    x0_from_noise = staticmethod(x0_from_noise)
-    euler_step = staticmethod(euler_step)
 
     def apply_shift(self, sigma: float | Tensor) -> Tensor:
         """Shift unshifted sigma(s) with this schedule's ``shift`` (see :func:`shift_sigma`).
@@ -504,7 +465,7 @@ class FlowMatchSchedule:
         Returns:
             A floating tensor of the same shape.
         """
-        return _as_float_tensor(t) / self.num_train_timesteps
+        return sigma_from_timestep(t, self.num_train_timesteps)
 
     def timestep_from_sigma(self, sigma: float | Tensor) -> Tensor:
         """Timestep(s) of noise level(s): ``t = sigma * num_train_timesteps`` (no shift applied).
@@ -515,7 +476,7 @@ class FlowMatchSchedule:
         Returns:
             A floating tensor of the same shape.
         """
-        return _as_float_tensor(sigma) * self.num_train_timesteps
+        return timestep_from_sigma(sigma, self.num_train_timesteps)
 
     def warp_timesteps(self, steps: Sequence[float]) -> Tensor:
         """Warp a few-step timestep list through the shift (Self-Forcing's ``warp_denoising_step``).

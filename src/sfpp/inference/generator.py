@@ -30,14 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from sfpp.codecs.base import VideoCodec, resolve_dtype
 from sfpp.diffusion.lengths import VideoTiming
@@ -49,6 +41,7 @@ from sfpp.io.video import StreamingVideoWriter
 from sfpp.models.causal_wan import CausalWanDiT
 from sfpp.models.frame_mask import FrameAttentionPattern
 from sfpp.models.kv_cache import RollingKVCache
+from sfpp.utils.progress import ProgressReport
 
 __all__ = ["ChunkInfo", "GenerationPlan", "GenerationResult", "VideoGenerator"]
 
@@ -283,17 +276,6 @@ class VideoGenerator:
 
     # -- generation ---------------------------------------------------------------------------------
 
-    def _progress(self, description: str) -> Progress:
-        columns = (
-            TextColumn(f"[bold]{description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("frames, {task.fields[fps]:.1f} frames/s"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
-        return Progress(*columns, disable=not self.show_progress)
-
     def generate(
         self,
         prompt: str,
@@ -374,8 +356,8 @@ class VideoGenerator:
         decoder = self.codec.stream_decoder()
         started = time.perf_counter()
         chunk_index = 0
-        with self._progress(description) as progress, torch.no_grad():
-            task = progress.add_task(description, total=plan.num_frames, fps=0.0)
+        report = ProgressReport(description, plan.num_frames, "frames", enabled=self.show_progress)
+        with report, torch.no_grad():
             for segment, context in zip(plan.segments, plan.contexts, strict=True):
                 cache.reset_cross_attention()  # the next chunk recomputes the text K/V from this prompt
                 chunks = stream_rollout(
@@ -386,7 +368,7 @@ class VideoGenerator:
                     writer.write(frames)
                     record.add(frames)
                     fps = writer.num_frames / max(time.perf_counter() - started, 1e-9)
-                    progress.update(task, completed=writer.num_frames, fps=fps)
+                    report.update(writer.num_frames, frames_per_s=fps)
                     if on_chunk is not None:
                         info = ChunkInfo(
                             chunk_index, chunk, frames, segment.prompt, writer.num_frames, cache, record

@@ -8,9 +8,9 @@ that need no weights (:data:`FEATURE_NAMES`):
 - objects: the number of 8-connected components (at least 2 px) of strongly coloured pixels
   (chroma ``> 0.5``);
 - exposure: mean, standard deviation and median (background) of the luma, 97th percentile of chroma;
-- detail and noise: :func:`~sfpp.metrics.stability.edge_strength` and
-  :func:`~sfpp.metrics.stability.noise_level`;
-- motion: :func:`~sfpp.metrics.stability.motion_magnitudes` of the frame pair ending at the frame
+- detail and noise: :func:`~sfpp.metrics.frame_stats.edge_strength` and
+  :func:`~sfpp.metrics.frame_stats.noise_level`;
+- motion: :func:`~sfpp.metrics.frame_stats.motion_magnitudes` of the frame pair ending at the frame
   (the first frame takes the first pair).
 
 The real statistics (mean and covariance of the features) are fitted on frames of real clips
@@ -38,7 +38,7 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from sfpp.metrics.stability import (
+from sfpp.metrics.frame_stats import (
     as_single_video,
     as_video_batch,
     edge_strength,
@@ -300,7 +300,7 @@ class WindowQuality(Metric):
 class DynamicDegree(Metric):
     """Dynamic degree of videos: mean motion (px/frame) and the fraction of moving frame pairs.
 
-    The motion of a frame pair is :func:`~sfpp.metrics.stability.motion_magnitudes`: the mean of
+    The motion of a frame pair is :func:`~sfpp.metrics.frame_stats.motion_magnitudes`: the mean of
     its top ``top_fraction`` optical-flow magnitudes, i.e. how fast the moving things move (for the
     built-in world, the speed of the fastest object; about 0.6 px/frame). ``compute()`` returns
     ``{"dynamic_degree": mean over all frame pairs, "moving_fraction": fraction of pairs whose

@@ -76,9 +76,8 @@ class SDPAttention:
         """See :class:`AttentionBackend`.
 
         On the CPU, bf16/fp16 inputs (CPU autocast) are attended in float32 and the result cast
-        back: PyTorch's CPU attention kernels are many times slower in bf16 than in float32 (the
-        backward of the toy teacher's image batch: 3.3 ms against 0.4 ms a call), while the
-        projections around them gain from bf16 (``tests/benchmarks/bench_teacher_speed.py``).
+        back: PyTorch's CPU attention backward is many times slower in bf16 than in float32, while
+        the projections around it gain from bf16 (``tests/benchmarks/bench_teacher_speed.py``).
         """
         dtype = q.dtype
         if q.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):

@@ -31,7 +31,7 @@ from torch import nn
 
 from sfpp.models.attention import AttentionBackend, build_attention_backend
 from sfpp.models.blocks import WanBlock, WanHead, sinusoidal_embedding
-from sfpp.models.config import CausalWanConfig
+from sfpp.models.config import NUM_TRAIN_TIMESTEPS, CausalWanConfig
 from sfpp.models.frame_mask import FrameAttentionPattern
 from sfpp.models.kv_cache import RollingKVCache
 from sfpp.models.rope import Rope3D, rope_rotation
@@ -261,7 +261,7 @@ class CausalWanDiT(nn.Module):
         out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, F', p_t, H', p_h, W', p_w)
         out = out.reshape(batch, self.out_channels, num_frames, height, width)  # (B, C, F, H, W)
         if self.prediction_type == "x0":  # x0 -> flow = (x_t - x0) / sigma
-            sigma = (timestep.float() / 1000.0).clamp_min(self.min_sigma)  # (B, F)
+            sigma = (timestep.float() / NUM_TRAIN_TIMESTEPS).clamp_min(self.min_sigma)  # (B, F)
             sigma = sigma[:, None, :, None, None]  # (B, 1, F, 1, 1)
             out = ((x.float() - out.float()) / sigma).type_as(out)
         return out

@@ -18,7 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ARCHITECTURE_FIELDS", "BUILD_FIELDS", "CausalWanConfig"]
+__all__ = ["ARCHITECTURE_FIELDS", "BUILD_FIELDS", "NUM_TRAIN_TIMESTEPS", "CausalWanConfig"]
+
+#: Wan2.1's timestep scale: a model is called at ``t = sigma * NUM_TRAIN_TIMESTEPS`` (no shift).
+NUM_TRAIN_TIMESTEPS = 1000
 
 PREDICTION_TYPES = ("flow", "x0")
 

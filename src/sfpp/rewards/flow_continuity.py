@@ -39,7 +39,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import cv2
-import flow_vis
 import numpy as np
 import torch
 from torch import Tensor
@@ -311,6 +310,10 @@ def render_flow(
     Returns:
         RGB ``uint8`` images ``(F - 1, H, W, 3)``.
     """
+    try:
+        import flow_vis
+    except ImportError as error:  # the apps extra: pip install 'sfpp[apps]'
+        raise ImportError("render_flow needs flow_vis: pip install 'sfpp[apps]' (or flow_vis)") from error
     flow = dense_flow(_as_video_array(video), method, upscale)  # (P, H, W, 2)
     if per_frame_scale:
         return np.stack([flow_vis.flow_to_color(pair) for pair in flow])  # (P, H, W, 3)

@@ -5,7 +5,8 @@ noise levels and its clean end point. For every chunk of the student a step ``k`
 chunk's frames are taken from the trajectory at step ``k`` and carry timestep ``timesteps[k]``, so
 one full-sequence block-causal forward trains every step at once on mixed-noise contexts. The loss
 is the MSE between the student's clean estimate ``x - sigma * flow`` and the teacher's clean latent.
-This turns the bidirectional teacher's weights into a causal few-step generator (METHOD.md, stage 1).
+This turns the bidirectional teacher's weights into a causal few-step generator (CausVid's
+initialisation, which Self-Forcing and Self-Forcing++ keep).
 
 Orchestration only: the generator, text encoder, codec and schedule are components from the config.
 """
@@ -15,14 +16,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from sfpp.diffusion.rollout import FewStepSampler, rollout_from_seed
-from sfpp.diffusion.schedule import x0_from_flow
+from sfpp.diffusion.schedule import sigma_from_timestep, x0_from_flow
 from sfpp.models.causal_wan import CausalWanDiT
-from sfpp.models.ema import EMA
+from sfpp.stages.base import SupervisedStage
 from sfpp.stages.components import freeze, move_plain_components
 
 __all__ = ["ODEInitModule", "chunkwise_states"]
@@ -64,7 +65,7 @@ def chunkwise_states(
     return x, timesteps.to(noisy.device)[frame_step]  # (B, C, F, H, W), (B, F)
 
 
-class ODEInitModule(L.LightningModule):
+class ODEInitModule(SupervisedStage):
     """ODE regression of a block-causal few-step student, with an EMA copy for sampling.
 
     Args:
@@ -95,7 +96,7 @@ class ODEInitModule(L.LightningModule):
         cache_window_frames: int = 21,
         sample_seed: int = 1234,
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer, lr_scheduler)
         if not generator.causal:
             raise ValueError("the ODE-init student is block-causal: build its model with causal=true")
         if cache_window_frames < generator.num_frames_per_chunk:
@@ -106,25 +107,20 @@ class ODEInitModule(L.LightningModule):
         self.save_hyperparameters(
             ignore=["generator", "text_encoder", "codec", "sampler", "optimizer", "lr_scheduler"]
         )
-        self.optimizer_factory = optimizer
-        self.lr_scheduler_factory = lr_scheduler
         self.generator = generator
         self.text_encoder = freeze(text_encoder)
         self.codec = codec
         self.sampler = sampler
-        self.ema = EMA(generator, decay=ema_decay, start_step=ema_start_step)
+        self.ema = self.make_ema(ema_decay, ema_start_step)
         self.cache_window_frames = cache_window_frames
         self.register_buffer(
             "timesteps", torch.tensor(list(sampler.timesteps), dtype=torch.float32), persistent=False
         )
 
-    # -- conditioning --------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """Text embeddings ``(B, L, D)`` on the module's device (the encoder is frozen)."""
-        embeddings, _ = self.text_encoder(list(prompts))
-        return embeddings.to(self.device)
+    @property
+    def trained_model(self) -> nn.Module:
+        """The block-causal student."""
+        return self.generator
 
     def on_fit_start(self) -> None:
         """Move plain-object components (umT5, the Wan VAE) to the device; check the pairs' noise levels.
@@ -164,7 +160,7 @@ class ODEInitModule(L.LightningModule):
         x, timestep = chunkwise_states(noisy, step_index, self.timesteps, self.generator.num_frames_per_chunk)
         context = self.encode_prompts(batch["prompt"])
         flow = self.generator(x, timestep, context)
-        sigma = timestep / self.sampler.num_train_timesteps  # (B, F)
+        sigma = sigma_from_timestep(timestep, self.sampler.num_train_timesteps)  # (B, F)
         return F.mse_loss(x0_from_flow(flow, x, sigma).float(), clean.float())
 
     def _num_chunks(self, batch: dict[str, Any]) -> int:
@@ -178,10 +174,6 @@ class ODEInitModule(L.LightningModule):
         loss = self.ode_loss(batch, step_index)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         return loss
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Update the EMA copy after every optimisation step."""
-        self.ema.update(self.generator, self.global_step)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Loss of every step on held-out pairs (all chunks at the same step), and their mean."""
@@ -226,14 +218,3 @@ class ODEInitModule(L.LightningModule):
             window_frames=self.cache_window_frames,
         )
         return self.codec.decode(latents).clamp(-1, 1)
-
-    # -- optimisation --------------------------------------------------------------------------
-
-    def configure_optimizers(self) -> Any:
-        """Build the optimiser (after sharding) on the trainable parameters (the generator's)."""
-        params = [p for p in self.trainer.model.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params=params)
-        if self.lr_scheduler_factory is None:
-            return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

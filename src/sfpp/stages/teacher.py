@@ -6,25 +6,24 @@ are components passed in by the config.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from sfpp.diffusion.losses import foreground_weights
 from sfpp.diffusion.sampling import EulerSampler
-from sfpp.diffusion.schedule import add_noise, flow_target, min_snr_weight, training_sigmas, x0_from_flow
+from sfpp.diffusion.schedule import add_noise, flow_target, timestep_from_sigma, x0_from_flow
+from sfpp.diffusion.training import LossWeighting, TrainingSigmas, mean_squared_error
 from sfpp.models.causal_wan import CausalWanDiT
-from sfpp.models.ema import EMA
 from sfpp.models.parallelize import configure_stage_modules
+from sfpp.stages.base import SupervisedStage
 
 __all__ = ["TeacherModule"]
 
 
-class TeacherModule(L.LightningModule):
+class TeacherModule(SupervisedStage):
     """Flow-matching pretraining with classifier-free-guidance dropout and an EMA copy.
 
     Args:
@@ -35,22 +34,18 @@ class TeacherModule(L.LightningModule):
         lr_scheduler: Optional partial LR scheduler (stepped every optimisation step).
         train_text_encoder: Train the text encoder with the teacher (the world's small encoder)
             instead of keeping it frozen (umT5).
-        timestep_shift: Shift of the training noise levels (``sigma = shift(u)``, ``u ~ U(0, 1)``).
-        timestep_logit_normal: ``[mean, std]``: draw ``logit(u)`` from a normal instead
-            (:func:`~sfpp.diffusion.schedule.training_sigmas`), which trains more at the middle
-            noise levels where the world's shapes are decided; ``None`` (default): uniform.
+        timestep_sampler: The training noise levels (:class:`~sfpp.diffusion.training.TrainingSigmas`:
+            uniform or logit-normal, then shifted); ``None`` (default): uniform, unshifted.
         loss_space: ``flow``: MSE between predicted and true flow (Wan). ``x0``: MSE between the
             clean latents implied by the prediction and the true ones (pairs with a model whose
             ``prediction_type`` is ``x0``; learns much faster at the built-in world's size).
-        min_snr_gamma: Weight each sample's squared error by min-SNR-gamma
-            (:func:`~sfpp.diffusion.schedule.min_snr_weight`, expressed in ``loss_space``), which
-            moves the training signal from the noisiest levels to the ones where details form;
-            ``None`` (default): every level weighs the same.
-        foreground_weight: Extra weight of the positions that stand out of their frame's
-            background in the squared error (:func:`~sfpp.diffusion.losses.foreground_weights`);
-            each sample's error is the weighted mean. 0 (default): every position weighs the same.
+        loss_weighting: Turns the squared error into per-sample losses
+            (:class:`~sfpp.diffusion.training.LossWeighting`, e.g.
+            :class:`~sfpp.diffusion.training.MinSNRWeighting`); ``None`` (default): each sample's
+            mean squared error, every level alike.
         x0_target: Optional ``target(x0, x_t, sigma, batch) -> tensor like x0`` that replaces the
-            clean latents as the regression target (``loss_space: x0`` only), e.g. the built-in
+            clean latents as the regression target (``loss_space: x0`` only); ``batch`` is the
+            training batch, for targets that read its annotations. For example the built-in
             world's exact posterior mean for single frames
             (:class:`~sfpp.world.targets.WorldPosteriorTarget`), which has the same minimiser
             as ``x0`` and far less variance. ``None`` (default): ``x0``.
@@ -69,9 +64,8 @@ class TeacherModule(L.LightningModule):
         compile_model: Run the training forward through ``torch.compile`` (static shapes: each
             batch shape compiles once, the image and the video batches of the built-in world
             about 40-50 s each on a 2-core CPU). Sampling, validation and the EMA copy stay
-            eager. On the toy teacher the compiled step takes 0.75-0.8x the eager one in float32 and,
-            with ``trainer.precision=bf16-mixed``, 0.67x on image and 0.54x on video batches
-            (``tests/benchmarks/bench_teacher_precision.py``).
+            eager. ``tests/benchmarks/bench_teacher_speed.py`` measures what it saves, in float32
+            and with ``trainer.precision=bf16-mixed``.
     """
 
     def __init__(
@@ -82,11 +76,9 @@ class TeacherModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         lr_scheduler: Callable[..., Any] | None = None,
         train_text_encoder: bool = True,
-        timestep_shift: float = 1.0,
-        timestep_logit_normal: Sequence[float] | None = None,
+        timestep_sampler: TrainingSigmas | None = None,
         loss_space: str = "flow",
-        min_snr_gamma: float | None = None,
-        foreground_weight: float = 0.0,
+        loss_weighting: LossWeighting | None = None,
         x0_target: Callable[..., torch.Tensor] | None = None,
         cfg_dropout: float = 0.1,
         ema_decay: float = 0.999,
@@ -98,21 +90,11 @@ class TeacherModule(L.LightningModule):
         activation_checkpointing: bool = False,
         compile_model: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer, lr_scheduler)
         if model.causal:
             raise ValueError("the teacher is bidirectional: build its model with causal=false")
-        if timestep_logit_normal is not None and (
-            len(timestep_logit_normal) != 2 or not float(timestep_logit_normal[1]) > 0
-        ):
-            raise ValueError(
-                f"timestep_logit_normal must be [mean, std] with std > 0 (or null), got {timestep_logit_normal}"
-            )
         if loss_space not in ("flow", "x0"):
             raise ValueError(f"loss_space must be 'flow' or 'x0', got {loss_space!r}")
-        if min_snr_gamma is not None and not min_snr_gamma > 0:
-            raise ValueError(f"min_snr_gamma must be positive or null, got {min_snr_gamma}")
-        if not foreground_weight >= 0:
-            raise ValueError(f"foreground_weight must be >= 0, got {foreground_weight}")
         if not 0.0 <= cfg_dropout < 1.0:
             raise ValueError(f"cfg_dropout must be in [0, 1), got {cfg_dropout}")
         if x0_target is not None and loss_space != "x0":
@@ -127,35 +109,34 @@ class TeacherModule(L.LightningModule):
                 "codec",
                 "quality_metric",
                 "x0_target",
+                "timestep_sampler",
+                "loss_weighting",
                 "sampler",
                 "optimizer",
                 "lr_scheduler",
             ]
         )
-        self.optimizer_factory = optimizer
-        self.lr_scheduler_factory = lr_scheduler
         self.model = model
         self.text_encoder = text_encoder
         if not train_text_encoder:
             text_encoder.requires_grad_(False).eval()
         self.codec = codec
-        self.ema = EMA(model, decay=ema_decay, start_step=ema_start_step)
+        self.ema = self.make_ema(ema_decay, ema_start_step)
         self.sampler = sampler or EulerSampler()
         self.quality_metric = quality_metric
-        self.timestep_shift = timestep_shift
-        self.timestep_logit_normal = (
-            None
-            if timestep_logit_normal is None
-            else (float(timestep_logit_normal[0]), float(timestep_logit_normal[1]))
-        )
+        self.timestep_sampler = timestep_sampler or TrainingSigmas()
         self.loss_space = loss_space
-        self.min_snr_gamma = min_snr_gamma
-        self.foreground_weight = foreground_weight
+        self.loss_weighting = loss_weighting or mean_squared_error
         self.x0_target = x0_target
         self.cfg_dropout = cfg_dropout
         # The compiled forward, built at the first training step (after any sharding); kept in a
         # plain dict so that it is not registered as a second copy of the model's weights.
         self._compiled: dict[str, Callable[..., torch.Tensor]] = {}
+
+    @property
+    def trained_model(self) -> nn.Module:
+        """The teacher model."""
+        return self.model
 
     # -- parallelism ---------------------------------------------------------------------------
 
@@ -181,13 +162,6 @@ class TeacherModule(L.LightningModule):
             mixed_precision=self.hparams.mixed_precision,
             activation_checkpointing=self.hparams.activation_checkpointing,
         )
-
-    # -- conditioning --------------------------------------------------------------------------
-
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """Text embeddings ``(B, L, D)`` on the module's device."""
-        embeddings, _ = self.text_encoder(prompts)
-        return embeddings.to(self.device)
 
     # -- training ------------------------------------------------------------------------------
 
@@ -221,12 +195,10 @@ class TeacherModule(L.LightningModule):
         drop = torch.rand(batch_size, device=self.device) < self.cfg_dropout
         prompts = ["" if d else p for p, d in zip(batch["prompt"], drop.tolist(), strict=True)]
         context = self.encode_prompts(prompts)
-        sigma = training_sigmas(
-            batch_size, self.timestep_shift, self.timestep_logit_normal, device=self.device
-        )  # (B,)
+        sigma = self.timestep_sampler(batch_size, device=self.device)  # (B,)
         noise = torch.randn_like(x0)
         x_t = add_noise(x0, noise, sigma)
-        flow = self.train_forward()(x_t, sigma * 1000.0, context)
+        flow = self.train_forward()(x_t, timestep_from_sigma(sigma), context)
         target = x0 if self.x0_target is None else self.x0_target(x0, x_t, sigma, batch)
         loss = self.loss(flow, target, noise, x_t, sigma)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
@@ -241,38 +213,24 @@ class TeacherModule(L.LightningModule):
         x_t: torch.Tensor,
         sigma: torch.Tensor,
     ) -> torch.Tensor:
-        """The batch's flow-matching loss in ``loss_space``, with the optional min-SNR and foreground weights.
+        """The batch's flow-matching loss in ``loss_space``, weighted by ``loss_weighting``.
 
         Args:
             flow: Predicted flow ``(B, C, F, h, w)``.
             x0: The regression target, same shape: the clean latents, or ``x0_target``'s estimate
-                of them (the foreground weights are taken from it too).
+                of them.
             noise: The noise mixed into ``x0``, same shape.
             x_t: The model's input, same shape.
             sigma: Per-sample noise levels ``(B,)``.
 
         Returns:
-            Scalar float32 loss: the mean over samples of each sample's mean squared error.
+            Scalar float32 loss: the mean over samples of each sample's weighted squared error.
         """
         if self.loss_space == "x0":
             error = x0_from_flow(flow, x_t, sigma).float() - x0.float()
         else:
             error = flow.float() - flow_target(x0, noise).float()
-        if self.foreground_weight > 0:
-            weights = foreground_weights(x0, self.foreground_weight).expand_as(error)  # (B, C, F, h, w)
-            per_sample = (error.square() * weights).flatten(1).sum(1) / weights.flatten(1).sum(1)  # (B,)
-        else:
-            per_sample = error.square().flatten(1).mean(1)  # (B,)
-        if self.min_snr_gamma is None:
-            return per_sample.mean()
-        weight = min_snr_weight(sigma, self.min_snr_gamma)  # (B,), defined on the x0 error
-        if self.loss_space == "flow":  # the flow error is the x0 error / sigma: same objective
-            weight = weight * sigma.float().square()
-        return (per_sample * weight).mean()
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Update the EMA copy after every optimisation step."""
-        self.ema.update(self.model, self.global_step)
+        return self.loss_weighting(error.square(), x0, sigma, self.loss_space).mean()
 
     # -- sampling and validation ---------------------------------------------------------------
 
@@ -311,14 +269,3 @@ class TeacherModule(L.LightningModule):
         samples = self.sample_videos(batch["prompt"], num_latent_frames, tuple(video.shape[-2:]), seed)
         for name, value in self.quality_metric(samples.cpu(), batch["prompt"]).items():
             self.log(f"val/{name}", float(value), batch_size=video.shape[0])
-
-    # -- optimisation --------------------------------------------------------------------------
-
-    def configure_optimizers(self) -> Any:
-        """Build the optimiser (after sharding) on the trainable parameters."""
-        params = [p for p in self.trainer.model.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params=params)
-        if self.lr_scheduler_factory is None:
-            return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -202,8 +202,8 @@ class WorldDataModule(L.LightningDataModule):
         image_max_objects: Largest number of objects per image (``None``: ``max_objects``). With 1
             the image batches show one object per frame, drawn from the one-object training
             prompts, so every frame pairs one shape word with one shape. The video batches keep
-            ``max_objects``. (README, "Where the teacher stands": it lifts the shapes only in
-            long runs, and it costs two-object scenes.)
+            ``max_objects``. (Measured on the toy teacher: it lifts the shapes only in long
+            runs, and it costs two-object scenes.)
 
     Raises:
         ValueError: For impossible settings, naming the setting.

@@ -219,5 +219,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return report
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``sfpp-teacher-report`` console entry point (exits 0 on success)."""
     main()
+
+
+if __name__ == "__main__":
+    cli()

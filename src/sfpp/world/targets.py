@@ -3,8 +3,7 @@
 A denoiser trained with the squared error against the clean frame ``x0`` converges to the posterior
 mean ``E[x0 | x_t, prompt]``, but each training target is one draw from that posterior: at middle
 and high noise levels the target varies far more than the mean the model has to learn, and the
-little a shape word changes in the mean is buried in that variance (README, "Where the teacher
-stands").
+little a shape word changes in the mean is buried in that variance.
 
 Any target ``T`` with ``E[T | x_t, prompt] = E[x0 | x_t, prompt]`` has the same minimiser. The
 posterior mean *given more than the model sees* is one (the tower property): here, given the

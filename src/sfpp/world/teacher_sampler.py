@@ -10,7 +10,7 @@ from torch import nn
 
 from sfpp.codecs import PixelCodec
 from sfpp.diffusion.sampling import EulerSampler, guided_flow
-from sfpp.diffusion.schedule import x0_from_flow
+from sfpp.diffusion.schedule import timestep_from_sigma, x0_from_flow
 
 __all__ = ["TeacherClipSampler"]
 
@@ -102,7 +102,7 @@ class TeacherClipSampler:
             The ``x0`` estimate, ``x_t``'s shape.
         """
         latents = self.codec.encode(x_t)
-        flow = self.teacher(latents, sigma * 1000.0, self.text_encoder(list(prompts))[0])
+        flow = self.teacher(latents, timestep_from_sigma(sigma), self.text_encoder(list(prompts))[0])
         return self.codec.decode(x0_from_flow(flow, latents, sigma))
 
     @torch.no_grad()
@@ -121,6 +121,11 @@ class TeacherClipSampler:
         context = self.text_encoder(list(prompts))[0]
         null_context = self.text_encoder([self.negative_prompt] * len(prompts))[0]
         flow = guided_flow(
-            self.teacher, latents, sigma * 1000.0, context, null_context, self.sampler.guidance_scale
+            self.teacher,
+            latents,
+            timestep_from_sigma(sigma),
+            context,
+            null_context,
+            self.sampler.guidance_scale,
         )
         return self.codec.decode(x0_from_flow(flow, latents, sigma))
