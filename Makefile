@@ -24,7 +24,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 
-.PHONY: help install test test-full bench demo study lint format clean distclean
+.PHONY: help install test test-full browser bench demo study serve lint format clean distclean
 
 help: ## Show this list of targets
 	@echo "Usage: make <target> [PY=python3]"
@@ -52,7 +52,17 @@ install: $(STAMP) ## Create .venv (if missing) and install sfpp editable with th
 test: install ## Run the fast test suite (no slow, no gpu, no benchmarks)
 	$(BIN)/pytest -q
 
-test-full: install ## Run every test that needs no GPU, slow ones included
+browser: ## Install Debian's chromium and chromium-driver for the streaming page's browser test (apt)
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+		echo "chromium and chromedriver are installed"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; \
+	else \
+		echo "no apt-get: install chromium and chromedriver yourself; the browser test skips without them"; \
+	fi
+
+test-full: install browser ## Run every test that needs no GPU, slow ones included (installs the browser first)
 	$(BIN)/pytest -q -o addopts='' -ra --strict-markers -m 'not gpu' --ignore=tests/benchmarks
 
 bench: install ## Run every tests/benchmarks/bench_*.py script and print its table
@@ -65,6 +75,10 @@ bench: install ## Run every tests/benchmarks/bench_*.py script and print its tab
 
 demo: install ## Train teacher, ODE init and Self-Forcing++ on the built-in world (~25 min), then a 20-horizon video, curves and summary in artifacts/demo
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.apps.demo
+
+serve: install ## Stream the demo's student live on a local page (trains the demo's stages first if missing); prints the URL
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.apps.demo --train-only
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.serve $(SERVE_ARGS)
 
 study: install ## Self-Forcing vs Self-Forcing++ (+ GRPO) at 1/5/10/20 horizons, several seeds (<= 2 h): table and plot in artifacts/study
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.apps.study

@@ -160,9 +160,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--horizons", type=int, default=20, help="video length in teacher horizons (8 frames)"
     )
     parser.add_argument("--force", nargs="*", default=[], help="stages to retrain even if finished")
+    parser.add_argument(
+        "--train-only", action="store_true", help="train the missing stages, then stop (make serve)"
+    )
     args = parser.parse_args(argv)
     if args.horizons < 2:
         parser.error("--horizons must be >= 2 (the curves compare windows with the first one)")
+    if args.train_only:
+        run_stages(toy_stages(Path(".")), force=args.force, cwd=Path("."))
+        return
     run_demo(args.out, args.horizons, args.force)
 
 

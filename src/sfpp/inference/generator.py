@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,13 @@ class GenerationPlan:
     def prompt(self) -> str:
         """The prompt of the start of the video."""
         return self.segments[0].prompt
+
+    def prompt_at(self, latent_frame: int) -> tuple[str, torch.Tensor]:
+        """The prompt and text embeddings of the segment that holds ``latent_frame``."""
+        for segment, context in zip(self.segments, self.contexts, strict=True):
+            if segment.start_frame <= latent_frame < segment.end_frame:
+                return segment.prompt, context
+        raise ValueError(f"latent frame {latent_frame} is outside the plan's {self.num_latent_frames} frames")
 
 
 @dataclass(frozen=True)
@@ -314,9 +321,7 @@ class VideoGenerator:
         """
         video_path = Path(out_path)
         json_path = video_path.with_suffix(".json")
-        cache = self.model.new_kv_cache(
-            1, *self.latent_shape[1:], window_frames=self.cache_window_frames, sink_frames=self.sink_frames
-        )
+        cache = self.new_cache()
         record = FrameRecord(plan.num_frames, self.max_metric_frames, self.metric_max_side)
         generator = torch.Generator().manual_seed(seed)
         writer = StreamingVideoWriter(video_path, fps=self.fps, upscale=self.upscale)
@@ -342,6 +347,51 @@ class VideoGenerator:
         json_path.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
         return GenerationResult(video_path, json_path, summary)
 
+    def new_cache(self) -> RollingKVCache:
+        """A rolling KV cache for one video of this generator's frame size."""
+        return self.model.new_kv_cache(
+            1, *self.latent_shape[1:], window_frames=self.cache_window_frames, sink_frames=self.sink_frames
+        )
+
+    def stream_chunks(
+        self,
+        num_latent_frames: int,
+        prompt_at: Callable[[int], tuple[str, torch.Tensor]],
+        cache: RollingKVCache,
+        generator: torch.Generator,
+    ) -> Iterator[tuple[RolloutChunk, torch.Tensor, str]]:
+        """Generate and decode a video chunk by chunk, asking for the prompt at every chunk boundary.
+
+        This is the one generation loop: :meth:`run` feeds it the planned prompt segments, and an
+        interactive stream (``python -m sfpp.serve``) a prompt that the user may switch at any time.
+        When the prompt of a chunk differs from the previous chunk's, the cached text keys and
+        values are dropped, so the chunk recomputes the cross-attention K/V from the new prompt
+        while the self-attention cache (the past frames) stays: the switch takes effect at that
+        chunk boundary.
+
+        Args:
+            num_latent_frames: Latent frames to generate (whole chunks).
+            prompt_at: ``prompt_at(first_latent_frame) -> (prompt, context (1, L_text, D))`` of a chunk.
+            cache: The video's rolling cache (:meth:`new_cache`), empty.
+            generator: Source of every random draw.
+
+        Yields:
+            ``(chunk, frames (3, f, H, W), prompt)`` per chunk, in order.
+        """
+        decoder = self.codec.stream_decoder()
+        chunk_frames = self.model.num_frames_per_chunk
+        current: str | None = None
+        with torch.no_grad():
+            for start in range(0, num_latent_frames, chunk_frames):
+                prompt, context = prompt_at(start)
+                if prompt != current:
+                    cache.reset_cross_attention()  # this chunk recomputes the text K/V from the prompt
+                    current = prompt
+                for chunk in stream_rollout(
+                    self.model, context, cache, chunk_frames, self.latent_shape, self.sampler, generator
+                ):
+                    yield chunk, decoder.decode_chunk(chunk.latents)[0], prompt  # frames (3, f, H, W)
+
     def _stream(
         self,
         plan: GenerationPlan,
@@ -353,28 +403,17 @@ class VideoGenerator:
         description: str,
     ) -> None:
         """Generate the planned chunks, decode them and hand the frames to the writer and the record."""
-        decoder = self.codec.stream_decoder()
         started = time.perf_counter()
-        chunk_index = 0
         report = ProgressReport(description, plan.num_frames, "frames", enabled=self.show_progress)
-        with report, torch.no_grad():
-            for segment, context in zip(plan.segments, plan.contexts, strict=True):
-                cache.reset_cross_attention()  # the next chunk recomputes the text K/V from this prompt
-                chunks = stream_rollout(
-                    self.model, context, cache, segment.num_frames, self.latent_shape, self.sampler, generator
-                )
-                for chunk in chunks:
-                    frames = decoder.decode_chunk(chunk.latents)[0]  # (3, f, H, W)
-                    writer.write(frames)
-                    record.add(frames)
-                    fps = writer.num_frames / max(time.perf_counter() - started, 1e-9)
-                    report.update(writer.num_frames, frames_per_s=fps)
-                    if on_chunk is not None:
-                        info = ChunkInfo(
-                            chunk_index, chunk, frames, segment.prompt, writer.num_frames, cache, record
-                        )
-                        on_chunk(info)
-                    chunk_index += 1
+        chunks = self.stream_chunks(plan.num_latent_frames, plan.prompt_at, cache, generator)
+        with report:
+            for chunk_index, (chunk, frames, prompt) in enumerate(chunks):
+                writer.write(frames)
+                record.add(frames)
+                fps = writer.num_frames / max(time.perf_counter() - started, 1e-9)
+                report.update(writer.num_frames, frames_per_s=fps)
+                if on_chunk is not None:
+                    on_chunk(ChunkInfo(chunk_index, chunk, frames, prompt, writer.num_frames, cache, record))
 
     # -- the JSON -----------------------------------------------------------------------------------
 
