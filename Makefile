@@ -24,7 +24,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 
-.PHONY: help install test test-full browser bench demo study serve lint format clean distclean
+.PHONY: help install test test-full browser bench demo study serve gpu-wheels gpu-check gpu-check-cpu lint format clean distclean
 
 help: ## Show this list of targets
 	@echo "Usage: make <target> [PY=python3]"
@@ -82,6 +82,26 @@ serve: install ## Stream the demo's student live on a local page (trains the dem
 
 study: install ## Self-Forcing vs Self-Forcing++ (+ GRPO) at 1/5/10/20 horizons, several seeds (<= 2 h): table and plot in artifacts/study
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.apps.study
+
+# The GPU machine's image has torch 2.11, lightning, transformers, einops and torchmetrics but no
+# network: the few pure-Python packages it lacks travel as wheels built or downloaded here.
+GPU_PY ?= python3
+GPU_WHEELS := .gpu-wheels
+GPU_SITE ?= /tmp/sfpp-gpu-site
+GPU_PACKAGES := diffusers==0.42.1 hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 importlib_metadata==10.2.0
+
+gpu-wheels: install ## Download here the wheels the GPU check needs beyond the GPU image (into .gpu-wheels/)
+	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	$(PIP) wheel $(PIP_FLAGS) --no-deps -w $(GPU_WHEELS) $(GPU_PACKAGES) $(PIP_NOISE)
+	@ls -la $(GPU_WHEELS)
+
+gpu-check: ## On a CUDA machine: gpu tests, 1.3B-shaped DMD updates under FSDP2, streaming FPS; JSON in docs/results/
+	@if [ -d $(GPU_WHEELS) ]; then $(GPU_PY) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+		--upgrade --target $(GPU_SITE) $(GPU_WHEELS)/*.whl; fi
+	PYTHONPATH=src:$(GPU_SITE) PYTHONUNBUFFERED=1 $(GPU_PY) -m sfpp.apps.gpu_check --out docs/results/gpu_check.json
+
+gpu-check-cpu: install ## The GPU check's rehearsal: the same script with tiny shapes on this CPU
+	$(PYTHON) -m sfpp.apps.gpu_check --rehearsal --out artifacts/gpu_check_rehearsal.json
 
 lint: install ## Check style: ruff check and ruff format --check
 	$(BIN)/ruff check $(SRC_DIRS)

@@ -42,3 +42,4 @@ def test_demo_pipeline_chains_the_toy_stages():
     assert [s.name for s in stages] == ["teacher", "ode_pairs", "ode_init", "self_forcing_pp"]
     assert str(stages[-1].done_file).endswith("checkpoints/toy_extend/last.ckpt")
     assert all(s.module in ("sfpp.train", "sfpp.ode_pairs") for s in stages)
+    assert stages[0].overrides == ["experiment=toy_teacher"]  # the default teacher recipe, not a shorter one

@@ -11,8 +11,8 @@ for held-out prompts and writes, under ``--out`` (``artifacts/demo``):
 
 Stages whose checkpoint already exists (``checkpoints/<task>/last.ckpt``, the ODE pairs' index) are
 reused, so a second run only regenerates the videos; ``--force teacher`` (or any stage name)
-retrains one. The stage budgets are the ``DEMO_STAGES`` overrides below (about 25 minutes in all on
-the 2-core CPU this library is developed on).
+retrains one. The teacher is ``experiment=toy_teacher`` as it is; the later stages run at the demo
+budgets of :func:`~sfpp.apps.pipeline.toy_stages`.
 """
 
 from __future__ import annotations

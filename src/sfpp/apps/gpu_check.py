@@ -1,0 +1,562 @@
+"""``make gpu-check``: the CUDA path at Wan2.1-1.3B scale, measured in one prepared run.
+
+``python -m sfpp.apps.gpu_check --out docs/results/gpu_check.json`` on a CUDA machine:
+
+1. runs the ``gpu``-marked tests (flex block masks and their backward, SDPA on CUDA, FlashAttention
+   if importable, bf16 autocast against float32);
+2. times a few extended-DMD updates of a Wan2.1-1.3B-shaped student, critic and teacher (random
+   weights: speed and memory do not depend on their values) under FSDP2 on one GPU
+   (``ModelParallelStrategy``) with bf16 mixed precision and activation checkpointing: seconds per
+   critic and per generator update, peak memory;
+3. streams a 1.3B-shaped causal model (chunks of 3 latent frames, a 21-frame window, 4 steps,
+   480x832 video = 60x104 latents) through its rolling KV cache for ``--chunks`` chunks after a
+   warm-up, with and without the Wan VAE decode (random weights, real shapes): frames per second,
+   first-chunk latency, peak memory, and the model's FLOP/s against a bf16 matrix product timed
+   in the same run;
+4. writes everything to one JSON and prints a table.
+
+``--rehearsal`` runs the same code with tiny shapes on the CPU (``make gpu-check-cpu``, and a test),
+so the script stays working on machines without a GPU; its JSON has the same layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+__all__ = ["CheckShapes", "main", "parse_pytest_counts", "run_check", "table"]
+
+
+@dataclass(frozen=True)
+class CheckShapes:
+    """The sizes of one check (``full`` on a GPU, ``rehearsal`` on a CPU)."""
+
+    flavour: str
+    latent_height: int
+    latent_width: int
+    chunk_frames: int
+    window_frames: int
+    steps: tuple[int, ...]
+    text_len: int
+    stream_chunks: int
+    warmup_chunks: int
+    dmd_layers: int | None
+    dmd_updates: int
+    matmul_size: int
+    vae: dict[str, Any]
+    model_overrides: dict[str, Any]
+
+
+#: Wan2.1's VAE (``AutoencoderKLWan`` defaults: 16 latent channels, base width 96).
+WAN_VAE = dict(
+    base_dim=96,
+    z_dim=16,
+    dim_mult=[1, 2, 4, 4],
+    num_res_blocks=2,
+    attn_scales=[],
+    temperal_downsample=[False, True, True],
+)
+SHAPES: dict[str, CheckShapes] = {
+    "full": CheckShapes(
+        flavour="wan_1_3b",
+        latent_height=60,
+        latent_width=104,
+        chunk_frames=3,
+        window_frames=21,
+        steps=(1000, 750, 500, 250),
+        text_len=512,
+        stream_chunks=10,
+        warmup_chunks=2,
+        dmd_layers=None,
+        dmd_updates=4,
+        matmul_size=8192,
+        vae=WAN_VAE,
+        model_overrides={},
+    ),
+    "rehearsal": CheckShapes(
+        flavour="tiny",
+        latent_height=8,
+        latent_width=8,
+        chunk_frames=3,
+        window_frames=9,
+        steps=(1000, 750, 500, 250),
+        text_len=8,
+        stream_chunks=10,
+        warmup_chunks=1,
+        dmd_layers=None,
+        dmd_updates=4,
+        matmul_size=256,
+        vae=dict(
+            base_dim=8,
+            z_dim=4,
+            dim_mult=[1, 2, 2],
+            num_res_blocks=1,
+            attn_scales=[],
+            temperal_downsample=[True, True],
+        ),
+        model_overrides={},
+    ),
+}
+
+
+class RandomText(nn.Module):
+    """A stand-in text encoder: seeded random embeddings ``(B, text_len, dim)`` per prompt."""
+
+    def __init__(self, dim: int, text_len: int) -> None:
+        super().__init__()
+        self.dim, self.text_len = dim, text_len
+
+    def forward(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings and an all-ones mask for ``prompts``."""
+        generator = torch.Generator().manual_seed(len(prompts))
+        embeddings = torch.randn(len(prompts), self.text_len, self.dim, generator=generator)
+        return embeddings, torch.ones(len(prompts), self.text_len, dtype=torch.bool)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_gib(device: torch.device) -> float:
+    """Peak memory since the last reset: CUDA allocations, or the process's resident set on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
+
+
+# -- 1. the gpu-marked tests ------------------------------------------------------------------------
+
+
+def parse_pytest_counts(output: str) -> dict[str, int]:
+    """Outcome counts of pytest's closing line (``3 passed, 1 skipped, 2 deselected in 4.1s``)."""
+    counts = dict.fromkeys(("passed", "failed", "skipped", "errors", "deselected"), 0)
+    for line in reversed(output.splitlines()):
+        found = re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", line)
+        if found and " in " in line:
+            for number, kind in found:
+                counts["errors" if kind.startswith("error") else kind] = int(number)
+            break
+    return counts
+
+
+def run_gpu_tests(root: Path, timeout: float = 240.0) -> dict[str, Any]:
+    """Run ``pytest -m gpu`` and count the outcomes from its closing line."""
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-m",
+        "gpu",
+        "-rs",
+        "-o",
+        "addopts=",
+        "tests/",
+    ]
+    began = time.perf_counter()
+    try:
+        result = subprocess.run(
+            command, cwd=root, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        output, code = result.stdout + result.stderr, result.returncode
+    except subprocess.TimeoutExpired as error:
+        output, code = f"timed out after {timeout:.0f} s: {error}", -1
+    counts = parse_pytest_counts(output)
+    return {
+        "returncode": code,
+        "seconds": time.perf_counter() - began,
+        **counts,
+        "tail": "\n".join(output.splitlines()[-15:]),
+    }
+
+
+# -- 2. DMD updates under FSDP2 ----------------------------------------------------------------------
+
+
+def dmd_updates(shapes: CheckShapes, device: torch.device) -> dict[str, Any]:
+    """Time ``dmd_updates`` extended-DMD updates (alternating critic and generator) after one warm-up."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    from sfpp.diffusion.rollout import FewStepSampler
+    from sfpp.models import build_model
+    from sfpp.stages.dmd import DMDModule, update_kind
+
+    overrides = dict(shapes.model_overrides)
+    if shapes.dmd_layers is not None:
+        overrides["num_layers"] = shapes.dmd_layers
+    torch.manual_seed(0)
+    teacher = build_model(shapes.flavour, **overrides)
+    generator = build_model(
+        shapes.flavour, causal=True, num_frames_per_chunk=shapes.chunk_frames, **overrides
+    )
+    generator.load_state_dict(teacher.state_dict())
+    channels = teacher.in_channels
+    cuda = device.type == "cuda"
+    module = DMDModule(
+        generator=generator,
+        teacher=teacher,
+        text_encoder=RandomText(teacher.text_dim, shapes.text_len),
+        codec=_LatentCodec(channels),
+        sampler=FewStepSampler.from_steps(list(shapes.steps), shift=5.0),
+        generator_optimizer=lambda params: torch.optim.AdamW(params, lr=2e-6, betas=(0.0, 0.999)),
+        critic_optimizer=lambda params: torch.optim.AdamW(params, lr=4e-7, betas=(0.0, 0.999)),
+        rollout_frames=shapes.window_frames,
+        window_frames=shapes.window_frames,
+        latent_shape=(channels, shapes.latent_height, shapes.latent_width),
+        cache_window_frames=shapes.window_frames - shapes.chunk_frames,
+        critic_updates_per_generator=1,
+        mixed_precision=cuda,
+        activation_checkpointing=True,
+    )
+    timer = _StepTimer(device)
+    trainer = L.Trainer(
+        max_steps=1 + shapes.dmd_updates,
+        accelerator="cuda" if cuda else "cpu",
+        devices=1,
+        strategy=ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[timer],
+    )
+    _reset_peak(device)
+    trainer.fit(module, datamodule=_PromptData(batch_size=1))
+    kinds: dict[str, list[float]] = {}
+    for step, seconds in timer.seconds[1:]:  # the first update compiles and allocates
+        kinds.setdefault(update_kind(step, 1, 0), []).append(seconds)
+    parameters = sum(p.numel() for p in teacher.parameters())
+    return {
+        "layers": teacher.num_layers,
+        "parameters_per_network": parameters,
+        "window_frames": shapes.window_frames,
+        "tokens_per_window": shapes.window_frames
+        * teacher.tokens_per_frame(shapes.latent_height, shapes.latent_width),
+        "mixed_precision": "bf16" if cuda else "float32",
+        "fsdp2": True,
+        "activation_checkpointing": True,
+        "seconds_per_update": {kind: sum(v) / len(v) for kind, v in kinds.items()},
+        "peak_memory_gib": _peak_gib(device),
+    }
+
+
+class _LatentCodec:
+    """Latents as they are: the DMD updates never decode (no validation here)."""
+
+    temporal_stride = 1
+    spatial_stride = 1
+
+    def __init__(self, channels: int) -> None:
+        self.latent_channels = channels
+
+    def to(self, device: Any) -> _LatentCodec:
+        return self
+
+
+class _PromptData(L.LightningDataModule):
+    """Placeholder prompts (the stand-in text encoder ignores their words)."""
+
+    def __init__(self, batch_size: int) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader([{"prompt": f"prompt {i}"} for i in range(64)], batch_size=self.batch_size)
+
+
+class _StepTimer(L.Callback):
+    """Seconds of every training step, synchronised with the device."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.seconds, self._began = device, [], 0.0
+
+    def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
+        _sync(self.device)
+        self._began = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        _sync(self.device)
+        self.seconds.append((batch_idx, time.perf_counter() - self._began))
+
+
+# -- 3. streaming speed ------------------------------------------------------------------------------
+
+
+def matmul_tflops(device: torch.device, size: int, dtype: torch.dtype, repeats: int = 20) -> float:
+    """Measured TFLOP/s of a square ``size`` matrix product in ``dtype``."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    began = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * size**3 * repeats / (time.perf_counter() - began) / 1e12
+
+
+def chunk_flops(model: Any, tokens: int, context_tokens: int, text_len: int) -> float:
+    """FLOPs of one chunk forward: the linear layers, self-attention over the cache, cross-attention."""
+    dim, ffn = model.dim, model.blocks[0].ffn[0].out_features
+    linear = 2 * tokens * (6 * dim * dim + 2 * dim * ffn)  # q, k, v, o, cross q, o; feed-forward
+    attention = 4 * tokens * (context_tokens + text_len) * dim
+    return float(model.num_layers * (linear + attention))
+
+
+def stream_speed(
+    shapes: CheckShapes, device: torch.device, dtype: torch.dtype, vae_dir: Path | None
+) -> dict[str, Any]:
+    """Stream ``stream_chunks`` chunks after ``warmup_chunks``, optionally decoding each with the VAE."""
+    from sfpp.diffusion.rollout import FewStepSampler, stream_rollout
+    from sfpp.models import build_model
+
+    torch.manual_seed(0)
+    model = (
+        build_model(
+            shapes.flavour, causal=True, num_frames_per_chunk=shapes.chunk_frames, **shapes.model_overrides
+        )
+        .to(device=device, dtype=dtype)
+        .eval()
+        .requires_grad_(False)
+    )
+    sampler = FewStepSampler.from_steps(list(shapes.steps), shift=5.0)
+    context = torch.randn(1, shapes.text_len, model.text_dim, device=device, dtype=dtype)
+    latent_shape = (model.in_channels, shapes.latent_height, shapes.latent_width)
+    decoder_factory: Callable[[], Any] | None = None
+    temporal_stride = 1
+    if vae_dir is not None:
+        from sfpp.codecs import WanVAECodec
+
+        codec = WanVAECodec(vae_dir, dtype=dtype, device=device)
+        temporal_stride = codec.temporal_stride
+        decoder_factory = codec.stream_decoder
+
+    def video(num_chunks: int) -> tuple[list[float], int]:
+        cache = model.new_kv_cache(
+            1,
+            shapes.latent_height,
+            shapes.latent_width,
+            window_frames=shapes.window_frames - shapes.chunk_frames,
+            dtype=dtype,
+        )
+        decoder = decoder_factory() if decoder_factory is not None else None
+        times, frames = [], 0
+        _sync(device)
+        began = time.perf_counter()
+        with torch.no_grad():
+            for chunk in stream_rollout(
+                model,
+                context,
+                cache,
+                num_chunks * shapes.chunk_frames,
+                latent_shape,
+                sampler,
+                torch.Generator().manual_seed(0),
+            ):
+                if decoder is not None:
+                    frames += decoder.decode_chunk(chunk.latents).shape[2]
+                else:
+                    frames += chunk.latents.shape[2] * temporal_stride
+                _sync(device)
+                times.append(time.perf_counter() - began)
+        return times, frames
+
+    video(shapes.warmup_chunks)  # kernels, allocator and caches warm
+    _reset_peak(device)
+    times, frames = video(shapes.stream_chunks + 1)
+    steady = times[-1] - times[0]  # the chunks after the first
+    steady_frames = frames * shapes.stream_chunks / (shapes.stream_chunks + 1)
+    tokens = shapes.chunk_frames * model.tokens_per_frame(shapes.latent_height, shapes.latent_width)
+    context_tokens = shapes.window_frames * model.tokens_per_frame(shapes.latent_height, shapes.latent_width)
+    # each chunk: one forward per denoising step and one cache write
+    flops = (len(shapes.steps) + 1) * chunk_flops(model, tokens, context_tokens, shapes.text_len)
+    return {
+        "decode": vae_dir is not None,
+        "chunks_timed": shapes.stream_chunks,
+        "frames_per_second": steady_frames / steady,
+        "first_chunk_latency_s": times[0],
+        "seconds_per_chunk": steady / shapes.stream_chunks,
+        "model_tflops_per_chunk": flops / 1e12,
+        "model_tflops_per_second": flops * shapes.stream_chunks / steady / 1e12,
+        "peak_memory_gib": _peak_gib(device),
+    }
+
+
+# -- the run -----------------------------------------------------------------------------------------
+
+
+def _save_vae(shapes: CheckShapes, directory: Path, dtype: torch.dtype) -> Path:
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    z = shapes.vae["z_dim"]  # per-channel latent statistics: random weights need no real ones
+    vae = AutoencoderKLWan(**shapes.vae, latents_mean=[0.0] * z, latents_std=[1.0] * z)
+    vae.save_pretrained(directory)
+    return directory
+
+
+def _section(name: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run one part of the check; a failure is recorded with its error, and the run goes on."""
+    began = time.perf_counter()
+    print(f"== {name}", flush=True)
+    try:
+        result = {"ok": True, **work()}
+    except Exception as error:  # reported in the JSON and the table; the other parts still run
+        result = {"ok": False, "error": f"{type(error).__name__}: {error}"}
+    result["section_seconds"] = time.perf_counter() - began
+    return result
+
+
+def run_check(rehearsal: bool, root: Path, skip_tests: bool = False) -> dict[str, Any]:
+    """Run every part; return the JSON's content."""
+    shapes = SHAPES["rehearsal" if rehearsal else "full"]
+    device = torch.device("cpu" if rehearsal or not torch.cuda.is_available() else "cuda")
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    report: dict[str, Any] = {
+        "mode": "rehearsal" if rehearsal else "full",
+        "measured": time.strftime("%Y-%m-%d %H:%M"),
+        "commit": _commit(root),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "python": platform.python_version(),
+        "shapes": asdict(shapes),
+    }
+    if not rehearsal and device.type != "cuda":
+        report["error"] = "no CUDA device: run with --rehearsal on a CPU"
+        return report
+    report["gpu_tests"] = (
+        {"skipped_by_request": True} if skip_tests else _section("gpu tests", lambda: run_gpu_tests(root))
+    )
+    report["matmul"] = _section(
+        "bf16 matrix product",
+        lambda: {
+            "size": shapes.matmul_size,
+            "dtype": str(dtype).replace("torch.", ""),
+            "tflops": matmul_tflops(device, shapes.matmul_size, dtype),
+        },
+    )
+    report["dmd"] = _section(
+        "DMD updates (FSDP2, activation checkpointing)", lambda: dmd_updates(shapes, device)
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        vae_dir = Path(scratch) / "vae"
+        report["stream"] = _section("streaming, no decode", lambda: stream_speed(shapes, device, dtype, None))
+        report["stream_decode"] = _section(
+            "streaming with the Wan VAE decode",
+            lambda: stream_speed(shapes, device, dtype, _save_vae(shapes, vae_dir, dtype)),
+        )
+    peak = report["matmul"].get("tflops")
+    for key in ("stream", "stream_decode"):
+        if report[key].get("ok") and peak:
+            report[key]["ratio_to_matmul_peak"] = report[key]["model_tflops_per_second"] / peak
+    return report
+
+
+def _commit(root: Path) -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def table(report: dict[str, Any]) -> str:
+    """The report as a plain-text table."""
+
+    def value(section: str, key: str, fmt: str = "{:.3g}") -> str:
+        part = report.get(section, {})
+        if not part.get("ok", False):
+            return f"failed: {part.get('error', 'not run')}"[:90]
+        item = part.get(key)
+        return "-" if item is None else fmt.format(item) if isinstance(item, float | int) else str(item)
+
+    dmd = report.get("dmd", {})
+    per_update = dmd.get("seconds_per_update", {}) if dmd.get("ok") else {}
+    tests = report.get("gpu_tests", {})
+    rows = [
+        ("mode", report["mode"]),
+        ("device", f"{report['device']}, torch {report['torch']}"),
+        (
+            "gpu tests",
+            "skipped by request"
+            if tests.get("skipped_by_request")
+            else f"{tests.get('passed', 0)} passed, {tests.get('failed', 0)} failed, {tests.get('skipped', 0)} skipped"
+            if tests.get("ok")
+            else f"failed: {tests.get('error')}",
+        ),
+        ("matmul TFLOP/s", value("matmul", "tflops")),
+        ("DMD layers", value("dmd", "layers")),
+        (
+            "DMD s / critic update",
+            "{:.3g}".format(per_update["critic"]) if "critic" in per_update else value("dmd", "x"),
+        ),
+        (
+            "DMD s / generator update",
+            "{:.3g}".format(per_update["generator"]) if "generator" in per_update else value("dmd", "x"),
+        ),
+        ("DMD peak memory GiB", value("dmd", "peak_memory_gib")),
+        ("stream FPS (no decode)", value("stream", "frames_per_second")),
+        ("stream FPS (with VAE decode)", value("stream_decode", "frames_per_second")),
+        ("first-chunk latency s (decode)", value("stream_decode", "first_chunk_latency_s")),
+        ("stream peak memory GiB (decode)", value("stream_decode", "peak_memory_gib")),
+        ("model TFLOP/s (no decode)", value("stream", "model_tflops_per_second")),
+        ("ratio to matmul peak", value("stream", "ratio_to_matmul_peak")),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {text}" for name, text in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line of ``python -m sfpp.apps.gpu_check``; exit 1 when a part failed."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].strip("`"))
+    parser.add_argument("--rehearsal", action="store_true", help="tiny shapes on the CPU")
+    parser.add_argument(
+        "--out", type=Path, default=Path("artifacts/gpu_check.json"), help="the JSON to write"
+    )
+    parser.add_argument("--skip-tests", action="store_true", help="do not run the gpu-marked tests")
+    args = parser.parse_args(argv)
+    root = Path(__file__).resolve().parents[3]
+    report = run_check(args.rehearsal, root, args.skip_tests)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(table(report))
+    print(f"written: {args.out}")
+    failed = [k for k, v in report.items() if isinstance(v, dict) and v.get("ok") is False]
+    tests_failed = report.get("gpu_tests", {}).get("failed", 0) or report.get("gpu_tests", {}).get(
+        "errors", 0
+    )
+    return 1 if failed or tests_failed or "error" in report else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""User errors of the command lines: one or two lines naming the setting, exit status 2, no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra.errors import InstantiationException
+
+from sfpp.utils.cli import USER_ERROR_EXIT, user_errors
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | (env or {})
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment,
+        check=False,
+    )
+
+
+def test_a_missing_checkpoint_is_one_line(tmp_path) -> None:
+    result = _run(
+        "sfpp.generate",
+        f"checkpoint={tmp_path}/missing.ckpt",
+        "prompt=a red circle",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert result.returncode == USER_ERROR_EXIT
+    assert "Traceback" not in result.stderr
+    assert f"error: checkpoint={tmp_path}/missing.ckpt does not exist" in result.stderr
+
+
+def test_hydra_full_error_keeps_the_traceback(tmp_path) -> None:
+    result = _run(
+        "sfpp.generate",
+        f"checkpoint={tmp_path}/missing.ckpt",
+        "prompt=a red circle",
+        f"hydra.run.dir={tmp_path}",
+        env={"HYDRA_FULL_ERROR": "1"},
+    )
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_no_stage_selected_names_the_setting(tmp_path) -> None:
+    result = _run("sfpp.train", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == USER_ERROR_EXIT and "Traceback" not in result.stderr
+    assert "pass `stage=<name>`" in result.stderr
+
+
+def test_the_wrapper_unwraps_instantiation_errors_and_keeps_bugs(monkeypatch, capsys) -> None:
+    def bad_setting(cfg):
+        try:
+            raise ValueError("stage.cache_window_frames=1 is smaller than a chunk")
+        except ValueError as error:
+            raise InstantiationException("Error in call to target 'x'") from error
+
+    with pytest.raises(SystemExit) as stopped:
+        user_errors(bad_setting)(None)
+    assert stopped.value.code == USER_ERROR_EXIT
+    assert capsys.readouterr().err.startswith("error: stage.cache_window_frames=1 is smaller than a chunk")
+
+    def bug(cfg):
+        raise ZeroDivisionError("a bug")
+
+    with pytest.raises(ZeroDivisionError):
+        user_errors(bug)(None)
+    assert user_errors(lambda cfg: 3)(None) == 3
