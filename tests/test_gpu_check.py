@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from sfpp.apps.gpu_check import SHAPES, main, parse_pytest_counts, table
 
 SECTIONS = ("gpu_tests", "matmul", "dmd", "stream", "stream_decode")
@@ -28,6 +30,7 @@ def test_the_rehearsal_runs_every_part_and_writes_the_json(tmp_path: Path, capsy
         assert stream["frames_per_second"] > 0 and stream["first_chunk_latency_s"] > 0
         assert stream["ratio_to_matmul_peak"] > 0 and stream["chunks_timed"] >= 10
     assert report["stream_decode"]["decode"] and not report["stream"]["decode"]
+    assert not torch.distributed.is_initialized()  # the one-process group of the DMD part is gone
     printed = capsys.readouterr().out
     assert "stream FPS (with VAE decode)" in printed and "ratio to matmul peak" in printed
 

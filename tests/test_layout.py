@@ -124,3 +124,15 @@ def test_the_readme_layout_and_the_architecture_page_match_the_tree() -> None:
                 assert word in {"and", "the", "of", "on", "python", "m", "sfpp"}, (
                     f"{package}/{word} is not in the tree"
                 )
+
+
+def test_pictures_and_pages_the_docs_link_exist() -> None:
+    root = SRC.parents[1]
+    missing = []
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)\)", page.read_text()):
+            if target.startswith(("http://", "https://")):
+                continue
+            if not (page.parent / target).exists():
+                missing.append(f"{page.relative_to(root)} -> {target}")
+    assert missing == []

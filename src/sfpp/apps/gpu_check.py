@@ -247,7 +247,12 @@ def dmd_updates(shapes: CheckShapes, device: torch.device) -> dict[str, Any]:
         callbacks=[timer],
     )
     _reset_peak(device)
-    trainer.fit(module, datamodule=_PromptData(batch_size=1))
+    was_initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
+    try:
+        trainer.fit(module, datamodule=_PromptData(batch_size=1))
+    finally:  # the strategy's one-process group must not outlive the check (later work would sync over it)
+        if not was_initialized and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     kinds: dict[str, list[float]] = {}
     for step, seconds in timer.seconds[1:]:  # the first update compiles and allocates
         kinds.setdefault(update_kind(step, 1, 0), []).append(seconds)
