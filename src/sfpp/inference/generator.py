@@ -353,6 +353,7 @@ class VideoGenerator:
             1, *self.latent_shape[1:], window_frames=self.cache_window_frames, sink_frames=self.sink_frames
         )
 
+    @torch.no_grad()  # around each step of the generator, not while the caller holds it
     def stream_chunks(
         self,
         num_latent_frames: int,
@@ -381,16 +382,15 @@ class VideoGenerator:
         decoder = self.codec.stream_decoder()
         chunk_frames = self.model.num_frames_per_chunk
         current: str | None = None
-        with torch.no_grad():
-            for start in range(0, num_latent_frames, chunk_frames):
-                prompt, context = prompt_at(start)
-                if prompt != current:
-                    cache.reset_cross_attention()  # this chunk recomputes the text K/V from the prompt
-                    current = prompt
-                for chunk in stream_rollout(
-                    self.model, context, cache, chunk_frames, self.latent_shape, self.sampler, generator
-                ):
-                    yield chunk, decoder.decode_chunk(chunk.latents)[0], prompt  # frames (3, f, H, W)
+        for start in range(0, num_latent_frames, chunk_frames):
+            prompt, context = prompt_at(start)
+            if prompt != current:
+                cache.reset_cross_attention()  # this chunk recomputes the text K/V from the prompt
+                current = prompt
+            for chunk in stream_rollout(
+                self.model, context, cache, chunk_frames, self.latent_shape, self.sampler, generator
+            ):
+                yield chunk, decoder.decode_chunk(chunk.latents)[0], prompt  # frames (3, f, H, W)
 
     def _stream(
         self,
