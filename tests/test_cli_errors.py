@@ -71,3 +71,20 @@ def test_the_wrapper_unwraps_instantiation_errors_and_keeps_bugs(monkeypatch, ca
     with pytest.raises(ZeroDivisionError):
         user_errors(bug)(None)
     assert user_errors(lambda cfg: 3)(None) == 3
+
+
+def test_known_harmless_warnings_are_hidden_and_others_kept() -> None:
+    import warnings
+
+    from sfpp.utils.cli import HARMLESS_WARNINGS, quiet_known_warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_known_warnings()
+        warnings.warn(
+            "Found 106 module(s) in eval mode at the start of training. This may lead to ...", stacklevel=1
+        )
+        warnings.warn("Torchinductor does not support code generation for complex operators.", stacklevel=1)
+        warnings.warn("a warning a user should act on", stacklevel=1)
+    assert [str(w.message) for w in caught] == ["a warning a user should act on"]
+    assert all(why for _, why in HARMLESS_WARNINGS)

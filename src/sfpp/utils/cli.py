@@ -12,10 +12,11 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["USER_ERROR_EXIT", "user_errors"]
+__all__ = ["HARMLESS_WARNINGS", "USER_ERROR_EXIT", "quiet_known_warnings", "user_errors"]
 
 T = TypeVar("T")
 
@@ -51,3 +52,32 @@ def user_errors(task: Callable[..., T]) -> Callable[..., T]:
             sys.exit(USER_ERROR_EXIT)
 
     return wrapped
+
+
+#: Warnings every sfpp run prints that ask nothing of the user, as ``(message regex, why harmless)``.
+HARMLESS_WARNINGS: tuple[tuple[str, str], ...] = (
+    (
+        r"Found \d+ module\(s\) in eval mode at the start of training",
+        "the frozen parts of a stage (teacher, text encoder, EMA copy, critic's reference) are in "
+        "eval mode on purpose",
+    ),
+    (
+        r"Torchinductor does not support code generation for complex operators",
+        "the RoPE rotation multiplies complex numbers; inductor runs that one operation eagerly",
+    ),
+    (
+        r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        "Lightning's own use of a torch pytree API; nothing in sfpp or the user's code calls it",
+    ),
+    (
+        r"Using ModelCheckpoint with manual optimization and every_n_train_steps",
+        "the DMD and GRPO stages step their optimisers themselves; the checkpoint after the step is "
+        "the one a resumed run needs",
+    ),
+)
+
+
+def quiet_known_warnings() -> None:
+    """Hide :data:`HARMLESS_WARNINGS` in this process (every other warning still shows)."""
+    for message, _why in HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
