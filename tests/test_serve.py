@@ -239,8 +239,8 @@ def test_a_slow_client_keeps_the_queue_bounded(generator, tmp_path) -> None:
         _hello(ws)
         ws.send_json({"type": "start", "prompt": PROMPT, "length": 32, "pace": "fast"})
         frames, _ = _receive_until_done(ws, slow)
-        (session,) = state.sessions
-        assert session.max_queued <= 3
+        (page,) = state.pages
+        assert page.max_queued <= 3
     assert len(frames) == 32
 
 

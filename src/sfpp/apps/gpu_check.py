@@ -472,8 +472,8 @@ def run_check(rehearsal: bool, root: Path, skip_tests: bool = False) -> dict[str
     report["dmd"] = _section(
         "DMD updates (FSDP2, activation checkpointing)", lambda: dmd_updates(shapes, device)
     )
-    with tempfile.TemporaryDirectory() as scratch:
-        vae_dir = Path(scratch) / "vae"
+    with tempfile.TemporaryDirectory() as workdir:
+        vae_dir = Path(workdir) / "vae"
         report["stream"] = _section("streaming, no decode", lambda: stream_speed(shapes, device, dtype, None))
         report["stream_decode"] = _section(
             "streaming with the Wan VAE decode",

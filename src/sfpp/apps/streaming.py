@@ -156,7 +156,7 @@ class LiveStream:
             yield index, frames, prompt, chunk.frame_offset
 
 
-class _ClientSession:
+class _PageStream:
     """The state of one connected client: at most one stream, its queue and its worker thread."""
 
     def __init__(self, state: _ServerState, send: Callable[[Any], Any]) -> None:
@@ -366,7 +366,7 @@ class _ServerState:
         self.vocabulary = list(vocabulary)
         self.suggestions = list(suggestions)
         self.clients = 0
-        self.sessions: list[_ClientSession] = []
+        self.pages: list[_PageStream] = []
         self._saved = 0
         self.generator: VideoGenerator | None = None
         self.load_error: str | None = None
@@ -492,8 +492,8 @@ def build_app(
                 else:
                     await websocket.send_json(message)
 
-        session = _ClientSession(state, send)
-        state.sessions.append(session)
+        client = _PageStream(state, send)
+        state.pages.append(client)
         try:
             await send({"type": "hello", **state.info()})
             while True:
@@ -504,11 +504,11 @@ def build_app(
                         raise ValueError("a command is a JSON object")
                     kind = message.get("type")
                     if kind == "start":
-                        await session.start(message)
+                        await client.start(message)
                     elif kind == "switch":
-                        session.switch(message)
+                        client.switch(message)
                     elif kind == "stop":
-                        await session.stop()
+                        await client.stop()
                     else:
                         raise ValueError(f"unknown command {kind!r}; send start, switch or stop")
                 except (ValueError, json.JSONDecodeError) as error:
@@ -516,10 +516,10 @@ def build_app(
         except WebSocketDisconnect:
             pass
         finally:
-            if session.stream is not None:
-                await session.stop()
+            if client.stream is not None:
+                await client.stop()
             state.clients -= 1
-            state.sessions.remove(session)
+            state.pages.remove(client)
 
     app = Starlette(
         routes=[
