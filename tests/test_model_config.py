@@ -18,6 +18,7 @@ from sfpp.models.wan import (
     read_config,
     save_wan_weights,
 )
+from test_wan_weights import TINY_DIFFUSERS
 
 
 def _tiny(**changes) -> CausalWanConfig:
@@ -102,21 +103,7 @@ def test_large_models_are_saved_as_shards_that_load(tmp_path: Path) -> None:
 
 
 def test_both_wan_formats_give_the_config_of_the_same_model(tmp_path: Path) -> None:
-    diffusers_config = dict(
-        _class_name="WanTransformer3DModel",
-        patch_size=[1, 2, 2],
-        num_attention_heads=2,
-        attention_head_dim=16,
-        in_channels=4,
-        out_channels=4,
-        text_dim=16,
-        freq_dim=32,
-        ffn_dim=64,
-        num_layers=2,
-        cross_attn_norm=True,
-        eps=1e-6,
-        rope_max_seq_len=1024,
-    )
+    diffusers_config = {"_class_name": "WanTransformer3DModel", **TINY_DIFFUSERS, "eps": 1e-6}
     original_config = dict(
         _class_name="WanModel",
         model_type="t2v",

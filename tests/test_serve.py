@@ -277,3 +277,14 @@ def test_serve_config_composes_with_generate_groups(tmp_path) -> None:
     info = TestClient(app).get("/api/info").json()
     assert not info["ready"] and "missing.ckpt" in info["error"]
     assert len(info["suggestions"]) >= 16
+
+
+def test_the_servers_own_length_limit_names_the_setting(generator, tmp_path) -> None:
+    client = _client(generator, tmp_path, max_length=8)
+    with client.websocket_connect("/ws") as ws:
+        _hello(ws)
+        ws.send_json({"type": "start", "prompt": PROMPT, "length": 16})
+        error = ws.receive_json()
+    assert (
+        "this server streams at most 8 latent frames" in error["message"] and "max_length" in error["message"]
+    )

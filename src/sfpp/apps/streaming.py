@@ -384,17 +384,17 @@ class _ServerState:
         return self.generator
 
     def check_length(self, length: Any) -> int:
+        """Latent frames of ``length``: the generator's check (format, RoPE table), then this server's limit."""
         generator = self.require_generator()
         try:
-            num_latent_frames = generator.timing.parse_length(length)
+            num_latent_frames = generator.check_length(length)
         except (TypeError, ValueError) as error:
             raise ValueError(f"length={length!r}: {error}") from None
-        limit = min(self.limits.max_length, generator.max_latent_frames)
-        if num_latent_frames > limit:
-            seconds = generator.timing.seconds_from_latent_frames(limit)
+        if num_latent_frames > self.limits.max_length:
+            seconds = generator.timing.seconds_from_latent_frames(self.limits.max_length)
             raise ValueError(
                 f"length={length!r} is {num_latent_frames} latent frames; this server streams at most "
-                f"{limit} latent frames ({seconds:.1f} s)"
+                f"{self.limits.max_length} latent frames ({seconds:.1f} s): ask for less or raise max_length"
             )
         return num_latent_frames
 

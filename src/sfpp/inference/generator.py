@@ -224,7 +224,7 @@ class VideoGenerator:
         chunk = self.model.num_frames_per_chunk
         return self.model.rope_max_seq_len // chunk * chunk
 
-    def _check_length(self, length: int | str) -> int:
+    def check_length(self, length: int | str) -> int:
         """Latent frames of ``length``, or a clear error if the RoPE table is too short for it."""
         num_latent_frames = self.timing.parse_length(length)
         limit = self.max_latent_frames
@@ -270,7 +270,7 @@ class VideoGenerator:
         """
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
-        num_latent_frames = self._check_length(length)
+        num_latent_frames = self.check_length(length)
         segments = plan_segments(prompt.strip(), list(switches), num_latent_frames, self.timing)
         contexts = tuple(self.encode_prompt(segment.prompt) for segment in segments)
         return GenerationPlan(
