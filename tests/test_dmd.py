@@ -175,3 +175,91 @@ def test_validation_scores_long_rollouts(tmp_path):
     trainer.fit(module, datamodule=_data())
     assert calls and set(calls) == {(2, 3, 12, 16, 16)}
     assert float(trainer.callback_metrics["val/clean_frame_fraction"]) == 0.5
+
+
+def test_critic_groups_never_span_a_generator_update():
+    from sfpp.stages.dmd import critic_group
+
+    # warm-up 3, then (critic x 4, generator): groups of at most 3 within each run of critic steps
+    groups = {s: critic_group(s, 4, 3, 3) for s in range(13) if update_kind(s, 4, 3) == "critic"}
+    assert groups[0] == (0, 0, 3) and groups[2] == (0, 2, 3)
+    assert groups[3] == (3, 0, 3) and groups[5] == (3, 2, 3)
+    assert groups[6] == (6, 0, 1)  # the fourth critic step of the cycle is a group of its own
+    assert groups[8] == (8, 0, 3) and groups[11] == (11, 0, 1)
+    for step, (first, index, size) in groups.items():
+        members = range(first, first + size)
+        assert step == first + index and all(update_kind(m, 4, 3) == "critic" for m in members)
+    assert critic_group(5, 4, 3, 1) == (5, 0, 1)
+    with pytest.raises(ValueError, match="generator step"):
+        critic_group(7, 4, 3, 2)
+    with pytest.raises(ValueError, match=">= 1"):
+        _module(critic_windows_per_rollout=0)
+
+
+def test_shared_critic_windows_are_windows_of_one_causal_rollout():
+    """Each shared window equals the same frames of a fresh rollout to the window's end."""
+    from sfpp.diffusion.rollout import stream_rollout
+
+    module = _module(rollout_frames=12, window_frames=4, critic_windows_per_rollout=3)
+    context, _ = module._contexts(PROMPTS)
+    windows = module._shared_critic_windows(5, 3, context)
+    rng = module._rng(5)
+    starts = [module.window_sampler.sample(12, rng) for _ in range(3)]
+    assert [start for _, start in windows] == starts
+    end = max(starts) + 4
+    exit_steps = torch.randint(0, 4, (end // 2,), generator=rng).tolist()
+    state = rng.get_state()
+    for window, start in windows:
+        assert window.shape == (2, 3, 4, 16, 16) and not window.requires_grad
+        # A rollout of just this window's end, with the same draws, gives the same frames (causality).
+        rng.set_state(state)
+        chunks = stream_rollout(
+            module.generator, context, module._new_cache(module.generator, 2), start + 4, module.latent_shape,
+            module.sampler, rng, exit_steps=exit_steps[: (start + 4) // 2], grad_from_frame=start + 4,
+        )
+        fresh = torch.cat([c.latents for c in chunks], dim=2)[:, :, start:]  # (B, C, 4, h, w)
+        torch.testing.assert_close(window, fresh, rtol=1e-5, atol=1e-6)
+
+
+def test_shared_critic_rollouts_train_like_fresh_ones_at_a_fraction_of_the_rollouts(tmp_path, monkeypatch):
+    """Groups of 2: half the critic rollouts, the same schedule, finite losses; k = 1 is the old path."""
+    calls = []
+    original = DMDModule._shared_critic_windows
+
+    def counting(self, first_step, size, context):
+        calls.append((first_step, size))
+        return original(self, first_step, size, context)
+
+    monkeypatch.setattr(DMDModule, "_shared_critic_windows", counting)
+    shared = _module(rollout_frames=8, ratio=4, warmup=2, critic_windows_per_rollout=2)
+    _trainer(tmp_path, 7, enable_checkpointing=False).fit(shared, datamodule=_data())
+    # steps 0-1 warm-up (one group), 2-5 critic (two groups), 6 generator
+    assert calls == [(0, 2), (2, 2), (4, 2)]
+    assert shared._critic_rollout is None
+    plain = _module(rollout_frames=8, ratio=4, warmup=2)
+    _trainer(tmp_path, 7, enable_checkpointing=False).fit(plain, datamodule=_data())
+    assert len(calls) == 3  # the default never shares
+    for module in (shared, plain):
+        generator_opt, critic_opt = module.optimizers()
+        assert int(next(iter(critic_opt.optimizer.state.values()))["step"]) == 6
+        assert all(torch.isfinite(p).all() for p in module.critic.parameters())
+
+
+def test_resume_inside_a_critic_group_continues_the_same_trajectory(tmp_path):
+    """A run resumed between two critic steps of one shared rollout recomputes the same rollout."""
+    kw = {"ratio": 3, "critic_windows_per_rollout": 2}
+    L.seed_everything(0)
+    straight = _module(**kw)
+    _trainer(tmp_path / "a", 7, enable_checkpointing=False).fit(straight, datamodule=_data())
+    L.seed_everything(0)
+    first = _module(**kw)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=5, save_top_k=-1)
+    _trainer(tmp_path / "b", 5, callbacks=[ckpt]).fit(first, datamodule=_data())  # stops inside group 4-5
+    L.seed_everything(0)
+    resumed = _module(**kw)
+    (path,) = (tmp_path / "ckpt").glob("*.ckpt")
+    _trainer(tmp_path / "c", 7, enable_checkpointing=False).fit(resumed, datamodule=_data(), ckpt_path=path)
+    for name in ("generator", "critic", "ema"):
+        a, b = getattr(straight, name).state_dict(), getattr(resumed, name).state_dict()
+        for key in a:
+            assert torch.allclose(a[key], b[key], atol=1e-6), (name, key)

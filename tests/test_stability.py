@@ -75,11 +75,32 @@ def tint(video: np.ndarray, strength: float) -> np.ndarray:
     return np.clip(video + cast, -1.0, 1.0).astype(np.float32)
 
 
+def flicker(video: np.ndarray, strength: float) -> np.ndarray:
+    """Whole-frame brightness alternating by +-``strength`` from frame to frame: window means stay put."""
+    sign = np.where(np.arange(video.shape[1]) % 2 == 0, 1.0, -1.0)[None, :, None, None]  # (1, F, 1, 1)
+    return np.clip(video + strength * sign, -1.0, 1.0).astype(np.float32)
+
+
+def jitter(video: np.ndarray, strength: float) -> np.ndarray:
+    """Every frame shifted by a random offset of up to ``strength`` pixels in x and y (edges repeated), seeded."""
+    shift = int(strength)
+    rng = np.random.default_rng(0)
+    padded = np.pad(video, ((0, 0), (0, 0), (shift, shift), (shift, shift)), mode="edge")
+    out = np.empty_like(video)
+    height, width = video.shape[2:]
+    for frame in range(video.shape[1]):
+        dy, dx = rng.integers(-shift, shift + 1, size=2) + shift
+        out[:, frame] = padded[:, frame, dy : dy + height, dx : dx + width]
+    return out
+
+
 DEGRADATIONS: dict[str, tuple[Degrade, tuple[float, ...]]] = {
     "over_exposure": (over_expose, (0.25, 0.5, 1.0)),
     "blur": (blur, (0.75, 1.5, 3.0)),
     "noise": (add_noise, (0.1, 0.2, 0.4)),
     "freeze": (freeze, (0.25, 0.5, 0.75)),
+    "flicker": (flicker, (0.03, 0.05, 0.1)),
+    "jitter": (jitter, (1.0, 2.0, 3.0)),
 }
 
 
@@ -141,6 +162,17 @@ def test_components_name_the_failure(test_videos: list[np.ndarray]) -> None:
     assert min(exposed["exposure"], exposed["saturation"]) < 60.0
     tinted = stability_scores(tint(video, 0.8))
     assert min(tinted["colour"], tinted["hue"]) < 90.0
+
+
+def test_temporal_components_see_what_window_means_hide(test_videos: list[np.ndarray]) -> None:
+    video = test_videos[0]
+    for degraded, component in ((flicker(video, 0.1), "flicker"), (jitter(video, 2.0), "jitter")):
+        scores = stability_scores(degraded)
+        assert scores[component] < 80.0, (component, scores)
+        # the drift components compare window means with the first window's: they see nothing
+        assert min(scores[name] for name in ("exposure", "colour", "detail")) >= 95.0, (component, scores)
+    # a still video has no jitter, a steady change (a brightness ramp) none either
+    assert stability_scores(over_expose(video, 0.25))["jitter"] == pytest.approx(100.0)
 
 
 def test_frozen_from_the_start_scores_zero(test_videos: list[np.ndarray]) -> None:

@@ -46,8 +46,12 @@ from sfpp.models.causal_wan import CausalWanDiT
 from sfpp.models.critic import ScoreCritic
 from sfpp.models.parallelize import configure_stage_modules
 from sfpp.stages.student import StudentStage
+from sfpp.utils.seeding import derive_seed
 
-__all__ = ["DMDModule", "update_kind"]
+__all__ = ["DMDModule", "critic_group", "update_kind"]
+
+#: Stream key of the critic's re-noising draws when critic steps share a rollout (see :func:`critic_group`).
+_CRITIC_REINJECTION_STREAM = 1
 
 
 def update_kind(step: int, critic_updates_per_generator: int, critic_warmup_steps: int) -> str:
@@ -60,6 +64,33 @@ def update_kind(step: int, critic_updates_per_generator: int, critic_warmup_step
         return "critic"
     cycle = critic_updates_per_generator + 1
     return "generator" if (step - critic_warmup_steps) % cycle == critic_updates_per_generator else "critic"
+
+
+def critic_group(
+    step: int, critic_updates_per_generator: int, critic_warmup_steps: int, windows_per_rollout: int
+) -> tuple[int, int, int]:
+    """The group of consecutive critic steps that shares one rollout with critic step ``step``.
+
+    Groups hold at most ``windows_per_rollout`` critic steps and never span a generator update (the
+    generator, hence the distribution of its rollouts, is the same for every step of a group).
+
+    Returns:
+        ``(first step of the group, index of step in it, group size)``.
+
+    Raises:
+        ValueError: If ``step`` is a generator step or ``windows_per_rollout < 1``.
+    """
+    if windows_per_rollout < 1:
+        raise ValueError(f"critic_windows_per_rollout must be >= 1, got {windows_per_rollout}")
+    if update_kind(step, critic_updates_per_generator, critic_warmup_steps) != "critic":
+        raise ValueError(f"step {step} is a generator step")
+    if step < critic_warmup_steps:
+        first = step - step % windows_per_rollout
+        return first, step - first, min(windows_per_rollout, critic_warmup_steps - first)
+    position = (step - critic_warmup_steps) % (critic_updates_per_generator + 1)  # critic steps: 0..c-1
+    group_start = position - position % windows_per_rollout
+    size = min(windows_per_rollout, critic_updates_per_generator - group_start)
+    return step - position + group_start, position - group_start, size
 
 
 class DMDModule(StudentStage):
@@ -87,6 +118,13 @@ class DMDModule(StudentStage):
         real_guidance_scale: CFG scale of the teacher's score.
         critic_updates_per_generator: Critic steps per generator step.
         critic_warmup_steps: Critic-only steps at the start.
+        critic_windows_per_rollout: Consecutive critic steps that share one rollout (see
+            :func:`critic_group`): the group's first step rolls the student out once, without a
+            graph, to the end of the latest of the group's windows, and every step of the group
+            trains the critic on its own uniformly drawn window of it (with the prompts of the
+            group's first batch). ``1`` (the default) draws a fresh rollout for every critic step.
+            With ``rollout_frames == window_frames`` every window of a rollout is the same, so the
+            setting pays off for long rollouts only, where it divides the cost of critic steps.
         grad_clip_norm: Gradient clipping of both networks (``None``: off).
         ema_decay: Decay of the generator's EMA (used for samples).
         ema_start_step: Generator updates before the EMA starts averaging.
@@ -124,6 +162,7 @@ class DMDModule(StudentStage):
         real_guidance_scale: float = 3.0,
         critic_updates_per_generator: int = 5,
         critic_warmup_steps: int = 0,
+        critic_windows_per_rollout: int = 1,
         grad_clip_norm: float | None = 1.0,
         ema_decay: float = 0.99,
         ema_start_step: int = 0,
@@ -143,6 +182,8 @@ class DMDModule(StudentStage):
         val_rollout_frames = (
             rollout_frames if val_rollout_frames is None else timing.parse_length(val_rollout_frames)
         )
+        if critic_windows_per_rollout < 1:
+            raise ValueError(f"critic_windows_per_rollout must be >= 1, got {critic_windows_per_rollout}")
         if window_frames > rollout_frames:
             raise ValueError(f"window_frames={window_frames} is longer than rollout_frames={rollout_frames}")
         if window_frames % chunk or rollout_frames % chunk:
@@ -186,6 +227,10 @@ class DMDModule(StudentStage):
         self.reinjector = reinjector or NoiseReinjector()
         self.generator_optimizer_factory = generator_optimizer
         self.critic_optimizer_factory = critic_optimizer
+        # (first step of a critic group, its context, its windows): the rollout shared by the group
+        self._critic_rollout: tuple[int, torch.Tensor, list[tuple[torch.Tensor, int]]] | None = None
+        # (first step of the current critic group, the prompts of its first batch)
+        self._critic_group_prompts: tuple[int, list[str]] | None = None
 
     # -- parallelism ---------------------------------------------------------------------------
 
@@ -235,6 +280,77 @@ class DMDModule(StudentStage):
         window = torch.cat([c.latents for c in chunks if c.frame_offset >= start], dim=2)  # (B, C, K, h, w)
         return window, start
 
+    @torch.no_grad()
+    def _shared_critic_windows(
+        self, first_step: int, size: int, context: torch.Tensor
+    ) -> list[tuple[torch.Tensor, int]]:
+        """The ``size`` windows ``(B, C, K, h, w)`` (with their start frames) of one detached rollout.
+
+        Everything is drawn from the generator of ``first_step``, so recomputing a group (after a
+        resume) gives the same windows.
+        """
+        chunk = self.generator.num_frames_per_chunk
+        rng = self._rng(first_step)
+        starts = [self.window_sampler.sample(self.rollout_frames, rng) for _ in range(size)]
+        end = max(starts) + self.window_frames
+        num_steps = len(self.sampler.timesteps)
+        exit_steps = torch.randint(0, num_steps, (end // chunk,), generator=rng).tolist()
+        cache = self._new_cache(self.generator, context.shape[0])
+        chunks = stream_rollout(
+            self.generator,
+            context,
+            cache,
+            end,
+            self.latent_shape,
+            self.sampler,
+            rng,
+            exit_steps=exit_steps,
+            grad_from_frame=end,
+            noise_fn=self._noise_fn(rng, context.shape[0]),
+        )
+        latents = torch.cat([c.latents for c in chunks], dim=2)  # (B, C, end, h, w)
+        return [(latents[:, :, start : start + self.window_frames], start) for start in starts]
+
+    def _critic_window(
+        self, step: int, prompts: list[str]
+    ) -> tuple[torch.Tensor, int, torch.Tensor, torch.Generator]:
+        """Window, start, context and re-noising generator of critic step ``step`` from its group's rollout.
+
+        The group's rollout is conditioned on the prompts of its first step's batch; they travel in
+        the checkpoint (:meth:`on_save_checkpoint`), so a run resumed inside a group recomputes the
+        same rollout.
+        """
+        hp = self.hparams
+        first, index, size = critic_group(
+            step, hp.critic_updates_per_generator, hp.critic_warmup_steps, hp.critic_windows_per_rollout
+        )
+        if self._critic_group_prompts is None or self._critic_group_prompts[0] != first:
+            self._critic_group_prompts = (first, prompts)
+            self._critic_rollout = None
+        group_prompts = self._critic_group_prompts[1]
+        context, _ = self._contexts(group_prompts)
+        if self._critic_rollout is None:
+            self._critic_rollout = (first, context, self._shared_critic_windows(first, size, context))
+        window, start = self._critic_rollout[2][index]
+        if index == size - 1:
+            self._critic_rollout = None  # the group is done; free its rollout
+        rng = torch.Generator().manual_seed(derive_seed(self.seed, _CRITIC_REINJECTION_STREAM, step))
+        return window, start, context, rng
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the prompts of the current critic group (if any), for an exact resume inside it."""
+        if self._critic_group_prompts is not None:
+            checkpoint["dmd_critic_group"] = {
+                "first_step": self._critic_group_prompts[0],
+                "prompts": list(self._critic_group_prompts[1]),
+            }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the prompts of the critic group a checkpoint was written in."""
+        group = checkpoint.get("dmd_critic_group")
+        if group is not None:
+            self._critic_group_prompts = (int(group["first_step"]), list(group["prompts"]))
+
     # -- training ------------------------------------------------------------------------------
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -245,7 +361,10 @@ class DMDModule(StudentStage):
         generator_opt, critic_opt = self.optimizers()
         rng = self._rng(step)
         context, null_context = self._contexts(list(batch["prompt"]))
-        window, start = self._rollout_window(context, rng, keep_graph=kind == "generator")
+        if kind == "critic" and self.hparams.critic_windows_per_rollout > 1:
+            window, start, context, rng = self._critic_window(step, list(batch["prompt"]))
+        else:
+            window, start = self._rollout_window(context, rng, keep_graph=kind == "generator")
         batch_size = window.shape[0]
         x_t, noise, timestep, sigma = self.reinjector(
             window.detach(), rng, *self._rows_of_global_batch(batch_size)
