@@ -214,8 +214,15 @@ def test_shared_critic_windows_are_windows_of_one_causal_rollout():
         # A rollout of just this window's end, with the same draws, gives the same frames (causality).
         rng.set_state(state)
         chunks = stream_rollout(
-            module.generator, context, module._new_cache(module.generator, 2), start + 4, module.latent_shape,
-            module.sampler, rng, exit_steps=exit_steps[: (start + 4) // 2], grad_from_frame=start + 4,
+            module.generator,
+            context,
+            module._new_cache(module.generator, 2),
+            start + 4,
+            module.latent_shape,
+            module.sampler,
+            rng,
+            exit_steps=exit_steps[: (start + 4) // 2],
+            grad_from_frame=start + 4,
         )
         fresh = torch.cat([c.latents for c in chunks], dim=2)[:, :, start:]  # (B, C, 4, h, w)
         torch.testing.assert_close(window, fresh, rtol=1e-5, atol=1e-6)

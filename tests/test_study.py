@@ -1,16 +1,33 @@
-"""make study's driver on toy-shaped stand-in checkpoints (the stages themselves are tested elsewhere)."""
+"""make study's driver: its stages, its JSON layout, its report, on toy-shaped stand-in checkpoints."""
 
 import json
 
+import pytest
 import torch
 
-from sfpp.apps.pipeline import StageRun
-from sfpp.apps.study import HORIZONS, METRICS, REAL_LABEL, TEACHER_LABEL, StudyModel, run_study, study_stages
+from sfpp.apps.study import (
+    BASE_STAGE,
+    HORIZONS,
+    StudyModel,
+    continuation_stages,
+    evaluate_study,
+    generator_updates,
+    shared_stages,
+)
+from sfpp.apps.study_metrics import METRICS
+from sfpp.apps.study_report import (
+    REAL_LABEL,
+    SF_CONTINUED,
+    SFPP_CONTINUED,
+    TEACHER_LABEL,
+    check_target,
+    group_results,
+)
 from sfpp.models import build_model
 from sfpp.world import WorldTextEncoder
 
 
-def test_study_table_plot_and_videos(tmp_path):
+def _stand_ins(tmp_path):
     torch.manual_seed(0)
     teacher_ckpt = tmp_path / "teacher.ckpt"
     text = WorldTextEncoder(embed_dim=64)
@@ -19,46 +36,139 @@ def test_study_table_plot_and_videos(tmp_path):
     state |= {f"ema.module.{k}": v for k, v in teacher.state_dict().items()}
     torch.save({"state_dict": state}, teacher_ckpt)
     models = []
-    for name in ("a", "b"):
+    for method, seed in ((SF_CONTINUED, 1), (SFPP_CONTINUED, 1), (SFPP_CONTINUED, 2)):
         student = build_model("toy", causal=True, num_frames_per_chunk=2, prediction_type="x0")
-        path = tmp_path / f"{name}.ckpt"
+        path = tmp_path / f"{len(models)}.ckpt"
         torch.save({"state_dict": {f"ema.module.{k}": v for k, v in student.state_dict().items()}}, path)
-        models.append(StudyModel(f"student {name}", path))
-    stages = [StageRun("teacher", "sfpp.train", [], teacher_ckpt)]
+        models.append(StudyModel(f"{method}, training seed {seed}", method, path, seed))
+    return teacher_ckpt, models
 
+
+def test_study_results_layout_table_plot_frames_and_videos(tmp_path):
+    teacher_ckpt, models = _stand_ins(tmp_path)
     horizons = (1, 3)
-    results = run_study(
-        tmp_path / "study", seeds=(0, 1), num_prompts=2, stages=stages, models=models, horizons=horizons
+    out = tmp_path / "study"
+    results = evaluate_study(
+        out,
+        teacher_ckpt,
+        models,
+        {"base_step": 850, "extra_steps": 10, "extra_generator_updates": 2, "train_seeds": [1, 2]},
+        eval_seeds=(0, 1),
+        num_prompts=2,
+        horizons=horizons,
+    )
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+    assert {
+        "measured",
+        "commit",
+        "command",
+        "protocol",
+        "training",
+        "models",
+        "scores",
+        "methods",
+        "target",
+    } <= set(results)
+    scores = results["scores"]
+    assert list(scores) == [REAL_LABEL, TEACHER_LABEL] + [m.label for m in models]
+    assert list(scores[TEACHER_LABEL]) == ["1"]  # the teacher only makes clips of its horizon
+    for label in [REAL_LABEL] + [m.label for m in models]:
+        assert list(scores[label]) == ["1", "3"]
+        assert set(scores[label]["3"]) == set(METRICS) and "stability_prefix" not in scores[label]["1"]
+        assert all(len(values) == 2 for values in scores[label]["3"].values())  # one value per eval seed
+    real = scores[REAL_LABEL]
+    assert all(v > 90 for h in ("1", "3") for v in real[h]["stability"])
+    assert real["3"]["motion_gap"] == [0.0, 0.0]  # real videos are their own motion reference
+    # Real videos are the floor of the distance to real clips; a random student is far above it.
+    assert max(real["3"]["quality_fd"]) < min(scores[models[0].label]["3"]["quality_fd"])
+    # the two Self-Forcing++ students are one method with a spread over training seeds
+    sfpp = results["methods"][SFPP_CONTINUED]
+    assert sfpp["members"] == [models[1].label, models[2].label]
+    assert sfpp["horizons"]["3"]["quality_fd"]["train_spread"] > 0
+    assert results["methods"][SF_CONTINUED]["horizons"]["3"]["quality_fd"]["train_spread"] == 0
+    table = (out / "table.md").read_text()
+    assert table.count(f"| {SFPP_CONTINUED} |") == len(METRICS) and "| model | 1x | 3x |" in table
+    assert "sfpp_no_worse_at_1x" in table
+    assert (out / "quality_vs_horizon.png").stat().st_size > 10_000
+    assert (out / "frames.png").stat().st_size > 5_000
+    assert len(list(out.glob("side_by_side_seed*.mp4"))) == 2
+
+
+def _fake(fd_by_method):
+    """Results whose only metric values are the given FDs (one student per training seed)."""
+    scores, methods = {}, {}
+    for method, by_seed in fd_by_method.items():
+        for seed, by_horizon in by_seed.items():
+            label = f"{method} {seed}"
+            methods[label] = method
+            scores[label] = {
+                str(h): {"quality_fd": [fd], "clean_frames": [0.5], "shape_accuracy": [0.5]}
+                for h, fd in by_horizon.items()
+            }
+    return {"methods": group_results(scores, methods)}
+
+
+def test_target_checks_use_the_training_seed_spread():
+    teacher = {0: {1: 10.0}}
+    good = _fake(
+        {
+            SF_CONTINUED: {1: {1: 12.0, 20: 30.0, 50: 40.0}, 2: {1: 12.2, 20: 31.0, 50: 41.0}},
+            SFPP_CONTINUED: {1: {1: 12.0, 20: 12.5, 50: 14.0}, 2: {1: 12.4, 20: 12.9, 50: 15.0}},
+            TEACHER_LABEL: teacher,
+        }
+    )
+    checks = check_target(good)
+    assert all(c["passed"] for c in checks.values()), checks
+    # a margin inside twice the spread is no win
+    noisy = _fake(
+        {
+            SF_CONTINUED: {1: {1: 12.0, 20: 20.0, 50: 20.0}, 2: {1: 12.0, 20: 30.0, 50: 30.0}},
+            SFPP_CONTINUED: {1: {1: 12.0, 20: 13.0, 50: 14.0}, 2: {1: 12.0, 20: 24.0, 50: 25.0}},
+            TEACHER_LABEL: teacher,
+        }
+    )
+    checks = check_target(noisy)
+    assert (
+        not checks["sfpp_beats_sf_at_20x"]["passed"]
+        and not checks["sfpp_fd_20x_within_10pct_of_1x"]["passed"]
+    )
+    far = _fake({SFPP_CONTINUED: {1: {1: 16.0}}, TEACHER_LABEL: teacher})
+    assert not check_target(far)[f"{SFPP_CONTINUED}: distils the teacher at 1x"]["passed"]
+
+
+def test_study_defaults_and_stages():
+    assert HORIZONS == (1, 5, 10, 20, 50)
+    names = [s.name for s in shared_stages()]
+    assert names == ["teacher", "ode_pairs", "ode_init", BASE_STAGE]
+    stages, models = continuation_stages(__import__("pathlib").Path("."), 1350, 500, (1, 2), 60)
+    assert [s.name for s in stages] == [
+        "study_sf_seed1",
+        "study_sfpp_seed1",
+        "study_sf_seed2",
+        "study_sfpp_seed2",
+        "study_sfpp_grpo",
+    ]
+    for stage in stages[:4]:
+        assert any(o.endswith(f"checkpoints/{BASE_STAGE}/last.ckpt") for o in stage.overrides)
+        assert "trainer.max_steps=1850" in stage.overrides  # the same extra steps for both methods
+    assert (
+        "stage.rollout_frames=160" in stages[1].overrides
+        and "stage.critic_windows_per_rollout=4" in stages[1].overrides
+    )
+    assert not any("rollout_frames" in o for o in stages[0].overrides)  # toy_self_forcing: N = K
+    assert any(o.endswith("checkpoints/study_sfpp_seed1/last.ckpt") for o in stages[-1].overrides)
+    assert [m.train_seed for m in models] == [None, 1, 1, 2, 2, 1]
+    # toy DMD schedule: 100 warm-up critic steps, then every fifth step a generator update
+    assert (
+        generator_updates(0, 100) == 0
+        and generator_updates(100, 105) == 1
+        and generator_updates(1350, 1850) == 100
     )
 
-    out = tmp_path / "study"
-    assert list(results) == ["student a", "student b", REAL_LABEL, TEACHER_LABEL]
-    assert list(results[TEACHER_LABEL]) == [1]  # the teacher only makes clips of its horizon
-    real = results[REAL_LABEL]
-    assert all(v > 90 for h in horizons for v in real[h]["visual_stability"])
-    # Real videos are the floor of the distance to real clips; a random student is far above it.
-    assert max(real[3]["quality_fd"]) < min(results["student a"][3]["quality_fd"])
-    for label, by_horizon in results.items():
-        if label == TEACHER_LABEL:
-            continue
-        assert list(by_horizon) == list(horizons)
-        assert all(len(by_horizon[h][key]) == 2 for h in horizons for key, _, _ in METRICS)
-    table = (out / "table.md").read_text()
-    assert table.count("| student a |") == len(horizons) and "3x (24 frames)" in table
-    assert table.count(f"| {TEACHER_LABEL} |") == 1 and table.count(f"| {REAL_LABEL} |") == len(horizons)
-    assert (out / "quality_vs_horizon.png").stat().st_size > 10_000
-    assert len(list(out.glob("side_by_side_seed*.mp4"))) == 2
-    assert json.loads((out / "results.json").read_text())["results"]["student b"]["3"]
 
+def test_study_command_line_rejects_bad_prompts(capsys):
+    from sfpp.apps.study import main
 
-def test_study_defaults_are_the_papers_horizons():
-    assert HORIZONS == (1, 5, 10, 20)
-
-
-def test_study_trains_three_students_from_one_ode_init():
-    stages = study_stages(dmd_steps=100, grpo_steps=10)
-    names = [s.name for s in stages]
-    assert names == ["teacher", "ode_pairs", "ode_init", "study_sf", "study_sfpp", "study_sfpp_grpo"]
-    sf, sfpp, grpo = stages[3:]
-    assert "stage.rollout_frames=8" in sf.overrides and "stage.rollout_frames=160" in sfpp.overrides
-    assert any(o.endswith("checkpoints/study_sfpp/last.ckpt") for o in grpo.overrides)
+    with pytest.raises(SystemExit):
+        main(["--prompts", "0"])
+    assert "--prompts must be in 1..64" in capsys.readouterr().err

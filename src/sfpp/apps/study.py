@@ -1,145 +1,206 @@
-"""``make study``: Self-Forcing vs Self-Forcing++ (and + GRPO) on the built-in world, in miniature.
+"""``make study``: Self-Forcing vs Self-Forcing++ on the built-in world, from one Self-Forcing baseline.
 
-``python -m sfpp.apps.study`` trains the toy teacher, its ODE pairs and the ODE-init student once (the
-stages of :mod:`sfpp.apps.demo`, reused when finished), then from the same ODE init:
+``python -m sfpp.apps.study`` reuses (or trains) the toy teacher, its ODE pairs and the ODE-init
+student of :mod:`sfpp.apps.demo`, then:
 
-* ``Self-Forcing``: extended DMD with rollouts of one teacher horizon (N = K = 8 latent frames);
-* ``Self-Forcing++``: rollouts of 20 horizons (N = 20K = 160 frames), a uniformly drawn window of K;
-* ``Self-Forcing++ + GRPO``: the Self-Forcing++ student after GRPO with the continuity reward.
+1. ``study_sf_base``: Self-Forcing (rollouts of one teacher horizon, N = K = 8 latent frames) from the
+   ODE init until its validation quality past the horizon stops improving
+   (``experiment=toy_self_forcing_base``, early stopping): the strongest baseline the budget allows.
+2. From that checkpoint (weights, critic, EMA and optimisers), for every training seed, two
+   continuations with the same number of extra optimisation steps (the same generator updates):
+   ``Self-Forcing (continued)`` (N = K), the control, and ``Self-Forcing++ (continued)`` (N = 20 K
+   = 160 frames, uniform windows, rolling cache, backward noise re-injection; critic steps share
+   one rollout per group of 4, see ``stage.critic_windows_per_rollout``).
+3. ``Self-Forcing++ + GRPO``: GRPO with the continuity reward after the Self-Forcing++ continuation
+   of the first training seed (fixed in advance, not chosen by its scores).
 
-Two references frame the numbers: real videos of the same prompts at every horizon (the floor of the
-Frechet distance, the metrics' values for a perfect model) and the teacher's own clips at its
-horizon (its 32-step CFG sampler, bidirectional; what DMD distils, so the best a student can hope
-for at 1x).
-
-Each student streams videos of 20 horizons for held-out prompts with several seeds; every metric is
-computed on the first 1, 5, 10 and 20 horizons of each video (a causal rollout's prefix is the
-shorter video with the same seed). The result, under ``--out`` (``artifacts/study``):
-
-* ``table.md`` / ``results.json``: visual stability, quality (Frechet distance to real clips),
-  dynamic degree and the world's clean-frame fraction per model and horizon, mean +- standard
-  deviation over the seeds (the layout of the paper's Tables 1-2);
-* ``quality_vs_horizon.png``: those numbers against the horizon;
-* ``side_by_side_seed<s>.mp4``: the models' videos of the first prompt next to each other, with the
-  real video of that prompt on the right.
+Every student streams videos of 50 horizons for held-out prompts with several evaluation seeds and
+is scored on the window that ends at 1, 5, 10, 20 and 50 horizons (:mod:`sfpp.apps.study_metrics`).
+Real videos of the same prompts (every horizon) and the teacher's own clips (its horizon) frame the
+numbers. Under ``--out`` (``artifacts/study``): ``results.json`` (every value per evaluation seed,
+the training costs, the target checks), ``table.md``, ``quality_vs_horizon.png``,
+``frames.png`` (each model at 1x / 20x / 50x) and ``side_by_side_seed<s>.mp4``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
 
-from sfpp.apps.evaluation import evaluate_long_videos
-from sfpp.apps.pipeline import StageRun, run_stages, toy_stages
+from sfpp.apps.pipeline import StageRun, StageTiming, run_stages, toy_stages
+from sfpp.apps.study_metrics import Scores, score_horizons
+from sfpp.apps.study_report import (
+    REAL_LABEL,
+    SF_CONTINUED,
+    SFPP_CONTINUED,
+    TEACHER_LABEL,
+    check_target,
+    group_results,
+    plot_results,
+    write_frames,
+    write_table,
+)
 from sfpp.diffusion.rollout import rollout_from_seed
 from sfpp.io.video import write_video
+from sfpp.stages.dmd import update_kind
 from sfpp.world import HORIZON, TeacherClipSampler, ground_truth, heldout_prompts
 
 __all__ = [
+    "BASE_STAGE",
     "HORIZONS",
-    "METRICS",
     "REAL_LABEL",
     "TEACHER_LABEL",
     "StudyModel",
-    "evaluate_student",
+    "continuation_stages",
+    "evaluate_study",
+    "generate_batch",
     "main",
     "real_videos",
     "run_study",
-    "study_stages",
+    "shared_stages",
     "teacher_videos",
 ]
 
 console = Console(highlight=False)
 
-#: Video lengths of the evaluation, in teacher horizons.
-HORIZONS: tuple[int, ...] = (1, 5, 10, 20)
-#: Reported numbers: (key in the evaluation summary, column title, higher is better).
-METRICS: tuple[tuple[str, str, bool], ...] = (
-    ("visual_stability", "stability", True),
-    ("quality_fd", "FD to real", False),
-    ("dynamic_degree", "dynamic", True),
-    ("world_clean_frame_fraction", "clean frames", True),
-)
-#: Labels of the reference rows (drawn dashed in the plot).
-REAL_LABEL = "Real videos (reference)"
-TEACHER_LABEL = "Teacher at its horizon (reference)"
-#: Window of the stability and quality curves: half a horizon, so that 1 horizon has two windows.
-EVAL_WINDOW = HORIZON // 2
+#: Evaluation horizons, in teacher horizons (the toy RoPE table allows 1024 latent frames).
+HORIZONS: tuple[int, ...] = (1, 5, 10, 20, 50)
+#: Rollout of the Self-Forcing++ continuations, in teacher horizons.
+SFPP_HORIZONS = 20
+#: Name of the Self-Forcing baseline stage.
+BASE_STAGE = "study_sf_base"
+#: Critic steps per generator step and critic warm-up of the toy DMD experiments.
+_CRITIC_RATIO, _CRITIC_WARMUP = 4, 100
 
 
 @dataclass(frozen=True)
 class StudyModel:
-    """A trained student of the study: its label and checkpoint."""
+    """A trained student of the study.
+
+    Attributes:
+        label: Row label (``"Self-Forcing++ (continued), training seed 1"``).
+        method: The method it belongs to (rows of one method are aggregated over training seeds).
+        checkpoint: Its Lightning checkpoint.
+        train_seed: Its training seed (``None`` for the baseline).
+    """
 
     label: str
+    method: str
     checkpoint: Path
+    train_seed: int | None
 
 
-def study_stages(root: Path = Path("."), dmd_steps: int = 850, grpo_steps: int = 60) -> list[StageRun]:
-    """Teacher, ODE pairs, ODE init (shared with the demo), then the three students.
+def shared_stages(root: Path = Path(".")) -> list[StageRun]:
+    """Teacher, ODE pairs, ODE init (those of ``make demo``), then the Self-Forcing baseline."""
+    base = StageRun(
+        BASE_STAGE,
+        "sfpp.train",
+        ["experiment=toy_self_forcing_base", f"task_name={BASE_STAGE}"],
+        root / "checkpoints" / BASE_STAGE / "last.ckpt",
+    )
+    return [*toy_stages(root)[:3], base]
+
+
+def checkpoint_step(path: Path) -> int:
+    """The optimisation step a Lightning checkpoint was written at."""
+    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+
+
+def continuation_stages(
+    root: Path, base_step: int, extra_steps: int, train_seeds: Sequence[int], grpo_steps: int
+) -> tuple[list[StageRun], list[StudyModel]]:
+    """The continuations of the baseline and GRPO, with the students they leave.
 
     Args:
         root: Repository root.
-        dmd_steps: Optimisation steps of each DMD run (``trainer.max_steps``; 100 critic warm-up
-            steps, then 4 critic steps per generator step).
-        grpo_steps: GRPO steps after Self-Forcing++.
+        base_step: The baseline checkpoint's step; every continuation resumes it and stops at
+            ``base_step + extra_steps``.
+        extra_steps: Optimisation steps of every continuation.
+        train_seeds: Training seeds of the continuations (``seed`` and ``stage.seed``).
+        grpo_steps: GRPO steps after the Self-Forcing++ continuation of the first seed (0: none).
     """
-    shared = toy_stages(root)[:3]
     checkpoints = root / "checkpoints"
-
-    def dmd(name: str, experiment: str, rollout_frames: int) -> StageRun:
-        return StageRun(
-            name,
-            "sfpp.train",
-            [
-                f"experiment={experiment}",
-                f"task_name={name}",
-                f"stage.rollout_frames={rollout_frames}",
-                f"trainer.max_steps={dmd_steps}",
-                f"trainer.val_check_interval={dmd_steps}",
-                f"callbacks.video_samples.every_n_steps={dmd_steps}",
-            ],
-            checkpoints / name / "last.ckpt",
+    base_ckpt = checkpoints / BASE_STAGE / "last.ckpt"
+    stop = base_step + extra_steps
+    stages: list[StageRun] = []
+    models = [StudyModel("Self-Forcing (baseline)", "Self-Forcing (baseline)", base_ckpt, None)]
+    methods = {
+        "sf": (SF_CONTINUED, "toy_self_forcing", []),
+        "sfpp": (
+            SFPP_CONTINUED,
+            "toy_extend",
+            [f"stage.rollout_frames={SFPP_HORIZONS * HORIZON}", "stage.critic_windows_per_rollout=4"],
+        ),
+    }
+    for seed in train_seeds:
+        for key, (method, experiment, extra) in methods.items():
+            name = f"study_{key}_seed{seed}"
+            stages.append(
+                StageRun(
+                    name,
+                    "sfpp.train",
+                    [
+                        f"experiment={experiment}",
+                        f"task_name={name}",
+                        f"ckpt_path={base_ckpt}",
+                        f"seed={seed}",
+                        f"trainer.max_steps={stop}",
+                        f"trainer.val_check_interval={extra_steps}",
+                        f"callbacks.model_checkpoint.every_n_train_steps={extra_steps}",
+                        f"callbacks.video_samples.every_n_steps={stop}",
+                        *extra,
+                    ],
+                    checkpoints / name / "last.ckpt",
+                )
+            )
+            models.append(StudyModel(f"{method}, training seed {seed}", method, stages[-1].done_file, seed))
+    if grpo_steps > 0:
+        source = checkpoints / f"study_sfpp_seed{train_seeds[0]}" / "last.ckpt"
+        name = "study_sfpp_grpo"
+        stages.append(
+            StageRun(
+                name,
+                "sfpp.train",
+                [
+                    "experiment=toy_grpo",
+                    f"task_name={name}",
+                    f"student_ckpt={source}",
+                    f"trainer.max_steps={grpo_steps}",
+                    f"trainer.val_check_interval={grpo_steps}",
+                    f"callbacks.video_samples.every_n_steps={grpo_steps}",
+                    f"callbacks.model_checkpoint.every_n_train_steps={grpo_steps}",
+                ],
+                checkpoints / name / "last.ckpt",
+            )
         )
+        label = f"Self-Forcing++ + GRPO, training seed {train_seeds[0]}"
+        models.append(StudyModel(label, "Self-Forcing++ + GRPO", stages[-1].done_file, train_seeds[0]))
+    return stages, models
 
-    grpo = StageRun(
-        "study_sfpp_grpo",
-        "sfpp.train",
-        [
-            "experiment=toy_grpo",
-            "task_name=study_sfpp_grpo",
-            f"student_ckpt={checkpoints / 'study_sfpp' / 'last.ckpt'}",
-            f"trainer.max_steps={grpo_steps}",
-            f"trainer.val_check_interval={grpo_steps}",
-            f"callbacks.video_samples.every_n_steps={grpo_steps}",
-            f"callbacks.model_checkpoint.every_n_train_steps={grpo_steps}",
-        ],
-        checkpoints / "study_sfpp_grpo" / "last.ckpt",
+
+def generator_updates(first_step: int, last_step: int) -> int:
+    """Generator updates of the toy DMD schedule among the optimisation steps ``[first, last)``."""
+    return sum(
+        update_kind(s, _CRITIC_RATIO, _CRITIC_WARMUP) == "generator" for s in range(first_step, last_step)
     )
-    return [
-        *shared,
-        dmd("study_sf", "toy_self_forcing", HORIZON),
-        dmd("study_sfpp", "toy_extend", 20 * HORIZON),
-        grpo,
-    ]
 
 
 @torch.no_grad()
 def generate_batch(
     checkpoint: Path, teacher_ckpt: Path, prompts: Sequence[str], num_frames: int, seeds: Sequence[int]
 ) -> dict[int, torch.Tensor]:
-    """Videos ``(B, 3, F, H, W)`` of a student for the prompts, one batched streaming rollout per seed.
-
-    The checkpoint is loaded and the prompts are encoded once for all seeds.
-    """
+    """Videos ``(B, 3, F, H, W)`` of a student for the prompts, one batched streaming rollout per seed."""
     from sfpp.generate import load_generator
 
     generator = load_generator(checkpoint, teacher_ckpt=str(teacher_ckpt), device="cpu", progress=False)
@@ -164,11 +225,7 @@ def generate_batch(
 def teacher_videos(
     teacher_ckpt: Path, prompts: Sequence[str], seeds: Sequence[int]
 ) -> dict[int, torch.Tensor]:
-    """The teacher's own clips ``(B, 3, K, H, W)`` of one horizon for the prompts, one batch per seed.
-
-    The teacher, its text encoder, its sampler (32 Euler steps with CFG) and the clip shape are those
-    that wrote the ODE pairs (``conf/ode_pairs.yaml``), so this is exactly what the students distil.
-    """
+    """The teacher's own clips ``(B, 3, K, H, W)`` of one horizon (the sampler that wrote the ODE pairs)."""
     sample = TeacherClipSampler.from_checkpoint(teacher_ckpt)
     return {seed: sample(prompts, seed) for seed in seeds}
 
@@ -178,154 +235,191 @@ def real_videos(prompts: Sequence[str], num_frames: int, seeds: Sequence[int]) -
     return {seed: ground_truth(prompts, num_frames, seed=seed * len(prompts)) for seed in seeds}
 
 
-def evaluate_student(
-    videos_by_seed: dict[int, torch.Tensor], prompts: Sequence[str], horizons: Sequence[int] = HORIZONS
-) -> dict[int, dict[str, list[float]]]:
-    """Every metric of every horizon prefix, one value per seed: ``{horizon: {metric: [per seed]}}``."""
-    results: dict[int, dict[str, list[float]]] = {}
-    for horizon in horizons:
-        per_metric: dict[str, list[float]] = {key: [] for key, _, _ in METRICS}
-        for videos in videos_by_seed.values():
-            prefix = videos[:, :, : horizon * HORIZON]  # (B, 3, F, H, W) -> the first `horizon` horizons
-            summary = evaluate_long_videos(prefix, prompts, window_frames=EVAL_WINDOW).summary
-            for key in per_metric:
-                per_metric[key].append(summary[key])
-        results[horizon] = per_metric
+def _git_commit(root: Path) -> str:
+    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+    return result.stdout.strip() or "unknown"
+
+
+def _training_costs(
+    out: Path, timings: Sequence[StageTiming], base_step: int, extra_steps: int
+) -> dict[str, dict[str, float]]:
+    """Minutes, steps and updates per minute of the trained stages, kept across runs in ``training.json``."""
+    path = out / "training.json"
+    costs: dict[str, dict[str, float]] = json.loads(path.read_text()) if path.exists() else {}
+    for timing in timings:
+        if timing.reused:
+            continue
+        entry: dict[str, float] = {"minutes": timing.seconds / 60}
+        if timing.name.startswith(("study_sf_seed", "study_sfpp_seed")):
+            updates = generator_updates(base_step, base_step + extra_steps)
+            entry |= {
+                "steps": extra_steps,
+                "generator_updates": updates,
+                "steps_per_minute": extra_steps / entry["minutes"],
+                "generator_updates_per_minute": updates / entry["minutes"],
+            }
+        costs[timing.name] = entry
+    path.write_text(json.dumps(costs, indent=2) + "\n")
+    return costs
+
+
+def evaluate_study(
+    out: Path,
+    teacher_ckpt: Path,
+    models: Sequence[StudyModel],
+    protocol: dict[str, Any],
+    training: dict[str, dict[str, float]] | None = None,
+    eval_seeds: Sequence[int] = (0, 1, 2),
+    num_prompts: int = 16,
+    horizons: Sequence[int] = HORIZONS,
+    command: str = "python -m sfpp.apps.study",
+    root: Path = Path("."),
+) -> dict[str, Any]:
+    """Score every student and the references at every horizon; write the results, table, plot, frames, videos.
+
+    Args:
+        out: Output directory.
+        teacher_ckpt: The toy teacher (its text encoder conditions the students; its clips are a row).
+        models: The students.
+        protocol: Settings recorded in the results (the training's; the evaluation's are added).
+        training: Training costs per stage (``training.json``).
+        eval_seeds: Seeds of the evaluation videos.
+        num_prompts: Held-out prompts per evaluation seed.
+        horizons: Evaluation horizons; the videos are the longest of them.
+        command: The command line recorded in the results.
+        root: Repository root (for the commit).
+
+    Returns:
+        The content of ``results.json``.
+    """
+    began = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = list(heldout_prompts(2)[:num_prompts])
+    num_frames = max(horizons) * HORIZON
+    console.rule("real videos and the teacher's clips (references)")
+    real = real_videos(prompts, num_frames, eval_seeds)
+    scores: dict[str, Scores] = {REAL_LABEL: score_horizons(real, prompts, horizons, real)}
+    scores[TEACHER_LABEL] = score_horizons(
+        teacher_videos(teacher_ckpt, prompts, eval_seeds), prompts, (1,), real
+    )
+    first_prompt: dict[int, list[torch.Tensor]] = {seed: [] for seed in eval_seeds}
+    for model in models:
+        console.rule(f"{model.label}: {len(eval_seeds)} seeds x {len(prompts)} prompts x {num_frames} frames")
+        videos = generate_batch(model.checkpoint, teacher_ckpt, prompts, num_frames, eval_seeds)
+        for seed in eval_seeds:
+            first_prompt[seed].append(videos[seed][0])
+        scores[model.label] = score_horizons(videos, prompts, horizons, real)
+    for seed in eval_seeds:
+        first_prompt[seed].append(real[seed][0])
+        write_video(
+            out / f"side_by_side_seed{seed}.mp4", torch.cat(first_prompt[seed], dim=-1), fps=8, upscale=8
+        )
+    labels = [model.label for model in models] + [REAL_LABEL]
+    shown = tuple(h for h in (1, 20, 50) if h <= max(horizons))
+    write_frames(dict(zip(labels, first_prompt[eval_seeds[0]], strict=True)), shown, out / "frames.png")
+    results: dict[str, Any] = {
+        "measured": date.today().isoformat(),
+        "commit": _git_commit(root),
+        "command": command,
+        "minutes": protocol.get("training_minutes", 0.0) + (time.perf_counter() - began) / 60,
+        "protocol": {
+            **protocol,
+            "prompts": len(prompts),
+            "eval_seeds": list(eval_seeds),
+            "horizons": list(horizons),
+        },
+        "training": training or {},
+        "models": {model.label: {"method": model.method, "train_seed": model.train_seed} for model in models},
+        "scores": {label: {str(h): v for h, v in by_h.items()} for label, by_h in scores.items()},
+    }
+    results["methods"] = group_results(results["scores"], {model.label: model.method for model in models})
+    results["target"] = check_target(results)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = write_table(results, out / "table.md")
+    plot_results(results, out / "quality_vs_horizon.png")
+    console.print(table.read_text())
+    console.print(f"results: {out / 'results.json'}\nplot: {out / 'quality_vs_horizon.png'}")
     return results
-
-
-def write_table(results: dict[str, dict[int, dict[str, list[float]]]], path: Path, header: str) -> Path:
-    """The markdown table: one row per model and horizon, mean +- std over seeds per metric."""
-    columns = " | ".join(f"{title} {'(up)' if up else '(down)'}" for _, title, up in METRICS)
-    lines = [header, "", f"| model | horizons | {columns} |", "|---|---|" + "---|" * len(METRICS)]
-    for label, by_horizon in results.items():
-        for horizon, values in by_horizon.items():
-            cells = " | ".join(f"{np.mean(values[k]):.3f} +- {np.std(values[k]):.3f}" for k, _, _ in METRICS)
-            lines.append(f"| {label} | {horizon}x ({horizon * HORIZON} frames) | {cells} |")
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def plot_results(results: dict[str, dict[int, dict[str, list[float]]]], path: Path) -> Path:
-    """Each metric against the horizon, one line per model, with the spread over seeds as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.6), constrained_layout=True)
-    for axis, (key, title, up) in zip(axes, METRICS, strict=True):
-        for label, by_horizon in results.items():
-            horizons = list(by_horizon)
-            means = [np.mean(by_horizon[h][key]) for h in horizons]
-            spreads = [np.std(by_horizon[h][key]) for h in horizons]
-            style = {"color": "0.4", "linestyle": "--"} if label in (REAL_LABEL, TEACHER_LABEL) else {}
-            marker = "*" if label == TEACHER_LABEL else "o"
-            axis.errorbar(horizons, means, yerr=spreads, marker=marker, capsize=3, label=label, **style)
-        axis.set_title(f"{title} ({'higher' if up else 'lower'} is better)")
-        axis.set_xlabel("video length (teacher horizons)")
-        axis.set_xticks(sorted({h for by_horizon in results.values() for h in by_horizon}))
-        axis.grid(alpha=0.3)
-        if key == "quality_fd":
-            axis.set_yscale("log")
-    axes[0].legend(fontsize=8)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
 
 
 def run_study(
     out: Path,
-    seeds: Sequence[int] = (0, 1, 2),
+    eval_seeds: Sequence[int] = (0, 1, 2),
+    train_seeds: Sequence[int] = (1, 2),
     num_prompts: int = 16,
-    dmd_steps: int = 850,
+    extra_steps: int = 500,
     grpo_steps: int = 60,
     force: Sequence[str] = (),
     root: Path = Path("."),
-    stages: list[StageRun] | None = None,
-    models: list[StudyModel] | None = None,
     horizons: Sequence[int] = HORIZONS,
-) -> dict[str, dict[int, dict[str, list[float]]]]:
-    """Train what is missing, evaluate every student at every horizon, write the table and plot.
+    command: str = "python -m sfpp.apps.study",
+) -> dict[str, Any]:
+    """Train what is missing (:func:`shared_stages`, then :func:`continuation_stages`), then :func:`evaluate_study`.
 
     Args:
         out: Output directory.
-        seeds: Seeds of the evaluation videos (mean and spread are over these).
-        num_prompts: Held-out prompts per seed.
-        dmd_steps: Steps of each DMD run.
-        grpo_steps: Steps of the GRPO run.
+        eval_seeds: Seeds of the evaluation videos.
+        train_seeds: Training seeds of the continuations.
+        num_prompts: Held-out prompts per evaluation seed.
+        extra_steps: Optimisation steps of each continuation.
+        grpo_steps: GRPO steps (0: no GRPO row).
         force: Stages to retrain even if finished.
         root: Repository root.
-        stages: The pipeline (default :func:`study_stages`); its first stage must be the teacher.
-        models: The students to evaluate (default: the last three stages' checkpoints).
-        horizons: Evaluation lengths in teacher horizons; the videos are the longest of them.
-
-    Returns:
-        ``{model label: {horizon: {metric: [value per seed]}}}``, with the rows :data:`REAL_LABEL`
-        (every horizon) and :data:`TEACHER_LABEL` (1x only) after the students.
+        horizons: Evaluation horizons.
+        command: The command line recorded in the results.
     """
     began = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    stages = stages if stages is not None else study_stages(root, dmd_steps, grpo_steps)
-    timings = run_stages(stages, force=force, cwd=root)
-    teacher_ckpt = stages[0].done_file
-    if models is None:
-        labels = ("Self-Forcing", "Self-Forcing++", "Self-Forcing++ + GRPO")
-        models = [
-            StudyModel(label, stage.done_file) for label, stage in zip(labels, stages[-3:], strict=True)
-        ]
-    prompts = list(heldout_prompts(2)[:num_prompts])
-    num_frames = max(horizons) * HORIZON
-    results: dict[str, dict[int, dict[str, list[float]]]] = {}
-    first_prompt: dict[int, list[torch.Tensor]] = {seed: [] for seed in seeds}
-    for model in models:
-        console.rule(
-            f"evaluating {model.label}: {len(seeds)} seeds x {len(prompts)} prompts x {num_frames} frames"
-        )
-        videos = generate_batch(model.checkpoint, teacher_ckpt, prompts, num_frames, seeds)
-        for seed in seeds:
-            first_prompt[seed].append(videos[seed][0])
-        results[model.label] = evaluate_student(videos, prompts, horizons)
-    console.rule("evaluating the references: real videos and the teacher at its horizon")
-    real = real_videos(prompts, num_frames, seeds)
-    results[REAL_LABEL] = evaluate_student(real, prompts, horizons)
-    results[TEACHER_LABEL] = evaluate_student(teacher_videos(teacher_ckpt, prompts, seeds), prompts, (1,))
-    for seed in seeds:
-        first_prompt[seed].append(real[seed][0])
-    for seed, row in first_prompt.items():
-        write_video(
-            out / f"side_by_side_seed{seed}.mp4", torch.cat(row, dim=-1), fps=8, upscale=8
-        )  # models left to right
-    minutes = (time.perf_counter() - began) / 60
-    trained = ", ".join(f"{t.name} {'reused' if t.reused else f'{t.seconds / 60:.1f} min'}" for t in timings)
-    header = (
-        f"Study on held-out prompts ({len(prompts)} prompts x {len(seeds)} seeds; mean +- std over seeds); "
-        f"{minutes:.0f} min in all ({trained}). Left to right in the mp4s: {', '.join(m.label for m in models)}, real video."
+    shared = shared_stages(root)
+    timings = run_stages(shared, force=force, cwd=root)
+    base_step = checkpoint_step(shared[-1].done_file)
+    continuations, models = continuation_stages(root, base_step, extra_steps, train_seeds, grpo_steps)
+    timings += run_stages(continuations, force=force, cwd=root)
+    protocol = {
+        "train_seeds": list(train_seeds),
+        "horizon_frames": HORIZON,
+        "base_step": base_step,
+        "extra_steps": extra_steps,
+        "extra_generator_updates": generator_updates(base_step, base_step + extra_steps),
+        "sfpp_rollout_frames": SFPP_HORIZONS * HORIZON,
+        "grpo_steps": grpo_steps,
+        "training_minutes": (time.perf_counter() - began) / 60,
+    }
+    training = _training_costs(out, timings, base_step, extra_steps)
+    return evaluate_study(
+        out, shared[0].done_file, models, protocol, training, eval_seeds, num_prompts, horizons, command, root
     )
-    table = write_table(results, out / "table.md", header)
-    plot = plot_results(results, out / "quality_vs_horizon.png")
-    (out / "results.json").write_text(json.dumps({"minutes": minutes, "results": results}, indent=2) + "\n")
-    console.print(table.read_text())
-    console.print(f"table: {table}\nplot: {plot}")
-    return results
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line of ``python -m sfpp.apps.study``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("artifacts/study"), help="output directory")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="evaluation seeds")
+    parser.add_argument("--eval-seeds", type=int, nargs="+", default=[0, 1, 2], help="evaluation seeds")
     parser.add_argument(
-        "--prompts",
-        type=int,
-        default=16,
-        help="held-out prompts per seed (each window's Frechet distance is fitted on prompts x 4 frames)",
+        "--train-seeds", type=int, nargs="+", default=[1, 2], help="training seeds of the continuations"
     )
-    parser.add_argument("--dmd-steps", type=int, default=850, help="steps of each DMD run")
-    parser.add_argument("--grpo-steps", type=int, default=60, help="steps of the GRPO run")
+    parser.add_argument("--prompts", type=int, default=16, help="held-out prompts per evaluation seed")
+    parser.add_argument(
+        "--extra-steps", type=int, default=500, help="optimisation steps of each continuation"
+    )
+    parser.add_argument("--grpo-steps", type=int, default=60, help="GRPO steps (0: no GRPO row)")
     parser.add_argument("--force", nargs="*", default=[], help="stages to retrain even if finished")
     args = parser.parse_args(argv)
-    run_study(args.out, args.seeds, args.prompts, args.dmd_steps, args.grpo_steps, args.force)
+    if not 1 <= args.prompts <= 64:
+        parser.error(f"--prompts must be in 1..64, got {args.prompts}")
+    given = list(sys.argv[1:] if argv is None else argv)
+    command = " ".join(["python -m sfpp.apps.study", *given])
+    run_study(
+        args.out,
+        args.eval_seeds,
+        args.train_seeds,
+        args.prompts,
+        args.extra_steps,
+        args.grpo_steps,
+        args.force,
+        command=command,
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,128 @@
+"""The study's numbers: every metric on the teacher-horizon window that ends at each evaluation horizon.
+
+A video of ``max(horizons)`` teacher horizons is scored at horizon ``h`` on its frames
+``[(h - 1) K, h K)`` (``K`` = :data:`~sfpp.world.HORIZON` frames), the last window of a video ``h``
+horizons long, so that a late failure is not averaged away by a good start. At every horizon:
+
+* ``quality_fd``: the Frechet distance of the window's frame features to real clips
+  (:class:`~sfpp.metrics.quality_curve.WindowQuality`, fitted on all prompts' frames of the window);
+* ``stability``: the visual stability ``s_k`` of the window against the video's own first window,
+  temporal components included (:func:`~sfpp.metrics.stability.stability_curve`; at 1x the window
+  is its own reference, so only the frozen-motion and temporal components can lower it), and
+  ``stability_prefix``: the mean of ``s_k`` over the windows after the first up to ``h`` (the
+  whole-video score of the first ``h`` horizons; from 2x on);
+* the world's object score on the window: ``clean_frames``, ``detected``, ``shape_accuracy``
+  (:class:`~sfpp.world.objects.WorldObjectScore`);
+* ``motion``: the dynamic degree of the window in px/frame, and ``motion_gap``: its distance to the
+  real videos' motion on the same window (same prompts, same evaluation seed); lower is better, so
+  neither a frozen nor a racing video wins.
+
+Every value is one number per evaluation seed (a batch of all prompts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from sfpp.metrics.quality_curve import DynamicDegree, WindowQuality
+from sfpp.metrics.stability import stability_curve
+from sfpp.world import HORIZON, WorldObjectScore, world_feature_statistics
+
+__all__ = ["METRICS", "Scores", "mean_and_spread", "score_horizons"]
+
+#: ``{metric: (title, higher is better)}`` in the order of the table.
+METRICS: dict[str, tuple[str, bool]] = {
+    "quality_fd": ("FD to real", False),
+    "stability": ("stability", True),
+    "stability_prefix": ("stability (prefix)", True),
+    "clean_frames": ("clean frames", True),
+    "detected": ("objects detected", True),
+    "shape_accuracy": ("shape accuracy", True),
+    "motion": ("motion px/frame", True),
+    "motion_gap": ("motion gap to real", False),
+}
+
+#: ``{horizon: {metric: [value per evaluation seed]}}``.
+Scores = dict[int, dict[str, list[float]]]
+
+
+def _window(videos: torch.Tensor, horizon: int) -> torch.Tensor:
+    """The frames ``[(h - 1) K, h K)`` of videos ``(B, 3, F, H, W)``: ``(B, 3, K, H, W)``."""
+    return videos[:, :, (horizon - 1) * HORIZON : horizon * HORIZON]
+
+
+def _motion(window: torch.Tensor) -> float:
+    metric = DynamicDegree()
+    metric.update(window)
+    return float(metric.compute()["dynamic_degree"])
+
+
+def score_horizons(
+    videos_by_seed: Mapping[int, torch.Tensor],
+    prompts: Sequence[str],
+    horizons: Sequence[int],
+    real_by_seed: Mapping[int, torch.Tensor],
+) -> Scores:
+    """Score the windows that end at each horizon, for every evaluation seed.
+
+    Args:
+        videos_by_seed: ``{seed: (B, 3, F, H, W)}`` in ``[-1, 1]``, ``F >= max(horizons) * K``
+            (the teacher's clips, one horizon long, are scored at ``horizons=(1,)``).
+        prompts: The ``B`` prompts.
+        horizons: Evaluation horizons (1-based, in teacher horizons).
+        real_by_seed: Real videos of the same prompts and seeds, at least as long: the motion
+            reference.
+
+    Returns:
+        ``{horizon: {metric: [value per seed]}}`` with the metrics of :data:`METRICS`
+        (``stability_prefix`` from 2x on).
+
+    Raises:
+        ValueError: If a video is shorter than the longest horizon or a seed has no real videos.
+    """
+    objects = WorldObjectScore()
+    scores: Scores = {h: {} for h in horizons}
+    for seed, videos in videos_by_seed.items():
+        videos = videos.detach().float().cpu()
+        if videos.shape[2] < max(horizons) * HORIZON:
+            raise ValueError(f"videos of {videos.shape[2]} frames are shorter than {max(horizons)} horizons")
+        if seed not in real_by_seed:
+            raise ValueError(f"no real videos for evaluation seed {seed}")
+        length = max(horizons) * HORIZON
+        curve = stability_curve(videos[:, :, :length], window_frames=HORIZON) if max(horizons) > 1 else None
+        for horizon in horizons:
+            window = _window(videos, horizon)
+            quality = WindowQuality(world_feature_statistics, window_frames=HORIZON)
+            quality.update(window)
+            if curve is None:  # one window only: it is its own reference
+                stability = float(stability_curve(torch.cat([window, window], dim=2), HORIZON)[:, 0].mean())
+            else:
+                stability = float(curve[:, horizon - 1].mean())
+            world = objects(window, list(prompts))
+            motion = _motion(window)
+            real_motion = _motion(_window(real_by_seed[seed].float(), horizon))
+            values = {
+                "quality_fd": float(quality.compute().reshape(-1)[0]),
+                "stability": stability,
+                "clean_frames": world["clean_frame_fraction"],
+                "detected": world["detected_fraction"],
+                "shape_accuracy": world["shape_accuracy"],
+                "motion": motion,
+                "motion_gap": abs(motion - real_motion),
+            }
+            if horizon > 1 and curve is not None:
+                values["stability_prefix"] = float(curve[:, 1:horizon].mean())
+            for name, value in values.items():
+                scores[horizon].setdefault(name, []).append(float(value))
+    return scores
+
+
+def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population standard deviation of ``values`` (``nan`` for none)."""
+    if not values:
+        return float("nan"), float("nan")
+    array = np.asarray(values, dtype=np.float64)
+    return float(array.mean()), float(array.std())
