@@ -24,7 +24,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 
-.PHONY: help install test test-full browser bench demo study serve gpu-wheels gpu-check gpu-check-cpu lint format clean distclean
+.PHONY: help install test test-full browser bench demo study serve docs gpu-wheels gpu-check gpu-check-cpu lint format clean distclean
 
 help: ## Show this list of targets
 	@echo "Usage: make <target> [PY=python3]"
@@ -80,8 +80,11 @@ serve: install ## Stream the demo's student live on a local page (trains the dem
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.apps.demo --train-only
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.serve $(SERVE_ARGS)
 
-study: install ## Self-Forcing vs Self-Forcing++ (+ GRPO) at 1/5/10/20 horizons, several seeds (<= 2 h): table and plot in artifacts/study
+study: install ## Self-Forcing vs Self-Forcing++ (+ GRPO) continued from one baseline, 1-50 horizons, seeds (<= 2 h): artifacts/study
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.apps.study
+
+docs: install ## Build the documentation site into site/ (mkdocs build --strict: broken links fail)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # The GPU machine's image has torch 2.11, lightning, transformers, einops and torchmetrics but no
 # network: the few pure-Python packages it lacks travel as wheels built or downloaded here.

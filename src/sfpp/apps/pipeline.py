@@ -36,12 +36,15 @@ class StageRun:
         module: The entry module, ``sfpp.train`` or ``sfpp.ode_pairs``.
         overrides: Hydra overrides, e.g. ``["experiment=toy_teacher", "trainer.max_steps=700"]``.
         done_file: The file the stage writes when it has finished; its existence means "reuse".
+        expected_minutes: About how long the stage takes on a 2-core CPU, printed before it starts
+            (``None``: not known).
     """
 
     name: str
     module: str
     overrides: Sequence[str]
     done_file: Path
+    expected_minutes: float | None = None
 
     def command(self) -> list[str]:
         """The command line, run with this interpreter."""
@@ -87,6 +90,8 @@ def run_stages(
             timings.append(StageTiming(stage.name, reused=True, done_file=stage.done_file))
             continue
         console.rule(f"{header}: {' '.join(stage.command()[1:])}")
+        if stage.expected_minutes is not None:
+            console.print(f"[bold]{header}[/]: expected about {stage.expected_minutes:.0f} min on a 2-core CPU")
         began = time.perf_counter()
         result = subprocess.run(stage.command(), cwd=cwd, check=False)
         seconds = time.perf_counter() - began
@@ -96,7 +101,7 @@ def run_stages(
             )
         if not stage.done_file.exists():
             raise StageFailedError(f"stage {stage.name!r} finished but did not write {stage.done_file}")
-        console.print(f"[bold]{header}[/]: done in {seconds / 60:.1f} min -> {stage.done_file}")
+        console.print(f"[bold]{header}[/]: done in {seconds / 60:.1f} min (elapsed) -> {stage.done_file}")
         timings.append(StageTiming(stage.name, reused=False, seconds=seconds, done_file=stage.done_file))
     return timings
 
@@ -117,18 +122,21 @@ def toy_stages(root: Path = Path(".")) -> list[StageRun]:
             # The default teacher recipe unchanged: a shorter budget never learns the shapes.
             ["experiment=toy_teacher"],
             checkpoints / "toy_teacher" / "last.ckpt",
+            expected_minutes=14,
         ),
         StageRun(
             "ode_pairs",
             "sfpp.ode_pairs",
             ["generator.num_trajectories=128", "generator.shard_size=64"],
             root / "artifacts" / "ode_pairs" / "toy" / "index.json",
+            expected_minutes=1.5,
         ),
         StageRun(
             "ode_init",
             "sfpp.train",
             ["experiment=toy_ode_init", "trainer.max_steps=300", "trainer.val_check_interval=300"],
             checkpoints / "toy_ode_init" / "last.ckpt",
+            expected_minutes=2,
         ),
         StageRun(
             "self_forcing_pp",
@@ -140,5 +148,6 @@ def toy_stages(root: Path = Path(".")) -> list[StageRun]:
                 "callbacks.video_samples.every_n_steps=350",
             ],
             checkpoints / "toy_extend" / "last.ckpt",
+            expected_minutes=5,
         ),
     ]

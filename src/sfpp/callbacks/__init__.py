@@ -1,6 +1,7 @@
 """Lightning callbacks."""
 
 from sfpp.callbacks.checkpoint import FinalStepCheckpoint
+from sfpp.callbacks.progress_log import ProgressLog
 from sfpp.callbacks.video_samples import VideoSampleCallback
 
-__all__ = ["FinalStepCheckpoint", "VideoSampleCallback"]
+__all__ = ["FinalStepCheckpoint", "ProgressLog", "VideoSampleCallback"]
