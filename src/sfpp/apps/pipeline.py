@@ -91,7 +91,9 @@ def run_stages(
             continue
         console.rule(f"{header}: {' '.join(stage.command()[1:])}")
         if stage.expected_minutes is not None:
-            console.print(f"[bold]{header}[/]: expected about {stage.expected_minutes:.0f} min on a 2-core CPU")
+            console.print(
+                f"[bold]{header}[/]: expected about {stage.expected_minutes:.0f} min on a 2-core CPU"
+            )
         began = time.perf_counter()
         result = subprocess.run(stage.command(), cwd=cwd, check=False)
         seconds = time.perf_counter() - began
