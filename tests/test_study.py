@@ -91,6 +91,7 @@ def test_study_results_layout_table_plot_frames_and_videos(tmp_path):
     assert "sfpp_no_worse_at_1x" in table
     assert (out / "quality_vs_horizon.png").stat().st_size > 10_000
     assert (out / "frames.png").stat().st_size > 5_000
+    assert (out / "side_by_side.gif").stat().st_size > 1_000
     assert len(list(out.glob("side_by_side_seed*.mp4"))) == 2
 
 

@@ -52,7 +52,7 @@ from sfpp.apps.study_report import (
     write_table,
 )
 from sfpp.diffusion.rollout import rollout_from_seed
-from sfpp.io.video import write_video
+from sfpp.io.video import write_gif, write_video
 from sfpp.stages.dmd import update_kind
 from sfpp.world import HORIZON, TeacherClipSampler, ground_truth, heldout_prompts
 
@@ -66,6 +66,7 @@ __all__ = [
     "evaluate_study",
     "generate_batch",
     "main",
+    "publish",
     "real_videos",
     "run_study",
     "shared_stages",
@@ -235,6 +236,27 @@ def real_videos(prompts: Sequence[str], num_frames: int, seeds: Sequence[int]) -
     return {seed: ground_truth(prompts, num_frames, seed=seed * len(prompts)) for seed in seeds}
 
 
+def _write_comparison_gif(
+    path: Path, models: Sequence[StudyModel], videos: Sequence[torch.Tensor], horizons: int
+) -> Path | None:
+    """The first Self-Forcing and Self-Forcing++ continuations and the real video side by side, as a GIF.
+
+    ``videos`` are the first prompt's videos of ``models`` followed by the real one, ``(3, F, H, W)``
+    each; the GIF shows their first ``horizons`` teacher horizons. Nothing is written without both
+    continuations.
+    """
+    first = {}
+    for model, video in zip(models, videos, strict=False):
+        first.setdefault(model.method, video)
+    if SF_CONTINUED not in first or SFPP_CONTINUED not in first:
+        return None
+    frames = horizons * HORIZON
+    row = [first[SF_CONTINUED], first[SFPP_CONTINUED], videos[-1]]
+    gap = torch.ones(3, frames, row[0].shape[2], 1)  # (3, F, H, 1): a white line between the videos
+    side_by_side = torch.cat([row[0][:, :frames], gap, row[1][:, :frames], gap, row[2][:, :frames]], dim=-1)
+    return write_gif(path, side_by_side, fps=8, upscale=5)
+
+
 def _git_commit(root: Path) -> str:
     result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
     return result.stdout.strip() or "unknown"
@@ -315,6 +337,9 @@ def evaluate_study(
             out / f"side_by_side_seed{seed}.mp4", torch.cat(first_prompt[seed], dim=-1), fps=8, upscale=8
         )
     labels = [model.label for model in models] + [REAL_LABEL]
+    _write_comparison_gif(
+        out / "side_by_side.gif", models, first_prompt[eval_seeds[0]], min(max(horizons), 20)
+    )
     shown = tuple(h for h in (1, 20, 50) if h <= max(horizons))
     write_frames(dict(zip(labels, first_prompt[eval_seeds[0]], strict=True)), shown, out / "frames.png")
     results: dict[str, Any] = {
@@ -405,6 +430,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--grpo-steps", type=int, default=60, help="GRPO steps (0: no GRPO row)")
     parser.add_argument("--force", nargs="*", default=[], help="stages to retrain even if finished")
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help="copy results.json, the plot, the frames and the GIF into docs/ and regenerate the results pages",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.prompts <= 64:
         parser.error(f"--prompts must be in 1..64, got {args.prompts}")
@@ -420,6 +450,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.force,
         command=command,
     )
+    if args.publish:
+        publish(args.out, Path("."))
+
+
+def publish(out: Path, root: Path) -> None:
+    """Copy a study's results into the docs (``docs/results/study*``, the README's GIF), regenerate the pages."""
+    import shutil
+
+    from sfpp.apps.results_pages import main as results_pages
+
+    docs = root / "docs"
+    for source, target in (
+        ("results.json", docs / "results" / "study.json"),
+        ("quality_vs_horizon.png", docs / "results" / "study_quality_vs_horizon.png"),
+        ("frames.png", docs / "results" / "study_frames.png"),
+        ("side_by_side.gif", docs / "study_side_by_side.gif"),
+    ):
+        shutil.copyfile(out / source, target)
+        console.print(f"published {target}")
+    results_pages(["--root", str(root)])
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import imageio.v2 as imageio
 import numpy as np
 import torch
 
-__all__ = ["StreamingVideoWriter", "to_uint8_frames", "write_frame_grid", "write_video"]
+__all__ = ["StreamingVideoWriter", "to_uint8_frames", "write_frame_grid", "write_gif", "write_video"]
 
 
 def to_uint8_frames(video: torch.Tensor, upscale: int = 1) -> np.ndarray:
@@ -74,6 +74,29 @@ def write_video(path: str | Path, video: torch.Tensor, fps: int = 8, upscale: in
     with StreamingVideoWriter(path, fps=fps, upscale=upscale) as writer:
         writer.write(video)
     return writer.path
+
+
+def write_gif(path: str | Path, video: torch.Tensor, fps: int = 8, upscale: int = 1) -> Path:
+    """Write one video ``(3, F, H, W)`` in ``[-1, 1]`` as an endlessly looping animated GIF.
+
+    Args:
+        path: Output ``.gif`` (parent folders are created).
+        video: The frames.
+        fps: Frames per second.
+        upscale: Integer nearest-neighbour enlargement (small videos stay crisp).
+
+    Returns:
+        The path written.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = [Image.fromarray(frame) for frame in to_uint8_frames(video, upscale)]  # (F, H', W', 3) each
+    frames[0].save(
+        path, save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0, optimize=True
+    )
+    return path
 
 
 def write_frame_grid(path: str | Path, videos: torch.Tensor, upscale: int = 4, gap: int = 1) -> Path:
