@@ -47,6 +47,29 @@ def test_hydra_full_error_keeps_the_traceback(tmp_path) -> None:
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 
+def test_debug_flag_keeps_the_traceback(tmp_path) -> None:
+    result = _run(
+        "sfpp.generate",
+        f"checkpoint={tmp_path}/missing.ckpt",
+        "prompt=a red circle",
+        f"hydra.run.dir={tmp_path}",
+        "--debug",
+    )
+    assert result.returncode != 0 and "Traceback" in result.stderr and "does not exist" in result.stderr
+
+
+def test_take_debug_flag_removes_the_flag(monkeypatch) -> None:
+    from sfpp.utils.cli import take_debug_flag
+
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "")  # recorded, so the test's own setting is undone after it
+    monkeypatch.delenv("HYDRA_FULL_ERROR")
+    argv = ["train.py", "experiment=tiny"]
+    assert not take_debug_flag(argv) and "HYDRA_FULL_ERROR" not in os.environ
+    argv.append("--debug")
+    assert take_debug_flag(argv) and argv == ["train.py", "experiment=tiny"]
+    assert os.environ["HYDRA_FULL_ERROR"] == "1"
+
+
 def test_no_stage_selected_names_the_setting(tmp_path) -> None:
     result = _run("sfpp.train", f"hydra.run.dir={tmp_path}")
     assert result.returncode == USER_ERROR_EXIT and "Traceback" not in result.stderr

@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from sfpp.data.prompts import read_prompts
 from sfpp.inference.generator import ChunkInfo, GenerationResult, VideoGenerator
 from sfpp.stages.checkpoints import load_submodule
-from sfpp.utils.cli import quiet_known_warnings, user_errors
+from sfpp.utils.cli import quiet_known_warnings, take_debug_flag, user_errors
 from sfpp.utils.config_dir import find_config_dir
 
 __all__ = [
@@ -246,6 +246,7 @@ def _override_value(value: Any) -> str:
 def main() -> None:
     """Parse the command line with Hydra and run :func:`generate`."""
     quiet_known_warnings()
+    take_debug_flag()
     hydra_main = hydra.main(version_base="1.3", config_path=str(find_config_dir()), config_name="generate")
     hydra_main(user_errors(generate))()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from sfpp.utils.cli import quiet_known_warnings, user_errors
+from sfpp.utils.cli import quiet_known_warnings, take_debug_flag, user_errors
 from sfpp.utils.config_dir import find_config_dir
 
 __all__ = ["generate_ode_pairs", "main"]
@@ -43,6 +43,7 @@ def generate_ode_pairs(cfg: DictConfig) -> Path:
 def main() -> None:
     """Parse the command line with Hydra and run :func:`generate_ode_pairs`."""
     quiet_known_warnings()
+    take_debug_flag()
     hydra_main = hydra.main(version_base="1.3", config_path=str(find_config_dir()), config_name="ode_pairs")
     hydra_main(user_errors(generate_ode_pairs))()
 

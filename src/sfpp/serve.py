@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from sfpp.generate import build_generator
-from sfpp.utils.cli import quiet_known_warnings, user_errors
+from sfpp.utils.cli import quiet_known_warnings, take_debug_flag, user_errors
 from sfpp.utils.config_dir import find_config_dir
 
 __all__ = ["main", "serve"]
@@ -56,6 +56,7 @@ def serve(cfg: DictConfig) -> None:
 def main() -> None:
     """Parse the command line with Hydra and run :func:`serve`."""
     quiet_known_warnings()
+    take_debug_flag()
     hydra_main = hydra.main(version_base="1.3", config_path=str(find_config_dir()), config_name="serve")
     hydra_main(user_errors(serve))()
 

@@ -15,7 +15,7 @@ import hydra
 import lightning
 from omegaconf import DictConfig
 
-from sfpp.utils.cli import quiet_known_warnings, user_errors
+from sfpp.utils.cli import quiet_known_warnings, take_debug_flag, user_errors
 from sfpp.utils.config_dir import find_config_dir, list_group_options
 from sfpp.utils.instantiate import instantiate_callbacks, instantiate_loggers
 
@@ -71,6 +71,7 @@ def train(cfg: DictConfig) -> float | None:
 def main() -> None:
     """Parse the command line with Hydra and run :func:`train`."""
     quiet_known_warnings()
+    take_debug_flag()
     hydra_main = hydra.main(version_base="1.3", config_path=str(find_config_dir()), config_name="train")
     hydra_main(user_errors(train))()
 

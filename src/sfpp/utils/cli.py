@@ -3,8 +3,10 @@
 A bad path, an impossible length, an unknown word or a setting that cannot work raises a
 ``FileNotFoundError`` or a ``ValueError`` whose message names the setting to change (Hydra wraps
 the ones raised while building a component in an ``InstantiationException``). :func:`user_errors`
-turns those into ``error: <message>`` on stderr and exit status 2; ``HYDRA_FULL_ERROR=1`` keeps the
-full traceback. Anything else (a bug) keeps its traceback.
+turns those into ``error: <message>`` on stderr and exit status 2; ``HYDRA_FULL_ERROR=1`` (or
+``--debug`` on the command line, see :func:`take_debug_flag`) keeps the full traceback. A run stopped
+by :class:`~sfpp.callbacks.guards.DivergenceError` ends the same way. Anything else (a bug) keeps
+its traceback.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["HARMLESS_WARNINGS", "USER_ERROR_EXIT", "quiet_known_warnings", "user_errors"]
+__all__ = ["HARMLESS_WARNINGS", "USER_ERROR_EXIT", "quiet_known_warnings", "take_debug_flag", "user_errors"]
 
 T = TypeVar("T")
 
@@ -28,12 +30,32 @@ def _user_error(error: BaseException) -> BaseException | None:
     """The user error behind ``error`` (unwrapping Hydra's instantiation errors), or ``None``."""
     from hydra.errors import InstantiationException
 
+    from sfpp.callbacks.guards import DivergenceError
+
     seen = 0
     while isinstance(error, InstantiationException) and error.__cause__ is not None and seen < 8:
         error, seen = error.__cause__, seen + 1
-    if isinstance(error, FileNotFoundError | ValueError):
+    if isinstance(error, FileNotFoundError | ValueError | DivergenceError):
         return error
     return None
+
+
+def take_debug_flag(argv: list[str] | None = None) -> bool:
+    """Remove ``--debug`` from the command line (``sys.argv`` by default) and keep tracebacks if it was there.
+
+    Hydra would refuse the flag, so the command lines call this before Hydra parses the arguments;
+    it sets ``HYDRA_FULL_ERROR=1``, which :func:`user_errors` and Hydra both honour.
+
+    Returns:
+        Whether the flag was given.
+    """
+    argv = sys.argv if argv is None else argv
+    if "--debug" not in argv:
+        return False
+    while "--debug" in argv:
+        argv.remove("--debug")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    return True
 
 
 def user_errors(task: Callable[..., T]) -> Callable[..., T]:
@@ -48,7 +70,7 @@ def user_errors(task: Callable[..., T]) -> Callable[..., T]:
             if cause is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             print(f"error: {cause}", file=sys.stderr)
-            print("(HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
+            print("(--debug or HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
             sys.exit(USER_ERROR_EXIT)
 
     return wrapped
