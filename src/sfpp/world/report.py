@@ -29,7 +29,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 from collections.abc import Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -213,9 +216,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--prompts", type=int, default=32, help="held-out prompts to sample")
     parser.add_argument("--seed", type=int, default=0, help="noise and scene seed")
     parser.add_argument("--out", default="artifacts/teacher_report", help="directory of report.json")
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help="also write docs/results/teacher.json (with the date, commit and command) for the results pages",
+    )
     args = parser.parse_args(argv)
     report = teacher_report(args.checkpoint, args.prompts, args.seed, args.out)
     _print(report, args.checkpoint, args.prompts)
+    if args.publish:
+        given = list(sys.argv[1:] if argv is None else argv)
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        provenance = {
+            "measured": date.today().isoformat(),
+            "commit": commit.stdout.strip() or "unknown",
+            "command": " ".join(["python -m sfpp.world.report", *given]),
+            "checkpoint": str(args.checkpoint),
+        }
+        target = Path("docs/results/teacher.json")
+        target.write_text(json.dumps(provenance | report, indent=2) + "\n")
+        print(f"published {target}")
     return report
 
 
