@@ -270,3 +270,49 @@ def test_resume_inside_a_critic_group_continues_the_same_trajectory(tmp_path):
         a, b = getattr(straight, name).state_dict(), getattr(resumed, name).state_dict()
         for key in a:
             assert torch.allclose(a[key], b[key], atol=1e-6), (name, key)
+
+
+def _prompt_loader(prompts, batch_size):
+    return torch.utils.data.DataLoader(
+        [{"prompt": p} for p in prompts],
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=lambda rows: {"prompt": [r["prompt"] for r in rows]},
+    )
+
+
+def test_accumulated_micro_batches_give_the_update_of_one_large_batch(tmp_path):
+    """2 micro-batches of 2 prompts = 1 batch of 4, for critic and generator updates alike."""
+    prompts = [
+        "a red circle bouncing on a dark background",
+        "a blue square bouncing on a dark background",
+        "a green triangle bouncing on a dark background",
+        "a yellow circle bouncing on a dark background",
+    ]
+    runs = {}
+    for name, accumulate, batch in (("large", 1, 4), ("micro", 2, 2)):
+        L.seed_everything(0)
+        module = _module(ratio=1, accumulate_grad_batches=accumulate)
+        data = _prompt_loader(prompts * 3, batch)  # the same prompts in the same order
+        _trainer(tmp_path / name, 3, enable_checkpointing=False).fit(module, train_dataloaders=data)
+        assert module.global_step == 3  # updates, not batches
+        runs[name] = module
+    generator_opt, critic_opt = runs["micro"].optimizers()
+    assert int(next(iter(critic_opt.optimizer.state.values()))["step"]) == 2  # steps 0 and 2
+    assert int(next(iter(generator_opt.optimizer.state.values()))["step"]) == 1  # step 1
+    for name in ("generator", "critic", "ema"):
+        a, b = getattr(runs["large"], name).state_dict(), getattr(runs["micro"], name).state_dict()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=f"{name}.{key}")
+    moved = any(
+        not torch.equal(p, q)
+        for p, q in zip(runs["micro"].generator.parameters(), _module().generator.parameters())
+    )
+    assert moved  # the comparison is not between two untouched models
+
+
+def test_accumulation_rejects_bad_settings():
+    with pytest.raises(ValueError, match="accumulate_grad_batches must be >= 1"):
+        _module(accumulate_grad_batches=0)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        _module(accumulate_grad_batches=2, critic_windows_per_rollout=2)

@@ -125,6 +125,12 @@ class DMDModule(StudentStage):
             group's first batch). ``1`` (the default) draws a fresh rollout for every critic step.
             With ``rollout_frames == window_frames`` every window of a rollout is the same, so the
             setting pays off for long rollouts only, where it divides the cost of critic steps.
+        accumulate_grad_batches: Batches whose gradients make one update (of the critic or the
+            generator): ``k`` batches of ``B`` samples give the update of one batch of ``k x B``,
+            with every random draw dealt as for that batch (the per-step draws are shared, the
+            per-sample ones are drawn for the whole batch and each batch keeps its rows). The
+            optimisation step, the schedule of critic and generator updates and ``max_steps`` count
+            updates. Cannot be combined with ``critic_windows_per_rollout > 1``.
         grad_clip_norm: Gradient clipping of both networks (``None``: off).
         ema_decay: Decay of the generator's EMA (used for samples).
         ema_start_step: Generator updates before the EMA starts averaging.
@@ -163,6 +169,7 @@ class DMDModule(StudentStage):
         critic_updates_per_generator: int = 5,
         critic_warmup_steps: int = 0,
         critic_windows_per_rollout: int = 1,
+        accumulate_grad_batches: int = 1,
         grad_clip_norm: float | None = 1.0,
         ema_decay: float = 0.99,
         ema_start_step: int = 0,
@@ -184,6 +191,12 @@ class DMDModule(StudentStage):
         )
         if critic_windows_per_rollout < 1:
             raise ValueError(f"critic_windows_per_rollout must be >= 1, got {critic_windows_per_rollout}")
+        if accumulate_grad_batches < 1:
+            raise ValueError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
+        if accumulate_grad_batches > 1 and critic_windows_per_rollout > 1:
+            raise ValueError(
+                "accumulate_grad_batches > 1 cannot be combined with critic_windows_per_rollout > 1; set one to 1"
+            )
         if window_frames > rollout_frames:
             raise ValueError(f"window_frames={window_frames} is longer than rollout_frames={rollout_frames}")
         if window_frames % chunk or rollout_frames % chunk:
@@ -256,9 +269,13 @@ class DMDModule(StudentStage):
     # -- helpers -------------------------------------------------------------------------------
 
     def _rollout_window(
-        self, context: torch.Tensor, rng: torch.Generator, keep_graph: bool
+        self, context: torch.Tensor, rng: torch.Generator, keep_graph: bool, micro_batch: int = 0
     ) -> tuple[torch.Tensor, int]:
-        """Roll the student out to the end of a sampled window; return the window ``(B, C, K, h, w)``."""
+        """Roll the student out to the end of a sampled window; return the window ``(B, C, K, h, w)``.
+
+        ``micro_batch`` is the index of this batch among the update's ``accumulate_grad_batches``:
+        the rollout noise is that of its rows of the update's global batch.
+        """
         chunk = self.generator.num_frames_per_chunk
         start = self.window_sampler.sample(self.rollout_frames, rng)
         end = start + self.window_frames
@@ -275,7 +292,7 @@ class DMDModule(StudentStage):
             rng,
             exit_steps=exit_steps,
             grad_from_frame=start if keep_graph else end,
-            noise_fn=self._noise_fn(rng, context.shape[0]),
+            noise_fn=self._noise_fn(rng, context.shape[0], micro_batch, self.hparams.accumulate_grad_batches),
         )
         window = torch.cat([c.latents for c in chunks if c.frame_offset >= start], dim=2)  # (B, C, K, h, w)
         return window, start
@@ -354,9 +371,11 @@ class DMDModule(StudentStage):
     # -- training ------------------------------------------------------------------------------
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """One critic or generator update (see :func:`update_kind`)."""
+        """One critic or generator update (see :func:`update_kind`), or one micro-batch of it."""
         began = time.perf_counter()
         step = self.global_step
+        accumulate = self.hparams.accumulate_grad_batches
+        micro = batch_idx % accumulate
         kind = update_kind(step, self.hparams.critic_updates_per_generator, self.hparams.critic_warmup_steps)
         generator_opt, critic_opt = self.optimizers()
         rng = self._rng(step)
@@ -364,20 +383,20 @@ class DMDModule(StudentStage):
         if kind == "critic" and self.hparams.critic_windows_per_rollout > 1:
             window, start, context, rng = self._critic_window(step, list(batch["prompt"]))
         else:
-            window, start = self._rollout_window(context, rng, keep_graph=kind == "generator")
+            window, start = self._rollout_window(
+                context, rng, keep_graph=kind == "generator", micro_batch=micro
+            )
         batch_size = window.shape[0]
         x_t, noise, timestep, sigma = self.reinjector(
-            window.detach(), rng, *self._rows_of_global_batch(batch_size)
+            window.detach(), rng, *self._rows_of_global_batch(batch_size, micro, accumulate)
         )
-
+        network, optimizer = (
+            (self.critic, critic_opt) if kind == "critic" else (self.generator, generator_opt)
+        )
         if kind == "critic":
             flow = self.critic(x_t, timestep, context)
             loss = flow_matching_loss(flow, window.detach(), noise)
-            critic_opt.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
-            self._clip(self.critic, "critic", self.hparams.grad_clip_norm, batch_size)
-            critic_opt.step()
-            self.log("train/critic_loss", loss, prog_bar=True, batch_size=batch_size)
+            metrics = {}
         else:
             real_x0, fake_x0 = real_and_fake_x0(
                 self.teacher,
@@ -390,14 +409,17 @@ class DMDModule(StudentStage):
                 self.hparams.real_guidance_scale,
             )
             loss, metrics = dmd_loss(window, real_x0, fake_x0)
-            generator_opt.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
-            self._clip(self.generator, "generator", self.hparams.grad_clip_norm, batch_size)
-            generator_opt.step()
-            self.ema.update(self.generator, self._generator_updates(step))
-            self.log("train/generator_loss", loss, prog_bar=True, batch_size=batch_size)
-            for name, value in metrics.items():
-                self.log(f"train/{name}", value, batch_size=batch_size)
+        if micro == 0:
+            optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss / accumulate)  # the mean over the update's batches
+        if micro == accumulate - 1:
+            self._clip(network, kind, self.hparams.grad_clip_norm, batch_size)
+            optimizer.step()
+            if kind == "generator":
+                self.ema.update(self.generator, self._generator_updates(step))
+        self.log(f"train/{kind}_loss", loss, prog_bar=True, batch_size=batch_size)
+        for name, value in metrics.items():
+            self.log(f"train/{name}", value, batch_size=batch_size)
         self.log("train/window_start_frame", float(start), batch_size=batch_size)
         self.log("train/video_std", window.detach().float().std(), batch_size=batch_size)
         self.log("train/seconds_per_step", time.perf_counter() - began, batch_size=batch_size)

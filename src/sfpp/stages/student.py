@@ -85,28 +85,37 @@ class StudentStage(L.LightningModule):
         """The generator of every random draw of optimisation step ``step`` (resume-safe)."""
         return torch.Generator().manual_seed(self.seed * 1_000_003 + step)
 
-    def _rows_of_global_batch(self, local_batch: int) -> tuple[slice | None, int | None]:
-        """``(batch_slice, global_batch)`` of this rank, or ``(None, None)`` in a single process.
+    def _rows_of_global_batch(
+        self, local_batch: int, micro_batch: int = 0, micro_batches: int = 1
+    ) -> tuple[slice | None, int | None]:
+        """``(batch_slice, global_batch)`` of this rank and micro-batch, or ``(None, None)`` for the whole batch.
 
-        Rank ``r`` of ``W`` holds global samples ``r, r + W, ...`` (the layout of torch's
-        ``DistributedSampler``, whose rank and size the strategy reports); every rank must have the
-        same local batch.
+        The global batch of one update is ``micro_batches x world x local_batch`` samples. Rank ``r``
+        of ``W`` holds samples ``r, r + W, ...`` of the data (the layout of torch's
+        ``DistributedSampler``, whose rank and size the strategy reports), and its micro-batch ``m``
+        the ``m``-th run of ``local_batch`` of them: global rows ``(m * local_batch + i) * W + r``.
+        One process with ``micro_batches = 1`` holds the whole batch. Every rank must have the same
+        local batch.
         """
         strategy = self._trainer.strategy if self._trainer is not None else None
         sampler_kwargs = getattr(strategy, "distributed_sampler_kwargs", None)
-        if not sampler_kwargs or sampler_kwargs["num_replicas"] == 1:
+        world, rank = 1, 0
+        if sampler_kwargs and sampler_kwargs["num_replicas"] > 1:
+            world, rank = sampler_kwargs["num_replicas"], sampler_kwargs["rank"]
+        if world == 1 and micro_batches == 1:
             return None, None
-        world, rank = sampler_kwargs["num_replicas"], sampler_kwargs["rank"]
-        return slice(rank, None, world), local_batch * world
+        span = local_batch * world  # samples of one micro-batch over all ranks
+        return slice(micro_batch * span + rank, (micro_batch + 1) * span, world), span * micro_batches
 
     def _noise_fn(
-        self, rng: torch.Generator, local_batch: int
+        self, rng: torch.Generator, local_batch: int, micro_batch: int = 0, micro_batches: int = 1
     ) -> Callable[[tuple[int, ...]], torch.Tensor] | None:
-        """Rollout noise of the whole global batch, this rank's rows (``None`` in a single process).
+        """Rollout noise of the whole global batch, this rank's and micro-batch's rows (``None``: the whole batch).
 
-        N processes with a local batch B thus draw the same noise as one process with N * B.
+        N processes with a local batch B and k micro-batches thus draw the same noise as one process
+        with the batch N * k * B.
         """
-        batch_slice, global_batch = self._rows_of_global_batch(local_batch)
+        batch_slice, global_batch = self._rows_of_global_batch(local_batch, micro_batch, micro_batches)
         if batch_slice is None:
             return None
 
