@@ -312,3 +312,26 @@ def test_grpo_hyperparameters_are_saveable_by_the_loggers(tmp_path):
     save_hparams_to_yaml(tmp_path / "hparams.yaml", module.hparams)
     text = (tmp_path / "hparams.yaml").read_text()
     assert "transition_eta: 0.9" in text and "transition_output_std: 0.03" in text
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_an_update_lowers_its_objective_on_the_group_it_came_from(sign):
+    """The guarantee the slow experiment test checks on the real student, here on a tiny one: after
+    one small step the GRPO loss of the recorded group is lower; a step against the gradient
+    (``sign = -1``, a broken update) raises it."""
+    module = grpo_module(optimizer=lambda params: torch.optim.Adam(params, lr=1e-4), kl_weight=0.1)
+    module.manual_backward = lambda loss: loss.backward()
+    optimizer = module.configure_optimizers()
+    prompts = ["a red circle bouncing on a dark background", "a blue square bouncing on a dark background"]
+    context, trajectories, _, rewards = module.sample_group(prompts, torch.Generator().manual_seed(0))
+    advantages = group_advantages(rewards, module.hparams.group_size)
+    optimizer.zero_grad()
+    before = module.policy_update(context, trajectories, advantages)
+    for param in module.generator.parameters():
+        if param.grad is not None:
+            param.grad.mul_(sign)
+    optimizer.step()
+    optimizer.zero_grad()
+    after = module.policy_update(context, trajectories, advantages)
+    loss_before, loss_after = (s["policy_loss"] + 0.1 * s["kl"] for s in (before, after))
+    assert (loss_after < loss_before) == (sign > 0), (loss_before, loss_after)
