@@ -1,0 +1,88 @@
+"""Cluster launch: the SLURM launcher and trainer configs compose; a multirun goes through submitit's
+local launcher end to end; ckpt_path=last resumes a run where it stopped (what a requeued job does)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+
+pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_slurm_launcher_and_trainer_compose_for_8_nodes_of_8_gpus(compose_train) -> None:
+    cfg = compose_train(
+        [
+            "hydra/launcher=slurm",
+            "trainer=fsdp_slurm",
+            "experiment=extend_100s",
+            "hydra.launcher.partition=gpu",
+        ],
+        shrink=False,
+    )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (8, 8, 8)
+    assert launcher.partition == "gpu" and launcher.max_num_timeout > 0 and launcher.signal_delay_s > 0
+    assert cfg.trainer.num_nodes == 8 and cfg.trainer.strategy.data_parallel_size == 64
+    (environment,) = [hydra.utils.instantiate(p) for p in cfg.trainer.plugins]
+    assert type(environment).__name__ == "SLURMEnvironment" and not environment.auto_requeue
+
+
+def _train(tmp_path: Path, *overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM")} | {"OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sfpp.train",
+            *(["--multirun"] if multirun else []),
+            "experiment=tiny",
+            f"paths.root_dir={tmp_path}",
+            f"hydra.sweep.dir={tmp_path}/multirun",
+            f"hydra.run.dir={tmp_path}/run",
+            *overrides,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=False,
+    )
+
+
+def test_a_multirun_through_the_local_submitit_launcher(tmp_path) -> None:
+    result = _train(tmp_path, "hydra/launcher=local", "debug=fast_dev_run", "seed=0,1", multirun=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs = sorted((tmp_path / "multirun" / ".submitit").rglob("*_result.pkl"))
+    assert len(logs) == 2  # one submitit job per seed, each finished with a result
+
+
+def test_ckpt_path_last_resumes_where_the_run_stopped(tmp_path) -> None:
+    first = _train(
+        tmp_path,
+        "trainer.max_steps=4",
+        "ckpt_path=last",
+        "callbacks.model_checkpoint.every_n_train_steps=2",
+        f"callbacks.model_checkpoint.dirpath={tmp_path}/ckpt",
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["global_step"] == 4
+    again = _train(
+        tmp_path,
+        "trainer.max_steps=6",
+        "ckpt_path=last",
+        "callbacks.model_checkpoint.every_n_train_steps=2",
+        f"callbacks.model_checkpoint.dirpath={tmp_path}/ckpt",
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Restoring states from the checkpoint path" in again.stdout + again.stderr
+    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["global_step"] == 6
