@@ -32,10 +32,15 @@ class EMA(nn.Module):
 
     @torch.no_grad()
     def update(self, online: nn.Module, step: int) -> None:
-        """Fold the online weights into the average (or copy them before ``start_step``)."""
+        """Fold the online weights into the average (or copy them before ``start_step``).
+
+        Frozen parameters (``requires_grad=False``: the base weights under LoRA) never change, so
+        only the trained ones are averaged.
+        """
         decay = self.decay if step >= self.start_step else 0.0
         for ema_p, p in zip(self.module.parameters(), online.parameters(), strict=True):
-            ema_p.lerp_(p.detach(), 1.0 - decay)
+            if p.requires_grad:
+                ema_p.lerp_(p.detach(), 1.0 - decay)
         for ema_b, b in zip(self.module.buffers(), online.buffers(), strict=True):
             ema_b.copy_(b)
 

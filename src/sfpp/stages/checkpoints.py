@@ -20,10 +20,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sfpp.models.lora import LoraSettings, merged_state_dict
+
 __all__ = ["checkpoint_prefixes", "load_submodule"]
 
 
 def _state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
+    return _payload(checkpoint)["state_dict"]
+
+
+def _payload(checkpoint: str | Path) -> dict:
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(
@@ -32,7 +38,7 @@ def _state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
     payload = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(payload, dict) or "state_dict" not in payload:
         raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict' entry)")
-    return payload["state_dict"]
+    return payload
 
 
 def _check_shared(
@@ -87,12 +93,16 @@ def load_submodule(
             weights. Checkpoints without them (a frozen encoder that is not saved) are not compared.
         shared_prefix: The submodule both checkpoints must share.
 
+    A submodule trained with LoRA (``stage.lora``) is loaded with its adapters merged into the
+    weights (:func:`~sfpp.models.lora.merged_state_dict`), so ``module`` is a plain model.
+
     Raises:
         FileNotFoundError: If a checkpoint does not exist.
         ValueError: If nothing is stored under ``prefix`` (listing the prefixes that are), the
             keys or shapes do not match ``module``, or the shared weights differ.
     """
-    state = _state_dict(checkpoint)
+    payload = _payload(checkpoint)
+    state = payload["state_dict"]
     if shared_with is not None:
         _check_shared(state, checkpoint, _state_dict(shared_with), shared_with, shared_prefix)
     selected = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
@@ -101,6 +111,11 @@ def load_submodule(
         raise ValueError(
             f"no weights under prefix {prefix!r} in {checkpoint}; top-level prefixes: {available}"
         )
+    if any(".lora_" in key for key in selected):  # a LoRA-trained stage: fold the adapters in
+        lora = (payload.get("hyper_parameters") or {}).get("lora")
+        if not lora:
+            raise ValueError(f"{checkpoint} holds LoRA adapters under {prefix!r} but no lora settings")
+        selected = merged_state_dict(selected, LoraSettings(**dict(lora)).scaling)
     try:
         module.load_state_dict(selected, strict=True)
     except RuntimeError as error:

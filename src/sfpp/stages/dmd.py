@@ -31,7 +31,7 @@ generator, critic, teacher and EMA copy with FSDP2 (see :mod:`sfpp.models.parall
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -44,6 +44,7 @@ from sfpp.diffusion.rollout import FewStepSampler, stream_rollout
 from sfpp.diffusion.window import WindowSampler
 from sfpp.models.causal_wan import CausalWanDiT
 from sfpp.models.critic import ScoreCritic
+from sfpp.models.lora import LoraSettings, apply_lora
 from sfpp.models.parallelize import configure_stage_modules
 from sfpp.stages.student import StudentStage
 from sfpp.utils.seeding import derive_seed
@@ -146,6 +147,10 @@ class DMDModule(StudentStage):
             prompts and logs each value as ``val/<name>`` (quality past the teacher's horizon).
         val_rollout_frames: Length of the validation rollouts (latent frames or seconds); defaults
             to ``rollout_frames``.
+        lora: Low-rank adapters on the generator's and the critic's attention and feed-forward
+            linears (:class:`~sfpp.models.lora.LoraSettings` or a mapping of its fields, e.g.
+            ``{rank: 32, alpha: 32}``); only the adapters train, and the EMA averages them.
+            ``None`` (the default): full fine-tuning.
     """
 
     def __init__(
@@ -179,6 +184,7 @@ class DMDModule(StudentStage):
         activation_checkpointing: bool = False,
         quality_metric: Callable[..., dict[str, float]] | None = None,
         val_rollout_frames: int | str | None = None,
+        lora: LoraSettings | Mapping[str, Any] | None = None,
     ) -> None:
         if not generator.causal or teacher.causal:
             raise ValueError("DMD needs a block-causal generator (causal=true) and a bidirectional teacher")
@@ -204,6 +210,9 @@ class DMDModule(StudentStage):
                 f"window_frames={window_frames} and rollout_frames={rollout_frames} must be whole chunks "
                 f"of num_frames_per_chunk={chunk}"
             )
+        lora_settings = LoraSettings.parse(lora)
+        if lora_settings is not None:
+            apply_lora(generator, lora_settings)  # before the EMA copy is made
         super().__init__(
             generator,
             text_encoder,
@@ -232,10 +241,14 @@ class DMDModule(StudentStage):
                 "critic_optimizer",
                 "reinjector",
                 "quality_metric",
+                "lora",
             ]
         )
         self.teacher = teacher.requires_grad_(False).eval()
         self.critic = ScoreCritic.from_teacher(teacher)
+        if lora_settings is not None:
+            apply_lora(self.critic.model, lora_settings)
+        self.hparams["lora"] = None if lora_settings is None else lora_settings.as_dict()
         self.window_sampler = WindowSampler(window_frames, window_mode, chunk, tuple(window_beta))
         self.reinjector = reinjector or NoiseReinjector()
         self.generator_optimizer_factory = generator_optimizer
