@@ -116,3 +116,46 @@ def test_paper_dmd_experiments_instantiate_with_tiny_parts(
     assert module.hparams.critic_updates_per_generator == 5 and module.hparams.real_guidance_scale == 3.0
     embeddings, _ = module.text_encoder(["a cat sits on a mat"])
     assert embeddings.shape[-1] == 32
+    if experiment == "extend_100s":  # windows inside the rollout start with an image latent
+        assert module.window_reencoder.mode == "reencode" and module.window_reencoder.mask_first_chunk
+    else:
+        assert module.window_reencoder is None
+
+
+def test_paper_windows_inside_a_rollout_are_reencoded(compose_train, tiny_wan_dir):
+    import hydra
+
+    root, z = tiny_wan_dir
+    cfg = compose_train(
+        [
+            "experiment=extend_100s",
+            f"wan_dir={root}",
+            f"student_ckpt={root / 'student.ckpt'}",
+            "model=tiny",
+            f"++model.in_channels={z}",
+            f"++model.out_channels={z}",
+            "++model.text_dim=32",
+            f"stage.latent_shape=[{z},8,8]",
+            "codec.dtype=float32",
+            "text.dtype=float32",
+            "stage.rollout_frames=12",
+            "stage.window_frames=6",
+            "stage.window_mode=last",
+            "stage.cache_window_frames=6",
+        ]
+    )
+    module = hydra.utils.instantiate(cfg.stage)
+    context, _ = module._contexts(["a cat sits on a mat"])
+    window, start = module._rollout_window(context, module._rng(0), keep_graph=True)
+    assert start == 6 and window.shape[2] == 6
+    chunk = module.generator.num_frames_per_chunk
+    weight = module.generator.patch_embedding.weight
+    (masked,) = torch.autograd.grad(window[:, :, :chunk].sum(), weight, retain_graph=True, allow_unused=True)
+    assert masked is None or torch.all(masked == 0)  # the first chunk gives the generator no gradient
+    (rest,) = torch.autograd.grad(window[:, :, chunk:].sum(), weight, retain_graph=True)
+    assert rest.abs().sum() > 0
+    # the same rollout without re-encoding: only the first frame differs
+    module.window_reencoder = None
+    plain, _ = module._rollout_window(context, module._rng(0), keep_graph=False)
+    torch.testing.assert_close(window[:, :, 1:].detach(), plain[:, :, 1:])
+    assert not torch.allclose(window[:, :, :1].detach(), plain[:, :, :1])

@@ -39,6 +39,7 @@ from torch import nn
 
 from sfpp.diffusion.lengths import VideoTiming
 from sfpp.diffusion.losses import dmd_loss, flow_matching_loss, real_and_fake_x0
+from sfpp.diffusion.reencode import WindowReencoder
 from sfpp.diffusion.reinject import NoiseReinjector
 from sfpp.diffusion.rollout import FewStepSampler, stream_rollout
 from sfpp.diffusion.window import WindowSampler
@@ -147,6 +148,10 @@ class DMDModule(StudentStage):
             prompts and logs each value as ``val/<name>`` (quality past the teacher's horizon).
         val_rollout_frames: Length of the validation rollouts (latent frames or seconds); defaults
             to ``rollout_frames``.
+        window_reencoder: What the teacher and the critic see of a window that does not start the
+            rollout (:class:`~sfpp.diffusion.reencode.WindowReencoder`: its first latent frame
+            re-encoded from one pixel frame, as the teacher's clips start, for codecs with a
+            temporal stride); ``None`` (the default): the window as it is.
         lora: Low-rank adapters on the generator's and the critic's attention and feed-forward
             linears (:class:`~sfpp.models.lora.LoraSettings` or a mapping of its fields, e.g.
             ``{rank: 32, alpha: 32}``); only the adapters train, and the EMA averages them.
@@ -184,6 +189,7 @@ class DMDModule(StudentStage):
         activation_checkpointing: bool = False,
         quality_metric: Callable[..., dict[str, float]] | None = None,
         val_rollout_frames: int | str | None = None,
+        window_reencoder: WindowReencoder | None = None,
         lora: LoraSettings | Mapping[str, Any] | None = None,
     ) -> None:
         if not generator.causal or teacher.causal:
@@ -241,6 +247,7 @@ class DMDModule(StudentStage):
                 "critic_optimizer",
                 "reinjector",
                 "quality_metric",
+                "window_reencoder",
                 "lora",
             ]
         )
@@ -251,6 +258,7 @@ class DMDModule(StudentStage):
         self.hparams["lora"] = None if lora_settings is None else lora_settings.as_dict()
         self.window_sampler = WindowSampler(window_frames, window_mode, chunk, tuple(window_beta))
         self.reinjector = reinjector or NoiseReinjector()
+        self.window_reencoder = window_reencoder
         self.generator_optimizer_factory = generator_optimizer
         self.critic_optimizer_factory = critic_optimizer
         # (first step of a critic group, its context, its windows): the rollout shared by the group
@@ -307,8 +315,9 @@ class DMDModule(StudentStage):
             grad_from_frame=start if keep_graph else end,
             noise_fn=self._noise_fn(rng, context.shape[0], micro_batch, self.hparams.accumulate_grad_batches),
         )
+        chunks = list(chunks)
         window = torch.cat([c.latents for c in chunks if c.frame_offset >= start], dim=2)  # (B, C, K, h, w)
-        return window, start
+        return self._as_seen_by_the_teacher(chunks, window, start), start
 
     @torch.no_grad()
     def _shared_critic_windows(
@@ -339,7 +348,25 @@ class DMDModule(StudentStage):
             noise_fn=self._noise_fn(rng, context.shape[0]),
         )
         latents = torch.cat([c.latents for c in chunks], dim=2)  # (B, C, end, h, w)
-        return [(latents[:, :, start : start + self.window_frames], start) for start in starts]
+        return [
+            (self._reencode(latents[:, :, :start], latents[:, :, start : start + self.window_frames]), start)
+            for start in starts
+        ]
+
+    def _reencode(self, prefix: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+        """The window with its first frame re-encoded (:class:`~sfpp.diffusion.reencode.WindowReencoder`)."""
+        if self.window_reencoder is None:
+            return window
+        return self.window_reencoder(prefix, window, self.codec, self.generator.num_frames_per_chunk)
+
+    def _as_seen_by_the_teacher(self, chunks: list, window: torch.Tensor, start: int) -> torch.Tensor:
+        """:meth:`_reencode` with the prefix taken from the rollout's chunks (only when it applies)."""
+        if self.window_reencoder is None or not self.window_reencoder.applies(self.codec, start):
+            return window
+        prefix = torch.cat(
+            [c.latents.detach() for c in chunks if c.frame_offset < start], dim=2
+        )  # (B, C, s, h, w)
+        return self._reencode(prefix, window)
 
     def _critic_window(
         self, step: int, prompts: list[str]
