@@ -306,7 +306,7 @@ def test_accumulated_micro_batches_give_the_update_of_one_large_batch(tmp_path):
             torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=f"{name}.{key}")
     moved = any(
         not torch.equal(p, q)
-        for p, q in zip(runs["micro"].generator.parameters(), _module().generator.parameters())
+        for p, q in zip(runs["micro"].generator.parameters(), _module().generator.parameters(), strict=True)
     )
     assert moved  # the comparison is not between two untouched models
 
