@@ -335,3 +335,46 @@ def test_an_update_lowers_its_objective_on_the_group_it_came_from(sign):
     after = module.policy_update(context, trajectories, advantages)
     loss_before, loss_after = (s["policy_loss"] + 0.1 * s["kl"] for s in (before, after))
     assert (loss_after < loss_before) == (sign > 0), (loss_before, loss_after)
+
+
+def test_accumulated_batches_of_prompts_give_the_update_of_one_large_batch(tmp_path):
+    """2 batches of 2 prompts (groups of 4 rollouts each) = 1 batch of 4 prompts, draws dealt alike."""
+    import lightning as L
+
+    prompts = [
+        "a red circle bouncing on a dark background",
+        "a blue square bouncing on a dark background",
+        "a green triangle bouncing on a dark background",
+        "a yellow circle bouncing on a dark background",
+    ]
+    runs = {}
+    for name, accumulate, batch in (("large", 1, 4), ("micro", 2, 2)):
+        L.seed_everything(0)
+        torch.manual_seed(0)
+        module = grpo_module(accumulate_grad_batches=accumulate, kl_weight=0.1)
+        data = torch.utils.data.DataLoader(
+            [{"prompt": p} for p in prompts * 2],
+            batch_size=batch,
+            shuffle=False,
+            collate_fn=lambda rows: {"prompt": [r["prompt"] for r in rows]},
+        )
+        trainer = L.Trainer(
+            max_steps=2,
+            accelerator="cpu",
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            default_root_dir=tmp_path / name,
+            limit_val_batches=0,
+        )
+        trainer.fit(module, train_dataloaders=data)
+        assert module.global_step == 2
+        runs[name] = module
+    start = grpo_module().generator.state_dict()
+    large, micro = runs["large"].generator.state_dict(), runs["micro"].generator.state_dict()
+    assert any(not torch.equal(large[k], start[k]) for k in large)  # the updates moved the policy
+    for key in large:
+        torch.testing.assert_close(micro[key], large[key], rtol=1e-4, atol=1e-6, msg=key)
+    with pytest.raises(ValueError, match="ppo_epochs == 1"):
+        grpo_module(accumulate_grad_batches=2, ppo_epochs=2)

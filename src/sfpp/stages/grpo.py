@@ -61,6 +61,9 @@ class GRPOModule(StudentStage):
         clip_range: PPO clip of the importance ratio.
         kl_weight: Weight of the per-element KL to the reference.
         ppo_epochs: Updates per batch of rollouts.
+        accumulate_grad_batches: Batches of prompts whose gradients make one update: ``k`` batches
+            of ``P`` prompts give the update of one batch of ``k x P`` (groups never span two
+            batches, every random draw is dealt as for the large batch). Needs ``ppo_epochs == 1``.
         cache_window_frames: Past frames kept by the rolling KV cache.
         sink_frames: Frames from the start kept in the cache.
         grad_clip_norm: Gradient clipping (``None``: off).
@@ -91,6 +94,7 @@ class GRPOModule(StudentStage):
         clip_range: float = 0.2,
         kl_weight: float = 0.01,
         ppo_epochs: int = 1,
+        accumulate_grad_batches: int = 1,
         cache_window_frames: int | None = None,
         sink_frames: int = 0,
         grad_clip_norm: float | None = 1.0,
@@ -111,6 +115,12 @@ class GRPOModule(StudentStage):
             )
         if ppo_epochs < 1:
             raise ValueError(f"ppo_epochs must be >= 1, got {ppo_epochs}")
+        if accumulate_grad_batches < 1:
+            raise ValueError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
+        if accumulate_grad_batches > 1 and ppo_epochs > 1:
+            raise ValueError(
+                "accumulate_grad_batches > 1 needs ppo_epochs == 1 (one update per batch of rollouts)"
+            )
         transition = transition or StepTransition(eta=1.0, output_std=0.05)
         if transition.eta == 0.0 or not transition.stochastic_output:
             raise ValueError(
@@ -181,9 +191,12 @@ class GRPOModule(StudentStage):
 
     @torch.no_grad()
     def sample_group(
-        self, prompts: list[str], rng: torch.Generator
+        self, prompts: list[str], rng: torch.Generator, micro_batch: int = 0
     ) -> tuple[torch.Tensor, list[ChunkTrajectory], torch.Tensor, torch.Tensor]:
         """Roll out ``group_size`` videos per prompt with the current policy and score them.
+
+        ``micro_batch`` is the index of the prompts among the update's ``accumulate_grad_batches``
+        (their rows of the update's global batch of rollouts).
 
         Returns:
             ``(context, trajectories, videos, rewards)``: text embeddings of the ``P * G`` rollouts
@@ -202,7 +215,7 @@ class GRPOModule(StudentStage):
             self.latent_shape,
             self.sampler,
             rng,
-            noise_fn=self._noise_fn(rng, len(expanded)),
+            noise_fn=self._noise_fn(rng, len(expanded), micro_batch, self.hparams.accumulate_grad_batches),
             transition=self.transition,
             trajectory=trajectories,
         )
@@ -216,12 +229,17 @@ class GRPOModule(StudentStage):
         return context, trajectories, videos, rewards
 
     def policy_update(
-        self, context: torch.Tensor, trajectories: list[ChunkTrajectory], advantages: torch.Tensor
+        self,
+        context: torch.Tensor,
+        trajectories: list[ChunkTrajectory],
+        advantages: torch.Tensor,
+        loss_scale: float = 1.0,
     ) -> dict[str, float]:
         """Backpropagate the GRPO objective over the recorded rollouts, chunk by chunk.
 
         The loss is the mean over every recorded transition of the clipped surrogate plus
-        ``kl_weight`` times the KL to the reference; gradients accumulate in the policy's ``.grad``.
+        ``kl_weight`` times the KL to the reference, times ``loss_scale`` (``1 / k`` for one of
+        ``k`` accumulated batches); gradients accumulate in the policy's ``.grad``.
 
         Returns:
             Means over the rollout of the policy loss, KL, importance ratio and clip fraction.
@@ -271,7 +289,7 @@ class GRPOModule(StudentStage):
                 ]
             ).mean()
             weight = count / total  # the chunk's share of the mean over all transitions
-            self.manual_backward(weight * (policy_loss + self.hparams.kl_weight * kl))
+            self.manual_backward(loss_scale * weight * (policy_loss + self.hparams.kl_weight * kl))
             sums["policy_loss"] += weight * float(policy_loss.detach())
             sums["kl"] += weight * float(kl.detach())
             sums["ratio"] += weight * float(stats["ratio"])
@@ -282,16 +300,20 @@ class GRPOModule(StudentStage):
         """Sample groups, score them, and take ``ppo_epochs`` clipped policy-gradient steps."""
         began = time.perf_counter()
         optimizer = self.optimizers()
+        accumulate = self.hparams.accumulate_grad_batches
+        micro = batch_idx % accumulate
         rng = self._rng(self.global_step)
-        context, trajectories, videos, rewards = self.sample_group(list(batch["prompt"]), rng)
+        context, trajectories, videos, rewards = self.sample_group(list(batch["prompt"]), rng, micro)
         advantages = group_advantages(rewards, self.hparams.group_size)
         batch_size = rewards.shape[0]
         for _ in range(self.hparams.ppo_epochs):
-            optimizer.zero_grad(set_to_none=True)
-            stats = self.policy_update(context, trajectories, advantages)
-            self._clip(self.generator, "policy", self.hparams.grad_clip_norm, batch_size)
-            optimizer.step()
-            self.ema.update(self.generator, self.global_step)
+            if micro == 0:
+                optimizer.zero_grad(set_to_none=True)
+            stats = self.policy_update(context, trajectories, advantages, loss_scale=1.0 / accumulate)
+            if micro == accumulate - 1:
+                self._clip(self.generator, "policy", self.hparams.grad_clip_norm, batch_size)
+                optimizer.step()
+                self.ema.update(self.generator, self.global_step)
         self.log("train/reward", rewards.mean(), prog_bar=True, batch_size=batch_size)
         self.log(
             "train/reward_std_in_group",
