@@ -56,7 +56,9 @@ def train(cfg: DictConfig) -> float | None:
 
     if cfg.get("validate_before_fit"):  # the starting model's validation numbers, logged at step 0
         trainer.validate(module, datamodule=datamodule)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # The checkpoints are the runs' own: their hyperparameters hold OmegaConf containers, which
+    # torch's weights-only unpickler refuses, so resuming loads them in full.
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
 
     metric = cfg.get("optimized_metric")
     if metric is None:
