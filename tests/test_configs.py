@@ -17,7 +17,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from sfpp.callbacks import FinalStepCheckpoint
+from sfpp.callbacks import DivergenceGuard, FinalStepCheckpoint, ProgressLog
+from sfpp.utils.atomic import AtomicCheckpointIO
 from sfpp.utils.config_dir import find_config_dir, list_group_options
 from sfpp.utils.instantiate import instantiate_callbacks, instantiate_loggers
 
@@ -128,7 +129,13 @@ def test_trainer_callbacks_and_loggers_instantiate(compose_train) -> None:
     cfg = compose_train(["logger=many_loggers"])
     callbacks = instantiate_callbacks(cfg.callbacks)
     loggers = instantiate_loggers(cfg.logger)
-    assert [type(c) for c in callbacks] == [FinalStepCheckpoint, RichProgressBar, LearningRateMonitor]
+    assert [type(c) for c in callbacks] == [
+        FinalStepCheckpoint,
+        RichProgressBar,
+        DivergenceGuard,
+        ProgressLog,
+        LearningRateMonitor,
+    ]
     assert [type(lg) for lg in loggers] == [CSVLogger, TensorBoardLogger]
 
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
@@ -137,6 +144,7 @@ def test_trainer_callbacks_and_loggers_instantiate(compose_train) -> None:
     assert trainer.checkpoint_callback is callbacks[0]
     assert Path(trainer.checkpoint_callback.dirpath) == Path(cfg.paths.output_dir) / "checkpoints"
     assert len(trainer.loggers) == 2
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)  # a killed save keeps last.ckpt
 
 
 def test_callbacks_none_gives_no_callbacks(compose_train) -> None:

@@ -52,6 +52,37 @@ def test_toy_dmd_experiments_run(compose_train, tiny_checkpoints, experiment):
     train(cfg)
 
 
+def test_a_toy_dmd_run_resumes_from_its_checkpoint(compose_train, tiny_checkpoints, tmp_path):
+    """Its hyperparameters hold OmegaConf lists (latent_shape): resuming must still load them."""
+    teacher_ckpt, student_ckpt = tiny_checkpoints
+    overrides = [
+        "experiment=toy_self_forcing",
+        "model=tiny",
+        "++model.in_channels=3",
+        "++model.out_channels=3",
+        "++model.patch_size=[1,4,4]",
+        "stage.teacher.module.flavour=tiny",
+        "++stage.teacher.module.in_channels=3",
+        "++stage.teacher.module.out_channels=3",
+        "++stage.teacher.module.patch_size=[1,4,4]",
+        "text.module.embed_dim=16",
+        f"teacher_ckpt={teacher_ckpt}",
+        f"student_ckpt={student_ckpt}",
+        "data.batch_size=2",
+        "stage.critic_warmup_steps=0",
+        "~callbacks.video_samples",
+        "trainer.limit_val_batches=0",
+        "logger=csv",
+        f"callbacks.model_checkpoint.dirpath={tmp_path}/ckpt",
+        "callbacks.model_checkpoint.every_n_train_steps=2",
+    ]
+    train(compose_train([*overrides, "trainer.max_steps=2"], shrink=False))
+    last = tmp_path / "ckpt" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 2
+    train(compose_train([*overrides, "trainer.max_steps=3", f"ckpt_path={last}"], shrink=False))
+    assert torch.load(last, weights_only=False)["global_step"] == 3
+
+
 @pytest.mark.parametrize("experiment", ["self_forcing_1_3b", "extend_100s"])
 def test_paper_dmd_experiments_need_local_weights(compose_train, experiment):
     cfg = compose_train([f"experiment={experiment}"], shrink=False)
