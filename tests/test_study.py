@@ -48,14 +48,16 @@ def test_study_results_layout_table_plot_frames_and_videos(tmp_path):
     teacher_ckpt, models = _stand_ins(tmp_path)
     horizons = (1, 3)
     out = tmp_path / "study"
+    protocol = {
+        "base_step": 850,
+        "extra_steps": 10,
+        "extra_generator_updates": 2,
+        "train_seeds": [1, 2],
+        "horizon_frames": 8,
+        "sfpp_rollout_frames": 160,
+    }
     results = evaluate_study(
-        out,
-        teacher_ckpt,
-        models,
-        {"base_step": 850, "extra_steps": 10, "extra_generator_updates": 2, "train_seeds": [1, 2]},
-        eval_seeds=(0, 1),
-        num_prompts=2,
-        horizons=horizons,
+        out, teacher_ckpt, models, protocol, eval_seeds=(0, 1), num_prompts=2, horizons=horizons
     )
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
     assert {
@@ -93,6 +95,14 @@ def test_study_results_layout_table_plot_frames_and_videos(tmp_path):
     assert (out / "frames.png").stat().st_size > 5_000
     assert (out / "side_by_side.gif").stat().st_size > 1_000
     assert len(list(out.glob("side_by_side_seed*.mp4"))) == 2
+    # the results pages render from this layout
+    from sfpp.apps.results_pages import readme_table, study_page, teacher_page_from_study
+
+    page = study_page(results)
+    assert "## FD to real (lower is better)" in page and f"| {SFPP_CONTINUED} |" in page
+    assert "| the teacher's clips |" in teacher_page_from_study(results)
+    demo = {"frames": 160, "measured": "x", "commit": "y", "command": "z", "models": {}}
+    assert f"| {SFPP_CONTINUED} |" in readme_table(results, demo)
 
 
 def _fake(fd_by_method):
