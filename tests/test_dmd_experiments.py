@@ -24,21 +24,27 @@ def tiny_checkpoints(tmp_path):
     return teacher_ckpt, student_ckpt
 
 
+# The toy DMD experiments with tiny models (3 channels, 4x4 patches) for the generator and the teacher.
+TINY_TOY_DMD = [
+    "model=tiny",
+    "++model.in_channels=3",
+    "++model.out_channels=3",
+    "++model.patch_size=[1,4,4]",
+    "stage.teacher.module.flavour=tiny",
+    "++stage.teacher.module.in_channels=3",
+    "++stage.teacher.module.out_channels=3",
+    "++stage.teacher.module.patch_size=[1,4,4]",
+    "text.module.embed_dim=16",
+]
+
+
 @pytest.mark.parametrize("experiment", ["toy_self_forcing", "toy_extend"])
 def test_toy_dmd_experiments_run(compose_train, tiny_checkpoints, experiment):
     teacher_ckpt, student_ckpt = tiny_checkpoints
     cfg = compose_train(
         [
             f"experiment={experiment}",
-            "model=tiny",
-            "++model.in_channels=3",
-            "++model.out_channels=3",
-            "++model.patch_size=[1,4,4]",
-            "stage.teacher.module.flavour=tiny",
-            "++stage.teacher.module.in_channels=3",
-            "++stage.teacher.module.out_channels=3",
-            "++stage.teacher.module.patch_size=[1,4,4]",
-            "text.module.embed_dim=16",
+            *TINY_TOY_DMD,
             f"teacher_ckpt={teacher_ckpt}",
             f"student_ckpt={student_ckpt}",
             "data.batch_size=2",
@@ -57,15 +63,7 @@ def test_a_toy_dmd_run_resumes_from_its_checkpoint(compose_train, tiny_checkpoin
     teacher_ckpt, student_ckpt = tiny_checkpoints
     overrides = [
         "experiment=toy_self_forcing",
-        "model=tiny",
-        "++model.in_channels=3",
-        "++model.out_channels=3",
-        "++model.patch_size=[1,4,4]",
-        "stage.teacher.module.flavour=tiny",
-        "++stage.teacher.module.in_channels=3",
-        "++stage.teacher.module.out_channels=3",
-        "++stage.teacher.module.patch_size=[1,4,4]",
-        "text.module.embed_dim=16",
+        *TINY_TOY_DMD,
         f"teacher_ckpt={teacher_ckpt}",
         f"student_ckpt={student_ckpt}",
         "data.batch_size=2",

@@ -39,6 +39,7 @@ import torch
 from rich.console import Console
 
 from sfpp.apps.pipeline import StageRun, StageTiming, run_stages, toy_stages
+from sfpp.apps.results_pages import study_page
 from sfpp.apps.study_metrics import Scores, score_horizons
 from sfpp.apps.study_report import (
     REAL_LABEL,
@@ -49,7 +50,6 @@ from sfpp.apps.study_report import (
     group_results,
     plot_results,
     write_frames,
-    write_table,
 )
 from sfpp.diffusion.rollout import rollout_from_seed
 from sfpp.io.video import write_gif, write_video
@@ -360,7 +360,8 @@ def evaluate_study(
     results["methods"] = group_results(results["scores"], {model.label: model.method for model in models})
     results["target"] = check_target(results)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    table = write_table(results, out / "table.md")
+    table = out / "table.md"
+    table.write_text(study_page(results))
     plot_results(results, out / "quality_vs_horizon.png")
     console.print(table.read_text())
     console.print(f"results: {out / 'results.json'}\nplot: {out / 'quality_vs_horizon.png'}")

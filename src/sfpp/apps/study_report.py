@@ -1,4 +1,6 @@
-"""The study's report: methods aggregated over training seeds, the target checks, table, plot, frames.
+"""The study's report: methods aggregated over training seeds, the target checks, plot, frames.
+
+The table is the study's results page (:func:`sfpp.apps.results_pages.study_page`).
 
 The scores of :mod:`sfpp.apps.study_metrics` are one value per evaluation seed for every model. A
 method's number at a horizon is the mean over its training seeds of each student's mean over the
@@ -28,7 +30,6 @@ __all__ = [
     "group_results",
     "plot_results",
     "write_frames",
-    "write_table",
 ]
 
 REAL_LABEL = "Real videos (reference)"
@@ -125,58 +126,6 @@ def check_target(results: Mapping) -> dict[str, dict[str, Any]]:
                 "detail": ", ".join(f"{m} {student[m]:.3f} (teacher {teacher[m]:.3f})" for m in teacher),
             }
     return checks
-
-
-def _cell(entry: Mapping[str, float] | None) -> str:
-    if entry is None:
-        return "-"
-    spread = entry["train_spread"] if entry["train_spread"] > 0 else entry["eval_spread"]
-    return f"{entry['mean']:.3f} ± {spread:.3f}"
-
-
-def write_table(results: Mapping, path: Path) -> Path:
-    """``table.md``: one table per metric (methods x horizons), the training costs and the target."""
-    protocol = results["protocol"]
-    horizons = [str(h) for h in protocol["horizons"]]
-    lines = [
-        f"Measured {results['measured']}, commit {results['commit']}, `{results['command']}` "
-        f"({results['minutes']:.0f} min). {protocol['prompts']} held-out prompts x evaluation seeds "
-        f"{protocol['eval_seeds']}; continuations: {protocol['extra_steps']} steps "
-        f"({protocol['extra_generator_updates']} generator updates) from the baseline's step "
-        f"{protocol['base_step']}, training seeds {protocol['train_seeds']}. Each cell: mean ± spread over "
-        "training seeds (over evaluation seeds for single models), on the window that ends at the horizon.",
-        "",
-    ]
-    for metric, (title, up) in METRICS.items():
-        lines += [f"**{title}** ({'higher' if up else 'lower'} is better)", ""]
-        lines += [
-            "| model | " + " | ".join(f"{h}x" for h in horizons) + " |",
-            "|---|" + "---|" * len(horizons),
-        ]
-        for method, entry in results["methods"].items():
-            cells = [_cell(entry["horizons"].get(h, {}).get(metric)) for h in horizons]
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
-        lines.append("")
-    lines += [
-        "**training cost**",
-        "",
-        "| stage | minutes | steps/min | generator updates/min |",
-        "|---|---|---|---|",
-    ]
-    for name, cost in results["training"].items():
-        rate = (
-            f"{cost['steps_per_minute']:.1f} | {cost['generator_updates_per_minute']:.2f}"
-            if "steps" in cost
-            else "- | -"
-        )
-        lines.append(f"| {name} | {cost['minutes']:.1f} | {rate} |")
-    lines += ["", "**target**", ""]
-    lines += [
-        f"- {'PASS' if c['passed'] else 'FAIL'} {name}: {c['detail']}"
-        for name, c in results["target"].items()
-    ]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def plot_results(results: Mapping, path: Path) -> Path:

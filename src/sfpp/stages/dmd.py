@@ -289,33 +289,45 @@ class DMDModule(StudentStage):
 
     # -- helpers -------------------------------------------------------------------------------
 
+    def _rollout_to(
+        self,
+        context: torch.Tensor,
+        rng: torch.Generator,
+        end: int,
+        grad_from_frame: int,
+        micro_batch: int = 0,
+    ) -> list:
+        """The student's chunks up to latent frame ``end``, each at an exit step drawn from ``rng``.
+
+        Chunks from ``grad_from_frame`` on keep the graph of their exit step. ``micro_batch`` is the
+        index of this batch among the update's ``accumulate_grad_batches``: the rollout noise is
+        that of its rows of the update's global batch.
+        """
+        num_steps = len(self.sampler.timesteps)
+        exit_steps = torch.randint(0, num_steps, (end // self.generator.num_frames_per_chunk,), generator=rng)
+        noise_fn = self._noise_fn(rng, context.shape[0], micro_batch, self.hparams.accumulate_grad_batches)
+        return list(
+            stream_rollout(
+                self.generator,
+                context,
+                self._new_cache(self.generator, context.shape[0]),
+                end,
+                self.latent_shape,
+                self.sampler,
+                rng,
+                exit_steps=exit_steps.tolist(),
+                grad_from_frame=grad_from_frame,
+                noise_fn=noise_fn,
+            )
+        )
+
     def _rollout_window(
         self, context: torch.Tensor, rng: torch.Generator, keep_graph: bool, micro_batch: int = 0
     ) -> tuple[torch.Tensor, int]:
-        """Roll the student out to the end of a sampled window; return the window ``(B, C, K, h, w)``.
-
-        ``micro_batch`` is the index of this batch among the update's ``accumulate_grad_batches``:
-        the rollout noise is that of its rows of the update's global batch.
-        """
-        chunk = self.generator.num_frames_per_chunk
+        """Roll the student out to the end of a sampled window; return the window ``(B, C, K, h, w)``."""
         start = self.window_sampler.sample(self.rollout_frames, rng)
         end = start + self.window_frames
-        num_steps = len(self.sampler.timesteps)
-        exit_steps = torch.randint(0, num_steps, (end // chunk,), generator=rng).tolist()
-        cache = self._new_cache(self.generator, context.shape[0])
-        chunks = stream_rollout(
-            self.generator,
-            context,
-            cache,
-            end,
-            self.latent_shape,
-            self.sampler,
-            rng,
-            exit_steps=exit_steps,
-            grad_from_frame=start if keep_graph else end,
-            noise_fn=self._noise_fn(rng, context.shape[0], micro_batch, self.hparams.accumulate_grad_batches),
-        )
-        chunks = list(chunks)
+        chunks = self._rollout_to(context, rng, end, start if keep_graph else end, micro_batch)
         window = torch.cat([c.latents for c in chunks if c.frame_offset >= start], dim=2)  # (B, C, K, h, w)
         return self._as_seen_by_the_teacher(chunks, window, start), start
 
@@ -328,25 +340,10 @@ class DMDModule(StudentStage):
         Everything is drawn from the generator of ``first_step``, so recomputing a group (after a
         resume) gives the same windows.
         """
-        chunk = self.generator.num_frames_per_chunk
         rng = self._rng(first_step)
         starts = [self.window_sampler.sample(self.rollout_frames, rng) for _ in range(size)]
         end = max(starts) + self.window_frames
-        num_steps = len(self.sampler.timesteps)
-        exit_steps = torch.randint(0, num_steps, (end // chunk,), generator=rng).tolist()
-        cache = self._new_cache(self.generator, context.shape[0])
-        chunks = stream_rollout(
-            self.generator,
-            context,
-            cache,
-            end,
-            self.latent_shape,
-            self.sampler,
-            rng,
-            exit_steps=exit_steps,
-            grad_from_frame=end,
-            noise_fn=self._noise_fn(rng, context.shape[0]),
-        )
+        chunks = self._rollout_to(context, rng, end, grad_from_frame=end)
         latents = torch.cat([c.latents for c in chunks], dim=2)  # (B, C, end, h, w)
         return [
             (self._reencode(latents[:, :, :start], latents[:, :, start : start + self.window_frames]), start)
