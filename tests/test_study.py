@@ -8,10 +8,10 @@ import torch
 from sfpp.apps.study import (
     BASE_STAGE,
     HORIZONS,
+    DMDSchedule,
     StudyModel,
     continuation_stages,
     evaluate_study,
-    generator_updates,
     shared_stages,
 )
 from sfpp.apps.study_metrics import METRICS
@@ -170,11 +170,17 @@ def test_study_defaults_and_stages():
     assert any(o.endswith("checkpoints/study_sfpp_seed1/last.ckpt") for o in stages[-1].overrides)
     assert [m.train_seed for m in models] == [None, 1, 1, 2, 2, 1]
     # toy DMD schedule: 100 warm-up critic steps, then every fifth step a generator update
-    assert (
-        generator_updates(0, 100) == 0
-        and generator_updates(100, 105) == 1
-        and generator_updates(1350, 1850) == 100
-    )
+    assert DMDSchedule(0, 4, 100).generator_updates(100) == 0
+    assert DMDSchedule(100, 4, 100).generator_updates(5) == 1
+    assert DMDSchedule(1350, 4, 100).generator_updates(500) == 100
+
+
+def test_the_schedule_is_read_from_the_baseline_checkpoint(tmp_path):
+    path = tmp_path / "base.ckpt"
+    hparams = {"critic_updates_per_generator": 2, "critic_warmup_steps": 10}
+    torch.save({"global_step": 40, "hyper_parameters": hparams, "state_dict": {}}, path)
+    schedule = DMDSchedule.from_checkpoint(path)
+    assert schedule == DMDSchedule(40, 2, 10) and schedule.generator_updates(9) == 3
 
 
 def test_study_command_line_rejects_bad_prompts(capsys):

@@ -58,6 +58,7 @@ from sfpp.world import HORIZON, TeacherClipSampler, ground_truth, heldout_prompt
 
 __all__ = [
     "BASE_STAGE",
+    "DMDSchedule",
     "HORIZONS",
     "REAL_LABEL",
     "TEACHER_LABEL",
@@ -81,8 +82,6 @@ HORIZONS: tuple[int, ...] = (1, 5, 10, 20, 50)
 SFPP_HORIZONS = 20
 #: Name of the Self-Forcing baseline stage.
 BASE_STAGE = "study_sf_base"
-#: Critic steps per generator step and critic warm-up of the toy DMD experiments.
-_CRITIC_RATIO, _CRITIC_WARMUP = 4, 100
 
 
 @dataclass(frozen=True)
@@ -113,9 +112,31 @@ def shared_stages(root: Path = Path(".")) -> list[StageRun]:
     return [*toy_stages(root)[:3], base]
 
 
-def checkpoint_step(path: Path) -> int:
-    """The optimisation step a Lightning checkpoint was written at."""
-    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+@dataclass(frozen=True)
+class DMDSchedule:
+    """Where a DMD checkpoint stands in its schedule of critic and generator updates."""
+
+    step: int
+    critic_updates_per_generator: int
+    critic_warmup_steps: int
+
+    @classmethod
+    def from_checkpoint(cls, path: Path) -> DMDSchedule:
+        """The step and the schedule's settings a DMD Lightning checkpoint was written with."""
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        hparams = payload.get("hyper_parameters") or {}
+        return cls(
+            int(payload["global_step"]),
+            int(hparams["critic_updates_per_generator"]),
+            int(hparams["critic_warmup_steps"]),
+        )
+
+    def generator_updates(self, steps: int) -> int:
+        """Generator updates among the ``steps`` optimisation steps after this checkpoint."""
+        return sum(
+            update_kind(s, self.critic_updates_per_generator, self.critic_warmup_steps) == "generator"
+            for s in range(self.step, self.step + steps)
+        )
 
 
 def continuation_stages(
@@ -190,13 +211,6 @@ def continuation_stages(
     return stages, models
 
 
-def generator_updates(first_step: int, last_step: int) -> int:
-    """Generator updates of the toy DMD schedule among the optimisation steps ``[first, last)``."""
-    return sum(
-        update_kind(s, _CRITIC_RATIO, _CRITIC_WARMUP) == "generator" for s in range(first_step, last_step)
-    )
-
-
 @torch.no_grad()
 def generate_batch(
     checkpoint: Path, teacher_ckpt: Path, prompts: Sequence[str], num_frames: int, seeds: Sequence[int]
@@ -263,7 +277,7 @@ def _git_commit(root: Path) -> str:
 
 
 def _training_costs(
-    out: Path, timings: Sequence[StageTiming], base_step: int, extra_steps: int
+    out: Path, timings: Sequence[StageTiming], extra_steps: int, updates: int
 ) -> dict[str, dict[str, float]]:
     """Minutes, steps and updates per minute of the trained stages, kept across runs in ``training.json``."""
     path = out / "training.json"
@@ -273,7 +287,6 @@ def _training_costs(
             continue
         entry: dict[str, float] = {"minutes": timing.seconds / 60}
         if timing.name.startswith(("study_sf_seed", "study_sfpp_seed")):
-            updates = generator_updates(base_step, base_step + extra_steps)
             entry |= {
                 "steps": extra_steps,
                 "generator_updates": updates,
@@ -398,7 +411,8 @@ def run_study(
     out.mkdir(parents=True, exist_ok=True)
     shared = shared_stages(root)
     timings = run_stages(shared, force=force, cwd=root)
-    base_step = checkpoint_step(shared[-1].done_file)
+    base = DMDSchedule.from_checkpoint(shared[-1].done_file)
+    base_step, updates = base.step, base.generator_updates(extra_steps)
     continuations, models = continuation_stages(root, base_step, extra_steps, train_seeds, grpo_steps)
     timings += run_stages(continuations, force=force, cwd=root)
     protocol = {
@@ -406,12 +420,12 @@ def run_study(
         "horizon_frames": HORIZON,
         "base_step": base_step,
         "extra_steps": extra_steps,
-        "extra_generator_updates": generator_updates(base_step, base_step + extra_steps),
+        "extra_generator_updates": updates,
         "sfpp_rollout_frames": SFPP_HORIZONS * HORIZON,
         "grpo_steps": grpo_steps,
         "training_minutes": (time.perf_counter() - began) / 60,
     }
-    training = _training_costs(out, timings, base_step, extra_steps)
+    training = _training_costs(out, timings, extra_steps, updates)
     return evaluate_study(
         out, shared[0].done_file, models, protocol, training, eval_seeds, num_prompts, horizons, command, root
     )

@@ -261,8 +261,8 @@ class DMDModule(StudentStage):
         self.window_reencoder = window_reencoder
         self.generator_optimizer_factory = generator_optimizer
         self.critic_optimizer_factory = critic_optimizer
-        # (first step of a critic group, its context, its windows): the rollout shared by the group
-        self._critic_rollout: tuple[int, torch.Tensor, list[tuple[torch.Tensor, int]]] | None = None
+        # (context, windows) of the rollout shared by the current critic group
+        self._critic_rollout: tuple[torch.Tensor, list[tuple[torch.Tensor, int]]] | None = None
         # (first step of the current critic group, the prompts of its first batch)
         self._critic_group_prompts: tuple[int, list[str]] | None = None
 
@@ -381,11 +381,11 @@ class DMDModule(StudentStage):
         if self._critic_group_prompts is None or self._critic_group_prompts[0] != first:
             self._critic_group_prompts = (first, prompts)
             self._critic_rollout = None
-        group_prompts = self._critic_group_prompts[1]
-        context, _ = self._contexts(group_prompts)
         if self._critic_rollout is None:
-            self._critic_rollout = (first, context, self._shared_critic_windows(first, size, context))
-        window, start = self._critic_rollout[2][index]
+            context, _ = self._contexts(self._critic_group_prompts[1])
+            self._critic_rollout = (context, self._shared_critic_windows(first, size, context))
+        context, windows = self._critic_rollout
+        window, start = windows[index]
         if index == size - 1:
             self._critic_rollout = None  # the group is done; free its rollout
         rng = torch.Generator().manual_seed(derive_seed(self.seed, _CRITIC_REINJECTION_STREAM, step))
