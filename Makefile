@@ -24,7 +24,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 
-.PHONY: help install test test-full browser bench demo study serve docs gpu-wheels gpu-check gpu-check-cpu lint format clean distclean
+.PHONY: help install test test-full browser bench demo study study-ablations serve docs gpu-wheels gpu-check gpu-check-cpu lint format clean distclean
 
 help: ## Show this list of targets
 	@echo "Usage: make <target> [PY=python3]"
@@ -82,6 +82,10 @@ serve: install ## Stream the demo's student live on a local page (trains the dem
 
 study: install ## Self-Forcing vs Self-Forcing++ (+ GRPO) continued from one baseline, 1-50 horizons, seeds (<= 2 h): artifacts/study
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.apps.study
+
+study-ablations: install ## Budget and rollout-length ablations beside the seed-1 continuations (~1.5 h): artifacts/study_ablations
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.apps.study --train-seeds 1 --grpo-steps 0 \
+		--ablations budget rollout_length --out artifacts/study_ablations
 
 docs: install ## Build the documentation site into site/ (mkdocs build --strict: broken links fail)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

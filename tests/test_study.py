@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from sfpp.apps.study import (
+    ABLATIONS,
     BASE_STAGE,
     HORIZONS,
     DMDSchedule,
     StudyModel,
+    ablation_stages,
     continuation_stages,
     evaluate_study,
     shared_stages,
@@ -173,6 +175,75 @@ def test_study_defaults_and_stages():
     assert DMDSchedule(0, 4, 100).generator_updates(100) == 0
     assert DMDSchedule(100, 4, 100).generator_updates(5) == 1
     assert DMDSchedule(1350, 4, 100).generator_updates(500) == 100
+
+
+def test_ablations_vary_one_setting_of_a_continuation():
+    root = __import__("pathlib").Path(".")
+    stages, models, steps = ablation_stages(root, 2000, 500, 1, list(ABLATIONS))
+    by_key = dict(zip(ABLATIONS, stages, strict=True))
+    control_sf, control_sfpp = continuation_stages(root, 2000, 500, (1,), 0)[0]
+
+    def differences(stage, control):
+        skip = ("task_name=", "trainer.", "callbacks.")
+        return {o for o in stage.overrides if not o.startswith(skip)} ^ {
+            o for o in control.overrides if not o.startswith(skip)
+        }
+
+    # budget: Self-Forcing continued with 3x the steps, nothing else changed
+    assert differences(by_key["budget"], control_sf) == set()
+    assert "trainer.max_steps=3500" in by_key["budget"].overrides
+    assert steps["study_ablation_budget_seed1"] == (2000, 1500)
+    # rollout length and window sampling: one setting of the Self-Forcing++ continuation each
+    assert differences(by_key["rollout_length"], control_sfpp) == {
+        "stage.rollout_frames=40",
+        "stage.rollout_frames=160",
+    }
+    assert differences(by_key["window_sampling"], control_sfpp) == {"stage.window_mode=last"}
+    # initialisation: no baseline checkpoint, as many steps as the baseline and a continuation
+    assert differences(by_key["init"], control_sfpp) == {f"ckpt_path=checkpoints/{BASE_STAGE}/last.ckpt"}
+    assert "trainer.max_steps=2500" in by_key["init"].overrides and steps[by_key["init"].name] == (0, 2500)
+    assert [m.method for m in models] == [a.label for a in ABLATIONS.values()]
+    assert all(m.train_seed == 1 for m in models)
+    with pytest.raises(ValueError, match="unknown ablation"):
+        ablation_stages(root, 2000, 500, 1, ["bigger_model"])
+
+
+def test_the_ablations_page_lists_every_row_and_hypothesis():
+    from sfpp.apps.results_pages import ablations_page
+
+    scores = {
+        label: {str(h): {m: [float(h), float(h) + 1] for m in METRICS} for h in (1, 20)}
+        for label in (SF_CONTINUED, ABLATIONS["budget"].label)
+    }
+    data = {
+        "measured": "2026-12-02",
+        "commit": "abc1234",
+        "command": "python -m sfpp.apps.study --ablations budget",
+        "minutes": 12.0,
+        "protocol": {
+            "base_step": 2000,
+            "train_seeds": [1],
+            "extra_steps": 500,
+            "extra_generator_updates": 100,
+            "prompts": 16,
+            "eval_seeds": [0, 1],
+            "horizons": [1, 20],
+            "ablations": {ABLATIONS["budget"].label: ABLATIONS["budget"].hypothesis},
+        },
+        "training": {
+            "study_ablation_budget_seed1": {
+                "minutes": 10.0,
+                "steps": 1500,
+                "generator_updates": 300,
+                "steps_per_minute": 150.0,
+            }
+        },
+        "methods": group_results(scores, {}),
+    }
+    page = ablations_page(data)
+    assert ABLATIONS["budget"].hypothesis in page and "commit `abc1234`" in page
+    assert f"| {ABLATIONS['budget'].label} | 1.5 ± 0.5 | 20.5 ± 0.5 |" in page
+    assert "| study_ablation_budget_seed1 | 10.0 | 1500 | 300 | 150.0 |" in page
 
 
 def test_the_schedule_is_read_from_the_baseline_checkpoint(tmp_path):

@@ -6,6 +6,8 @@ from a JSON file in ``docs/results/`` written by the command that measured it:
 * ``demo.json``: ``make demo`` (:mod:`sfpp.apps.demo`) -> ``docs/results/demo.md``;
 * ``study.json``: ``make study`` (:mod:`sfpp.apps.study`, its ``results.json``) -> ``docs/results/study.md``
   and the README's table between ``<!-- results:begin -->`` and ``<!-- results:end -->``;
+* ``study_ablations.json``: ``make study-ablations`` (``python -m sfpp.apps.study --ablations ...
+  --publish``) -> ``docs/results/study_ablations.md``;
 * ``teacher.json``: ``python -m sfpp.world.report --publish`` -> ``docs/results/teacher.md`` (without
   it, the page shows the study's teacher and real-video rows).
 
@@ -26,6 +28,7 @@ from sfpp.apps.study_metrics import METRICS
 from sfpp.apps.study_report import REAL_LABEL, SF_CONTINUED, SFPP_CONTINUED, TEACHER_LABEL
 
 __all__ = [
+    "ablations_page",
     "demo_page",
     "main",
     "readme_table",
@@ -141,6 +144,67 @@ def study_page(data: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Metrics of the ablations page (the study page shows them all).
+_ABLATION_METRICS = ("quality_fd", "clean_frames", "shape_accuracy", "motion_gap")
+
+
+def ablations_page(data: Mapping[str, Any]) -> str:
+    """``docs/results/study_ablations.md`` from ``study_ablations.json`` (a study run with ``--ablations``)."""
+    protocol = data["protocol"]
+    horizons = [str(h) for h in protocol["horizons"]]
+    lines = [
+        _GENERATED.format(name="study_ablations.json"),
+        "# Ablations of the study",
+        "",
+        _provenance(data) + f" {data['minutes']:.0f} min on the 2-core CPU.",
+        "",
+        f"Every row starts from the [study](study.md)'s Self-Forcing baseline (step {protocol['base_step']}) "
+        f"and trains with training seed {protocol['train_seeds'][0]}, beside that seed's two continuations "
+        f"({protocol['extra_steps']} steps, {protocol['extra_generator_updates']} generator updates); each "
+        "ablation changes one setting, fixed before the run:",
+        "",
+    ]
+    lines += [f"- **{label}**. {hypothesis}" for label, hypothesis in protocol["ablations"].items()]
+    lines += [
+        "",
+        f"{protocol['prompts']} held-out prompts x evaluation seeds {protocol['eval_seeds']}, scored on the "
+        "window of one teacher horizon that ends at each column's horizon; each cell is the mean ± the "
+        "spread over evaluation seeds (one student per row).",
+        "",
+        "![quality against horizon](study_ablations_quality_vs_horizon.png)",
+        "",
+        "![frames at 1x, 20x and 50x](study_ablations_frames.png)",
+        "",
+    ]
+    for metric in _ABLATION_METRICS:
+        title, up = METRICS[metric]
+        digits = 1 if metric == "quality_fd" else 3
+        lines += [f"## {title} ({'higher' if up else 'lower'} is better)", ""]
+        lines += [
+            "| model | " + " | ".join(f"{h}x" for h in horizons) + " |",
+            "|---|" + "---|" * len(horizons),
+        ]
+        for method, entry in data["methods"].items():
+            cells = [_cell(entry["horizons"].get(h, {}).get(metric), digits) for h in horizons]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [
+        "## Training cost",
+        "",
+        "| stage | minutes | steps | generator updates | steps/min |",
+        "|---|---|---|---|---|",
+    ]
+    for name, cost in data["training"].items():
+        if "steps" in cost:
+            lines.append(
+                f"| {name} | {cost['minutes']:.1f} | {cost['steps']:.0f} | {cost['generator_updates']:.0f} | "
+                f"{cost['steps_per_minute']:.1f} |"
+            )
+        else:
+            lines.append(f"| {name} | {cost['minutes']:.1f} | - | - | - |")
+    return "\n".join(lines) + "\n"
+
+
 def teacher_page(data: Mapping[str, Any]) -> str:
     """``docs/results/teacher.md`` from ``teacher.json``."""
     keys = list(data["teacher"])
@@ -238,6 +302,7 @@ def render_all(root: Path = Path(".")) -> dict[Path, str]:
     makers: dict[str, tuple[str, Callable[[Mapping[str, Any]], str]]] = {
         "demo.json": ("demo.md", demo_page),
         "study.json": ("study.md", study_page),
+        "study_ablations.json": ("study_ablations.md", ablations_page),
         "teacher.json": ("teacher.md", teacher_page),
     }
     loaded = {name: _load(results / name) for name in makers}

@@ -14,6 +14,11 @@ student of :mod:`sfpp.apps.demo`, then:
 3. ``Self-Forcing++ + GRPO``: GRPO with the continuity reward after the Self-Forcing++ continuation
    of the first training seed (fixed in advance, not chosen by its scores).
 
+``--ablations`` adds rows that each vary one setting of a continuation (:data:`ABLATIONS`: the
+budget, the rollout length N, the window sampling, the initialisation), trained with the first
+training seed beside that seed's continuations; ``make study-ablations`` runs two of them into
+``artifacts/study_ablations``, and ``--publish`` then writes ``docs/results/study_ablations.json``.
+
 Every student streams videos of 50 horizons for held-out prompts with several evaluation seeds and
 is scored on the window that ends at 1, 5, 10, 20 and 50 horizons (:mod:`sfpp.apps.study_metrics`).
 Real videos of the same prompts (every horizon) and the teacher's own clips (its horizon) frame the
@@ -30,7 +35,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -57,12 +62,15 @@ from sfpp.stages.dmd import update_kind
 from sfpp.world import HORIZON, TeacherClipSampler, ground_truth, heldout_prompts
 
 __all__ = [
+    "ABLATIONS",
+    "Ablation",
     "BASE_STAGE",
     "DMDSchedule",
     "HORIZONS",
     "REAL_LABEL",
     "TEACHER_LABEL",
     "StudyModel",
+    "ablation_stages",
     "continuation_stages",
     "evaluate_study",
     "generate_batch",
@@ -99,6 +107,64 @@ class StudyModel:
     method: str
     checkpoint: Path
     train_seed: int | None
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """A variant of one continuation that tests one hypothesis of the method.
+
+    Attributes:
+        label: Row label (the method of its row).
+        hypothesis: What the row tests, in a sentence (shown on the results page).
+        experiment: The Hydra experiment it trains.
+        overrides: Its overrides on top of the experiment.
+        step_factor: Its optimisation steps, in units of the continuations' extra steps.
+        from_init: Start from the ODE init (the experiment's own start) instead of the baseline; it
+            then trains ``base_step + step_factor * extra_steps`` steps, as many as the baseline and
+            a continuation together.
+    """
+
+    label: str
+    hypothesis: str
+    experiment: str
+    overrides: tuple[str, ...]
+    step_factor: int = 1
+    from_init: bool = False
+
+
+_SFPP_OVERRIDES = (f"stage.rollout_frames={SFPP_HORIZONS * HORIZON}", "stage.critic_windows_per_rollout=4")
+
+#: The ablations of ``--ablations``; each varies one setting of a continuation, fixed before any run.
+ABLATIONS: dict[str, Ablation] = {
+    "budget": Ablation(
+        "Self-Forcing (continued), 3x the steps",
+        "Budget: is Self-Forcing++ better only because an update costs about 3x more? Self-Forcing "
+        "continued with 3x the steps (and generator updates) spends about Self-Forcing++'s time.",
+        "toy_self_forcing",
+        (),
+        step_factor=3,
+    ),
+    "rollout_length": Ablation(
+        "Self-Forcing++ (continued), N = 5K",
+        "Rollout length N: Self-Forcing++ with rollouts of 5 teacher horizons (40 frames) instead of 20.",
+        "toy_extend",
+        ("stage.rollout_frames=40", "stage.critic_windows_per_rollout=4"),
+    ),
+    "window_sampling": Ablation(
+        "Self-Forcing++ (continued), last window",
+        "Window sampling: the window is always the rollout's last one instead of a uniform draw.",
+        "toy_extend",
+        (*_SFPP_OVERRIDES, "stage.window_mode=last"),
+    ),
+    "init": Ablation(
+        "Self-Forcing++ from the ODE init",
+        "Initialisation: Self-Forcing++ from the ODE init, with as many steps as the baseline and a "
+        "continuation together, instead of from the Self-Forcing baseline.",
+        "toy_extend",
+        _SFPP_OVERRIDES,
+        from_init=True,
+    ),
+}
 
 
 def shared_stages(root: Path = Path(".")) -> list[StageRun]:
@@ -211,6 +277,61 @@ def continuation_stages(
     return stages, models
 
 
+def ablation_stages(
+    root: Path, base_step: int, extra_steps: int, seed: int, keys: Sequence[str]
+) -> tuple[list[StageRun], list[StudyModel], dict[str, tuple[int, int]]]:
+    """The stages of the ablations ``keys`` (of :data:`ABLATIONS`) for one training seed.
+
+    Args:
+        root: Repository root.
+        base_step: The baseline checkpoint's step.
+        extra_steps: Optimisation steps of the continuations (an ablation trains a multiple of it).
+        seed: Training seed.
+        keys: Ablations to train.
+
+    Returns:
+        The stages, the students they leave, and ``{name: (first step, optimisation steps)}``.
+
+    Raises:
+        ValueError: For an unknown ablation.
+    """
+    unknown = [key for key in keys if key not in ABLATIONS]
+    if unknown:
+        raise ValueError(f"unknown ablation(s) {unknown}; choose from {sorted(ABLATIONS)}")
+    checkpoints = root / "checkpoints"
+    base_ckpt = checkpoints / BASE_STAGE / "last.ckpt"
+    stages, models, steps = [], [], {}
+    for key in keys:
+        ablation = ABLATIONS[key]
+        name = f"study_ablation_{key}_seed{seed}"
+        start = 0 if ablation.from_init else base_step
+        stop = base_step + ablation.step_factor * extra_steps
+        resume = [] if ablation.from_init else [f"ckpt_path={base_ckpt}"]
+        stages.append(
+            StageRun(
+                name,
+                "sfpp.train",
+                [
+                    f"experiment={ablation.experiment}",
+                    f"task_name={name}",
+                    *resume,
+                    f"seed={seed}",
+                    f"trainer.max_steps={stop}",
+                    f"trainer.val_check_interval={stop - start}",
+                    f"callbacks.model_checkpoint.every_n_train_steps={stop - start}",
+                    f"callbacks.video_samples.every_n_steps={stop}",
+                    *ablation.overrides,
+                ],
+                checkpoints / name / "last.ckpt",
+            )
+        )
+        steps[name] = (start, stop - start)
+        models.append(
+            StudyModel(f"{ablation.label}, training seed {seed}", ablation.label, stages[-1].done_file, seed)
+        )
+    return stages, models, steps
+
+
 @torch.no_grad()
 def generate_batch(
     checkpoint: Path, teacher_ckpt: Path, prompts: Sequence[str], num_frames: int, seeds: Sequence[int]
@@ -277,20 +398,30 @@ def _git_commit(root: Path) -> str:
 
 
 def _training_costs(
-    out: Path, timings: Sequence[StageTiming], extra_steps: int, updates: int
+    out: Path, timings: Sequence[StageTiming], steps: dict[str, tuple[int, int]], schedule: DMDSchedule
 ) -> dict[str, dict[str, float]]:
-    """Minutes, steps and updates per minute of the trained stages, kept across runs in ``training.json``."""
+    """Minutes, steps and updates per minute of the trained stages, kept across runs in ``training.json``.
+
+    Args:
+        out: Output directory (holds ``training.json``).
+        timings: The stages run now (reused ones keep their earlier entry).
+        steps: ``{name: (first step, optimisation steps)}`` of the DMD stages after the baseline.
+        schedule: The baseline's schedule of critic and generator updates (counts the generator
+            updates of those steps).
+    """
     path = out / "training.json"
     costs: dict[str, dict[str, float]] = json.loads(path.read_text()) if path.exists() else {}
     for timing in timings:
         if timing.reused:
             continue
         entry: dict[str, float] = {"minutes": timing.seconds / 60}
-        if timing.name.startswith(("study_sf_seed", "study_sfpp_seed")):
+        if timing.name in steps:
+            first, count = steps[timing.name]
+            updates = replace(schedule, step=first).generator_updates(count)
             entry |= {
-                "steps": extra_steps,
+                "steps": count,
                 "generator_updates": updates,
-                "steps_per_minute": extra_steps / entry["minutes"],
+                "steps_per_minute": count / entry["minutes"],
                 "generator_updates_per_minute": updates / entry["minutes"],
             }
         costs[timing.name] = entry
@@ -392,6 +523,7 @@ def run_study(
     root: Path = Path("."),
     horizons: Sequence[int] = HORIZONS,
     command: str = "python -m sfpp.apps.study",
+    ablations: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Train what is missing (:func:`shared_stages`, then :func:`continuation_stages`), then :func:`evaluate_study`.
 
@@ -406,15 +538,23 @@ def run_study(
         root: Repository root.
         horizons: Evaluation horizons.
         command: The command line recorded in the results.
+        ablations: Ablations of :data:`ABLATIONS` trained with the first training seed, each a row
+            of its own beside that seed's continuations.
     """
     began = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
+    if ablations:
+        ablation_stages(root, 0, 1, train_seeds[0], ablations)  # unknown names fail before training
     shared = shared_stages(root)
     timings = run_stages(shared, force=force, cwd=root)
     base = DMDSchedule.from_checkpoint(shared[-1].done_file)
     base_step, updates = base.step, base.generator_updates(extra_steps)
     continuations, models = continuation_stages(root, base_step, extra_steps, train_seeds, grpo_steps)
-    timings += run_stages(continuations, force=force, cwd=root)
+    steps = {s.name: (base_step, extra_steps) for s in continuations if s.name != "study_sfpp_grpo"}
+    extra, ablated, ablated_steps = ablation_stages(root, base_step, extra_steps, train_seeds[0], ablations)
+    timings += run_stages([*continuations, *extra], force=force, cwd=root)
+    models += ablated
+    steps |= ablated_steps
     protocol = {
         "train_seeds": list(train_seeds),
         "horizon_frames": HORIZON,
@@ -423,9 +563,10 @@ def run_study(
         "extra_generator_updates": updates,
         "sfpp_rollout_frames": SFPP_HORIZONS * HORIZON,
         "grpo_steps": grpo_steps,
+        "ablations": {ABLATIONS[key].label: ABLATIONS[key].hypothesis for key in ablations},
         "training_minutes": (time.perf_counter() - began) / 60,
     }
-    training = _training_costs(out, timings, extra_steps, updates)
+    training = _training_costs(out, timings, steps, base)
     return evaluate_study(
         out, shared[0].done_file, models, protocol, training, eval_seeds, num_prompts, horizons, command, root
     )
@@ -446,6 +587,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--grpo-steps", type=int, default=60, help="GRPO steps (0: no GRPO row)")
     parser.add_argument("--force", nargs="*", default=[], help="stages to retrain even if finished")
     parser.add_argument(
+        "--ablations",
+        nargs="+",
+        default=[],
+        choices=sorted(ABLATIONS),
+        help="also train these ablations with the first training seed (publish as study_ablations)",
+    )
+    parser.add_argument(
         "--publish",
         action="store_true",
         help="copy results.json, the plot, the frames and the GIF into docs/ and regenerate the results pages",
@@ -464,24 +612,34 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.grpo_steps,
         args.force,
         command=command,
+        ablations=args.ablations,
     )
     if args.publish:
-        publish(args.out, Path("."))
+        publish(args.out, Path("."), name="study_ablations" if args.ablations else "study")
 
 
-def publish(out: Path, root: Path) -> None:
-    """Copy a study's results into the docs (``docs/results/study*``, the README's GIF), regenerate the pages."""
+def publish(out: Path, root: Path, name: str = "study") -> None:
+    """Copy a study's results into the docs and regenerate the pages.
+
+    Args:
+        out: The study's output directory.
+        root: Repository root.
+        name: ``study`` (``docs/results/study*`` and the README's GIF) or ``study_ablations``
+            (``docs/results/study_ablations*``).
+    """
     import shutil
 
     from sfpp.apps.results_pages import main as results_pages
 
     docs = root / "docs"
-    for source, target in (
-        ("results.json", docs / "results" / "study.json"),
-        ("quality_vs_horizon.png", docs / "results" / "study_quality_vs_horizon.png"),
-        ("frames.png", docs / "results" / "study_frames.png"),
-        ("side_by_side.gif", docs / "study_side_by_side.gif"),
-    ):
+    copies = [
+        ("results.json", docs / "results" / f"{name}.json"),
+        ("quality_vs_horizon.png", docs / "results" / f"{name}_quality_vs_horizon.png"),
+        ("frames.png", docs / "results" / f"{name}_frames.png"),
+    ]
+    if name == "study":
+        copies.append(("side_by_side.gif", docs / "study_side_by_side.gif"))
+    for source, target in copies:
         shutil.copyfile(out / source, target)
         console.print(f"published {target}")
     results_pages(["--root", str(root)])
