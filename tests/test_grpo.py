@@ -351,7 +351,13 @@ def test_accumulated_batches_of_prompts_give_the_update_of_one_large_batch(tmp_p
     for name, accumulate, batch in (("large", 1, 4), ("micro", 2, 2)):
         L.seed_everything(0)
         torch.manual_seed(0)
-        module = grpo_module(accumulate_grad_batches=accumulate, kl_weight=0.1)
+        module = grpo_module(
+            accumulate_grad_batches=accumulate,
+            kl_weight=0.1,
+            optimizer=lambda params: torch.optim.SGD(
+                params, lr=0.5
+            ),  # linear in the gradient, as in test_dmd
+        )
         data = torch.utils.data.DataLoader(
             [{"prompt": p} for p in prompts * 2],
             batch_size=batch,

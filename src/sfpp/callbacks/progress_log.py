@@ -4,11 +4,13 @@
 the ``sfpp.progress`` logger, which Hydra's job logging sends to the console and to the run's
 ``train.log``::
 
-    step 460/9200 (5%): train/loss 0.0274, 1.2 min elapsed, ~21.0 min left
+    step 1/9200: first step done after 1.5 min (compilation included)
+    step 460/9200 (5%): train/loss 0.0274, 2.7 min elapsed, ~21.0 min left
 
 The losses shown are the latest values of the logged metrics whose names contain ``loss`` (or the
 names given). In an interactive terminal the progress bar already shows them, so by default the
-lines are only written when standard error is not a terminal.
+lines are only written when standard error is not a terminal. The first step gets a line of its own:
+it pays for ``torch.compile`` and warm-up, and the first mark can be minutes after it.
 """
 
 from __future__ import annotations
@@ -91,6 +93,16 @@ class ProgressLog(L.Callback):
         if not self._enabled or not total or total <= 0:
             return
         percent = 100.0 * trainer.global_step / total
+        if trainer.global_step == self._first_step + 1 and percent + 1e-9 < self._next_percent:
+            # The first step pays for compilation and warm-up: say that training runs before the
+            # first mark, which can be minutes away.
+            elapsed = time.perf_counter() - (self._began or time.perf_counter())
+            log.info(
+                "step %d/%d: first step done after %s (compilation included)",
+                trainer.global_step,
+                total,
+                format_seconds(elapsed),
+            )
         if percent + 1e-9 >= self._next_percent:
             log.info(self._line(trainer))
             while self._next_percent <= percent + 1e-9:

@@ -1,0 +1,281 @@
+"""The stages of ``make study``, each a :class:`~sfpp.apps.pipeline.StageRun` of ``sfpp.train``.
+
+The shared pipeline, the Self-Forcing baseline, its continuations, GRPO and the ablations.
+
+The continuations and ablations resume the baseline's checkpoint (weights, critic, EMA and
+optimisers) and stop after a fixed number of extra optimisation steps, so that every row of one
+comparison spends the same generator updates (or a stated multiple of them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sfpp.apps.pipeline import StageRun, toy_stages
+from sfpp.apps.study_report import SF_CONTINUED, SFPP_CONTINUED
+from sfpp.stages.dmd import update_kind
+from sfpp.world import HORIZON
+
+__all__ = [
+    "ABLATIONS",
+    "Ablation",
+    "BASE_STAGE",
+    "DMDSchedule",
+    "HORIZONS",
+    "SFPP_HORIZONS",
+    "StudyModel",
+    "ablation_stages",
+    "continuation_stages",
+    "shared_stages",
+]
+
+#: Evaluation horizons, in teacher horizons (the toy RoPE table allows 1024 latent frames).
+HORIZONS: tuple[int, ...] = (1, 5, 10, 20, 50)
+#: Rollout of the Self-Forcing++ continuations, in teacher horizons.
+SFPP_HORIZONS = 20
+#: Name of the Self-Forcing baseline stage.
+BASE_STAGE = "study_sf_base"
+
+
+@dataclass(frozen=True)
+class StudyModel:
+    """A trained student of the study.
+
+    Attributes:
+        label: Row label (``"Self-Forcing++ (continued), training seed 1"``).
+        method: The method it belongs to (rows of one method are aggregated over training seeds).
+        checkpoint: Its Lightning checkpoint.
+        train_seed: Its training seed (``None`` for the baseline).
+    """
+
+    label: str
+    method: str
+    checkpoint: Path
+    train_seed: int | None
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """A variant of one continuation that tests one hypothesis of the method.
+
+    Attributes:
+        label: Row label (the method of its row).
+        hypothesis: What the row tests, in a sentence (shown on the results page).
+        experiment: The Hydra experiment it trains.
+        overrides: Its overrides on top of the experiment.
+        step_factor: Its optimisation steps, in units of the continuations' extra steps.
+        from_init: Start from the ODE init (the experiment's own start) instead of the baseline; it
+            then trains ``base_step + step_factor * extra_steps`` steps, as many as the baseline and
+            a continuation together.
+    """
+
+    label: str
+    hypothesis: str
+    experiment: str
+    overrides: tuple[str, ...]
+    step_factor: int = 1
+    from_init: bool = False
+
+
+_SFPP_OVERRIDES = (f"stage.rollout_frames={SFPP_HORIZONS * HORIZON}", "stage.critic_windows_per_rollout=4")
+
+#: The ablations of ``--ablations``; each varies one setting of a continuation, fixed before any run.
+ABLATIONS: dict[str, Ablation] = {
+    "budget": Ablation(
+        "Self-Forcing (continued), 3x the steps",
+        "Budget: is Self-Forcing++ better only because an update costs about 3x more? Self-Forcing "
+        "continued with 3x the steps (and generator updates) spends about Self-Forcing++'s time.",
+        "toy_self_forcing",
+        (),
+        step_factor=3,
+    ),
+    "rollout_length": Ablation(
+        "Self-Forcing++ (continued), N = 5K",
+        "Rollout length N: Self-Forcing++ with rollouts of 5 teacher horizons (40 frames) instead of 20.",
+        "toy_extend",
+        ("stage.rollout_frames=40", "stage.critic_windows_per_rollout=4"),
+    ),
+    "window_sampling": Ablation(
+        "Self-Forcing++ (continued), last window",
+        "Window sampling: the window is always the rollout's last one instead of a uniform draw.",
+        "toy_extend",
+        (*_SFPP_OVERRIDES, "stage.window_mode=last"),
+    ),
+    "init": Ablation(
+        "Self-Forcing++ from the ODE init",
+        "Initialisation: Self-Forcing++ from the ODE init, with as many steps as the baseline and a "
+        "continuation together, instead of from the Self-Forcing baseline.",
+        "toy_extend",
+        _SFPP_OVERRIDES,
+        from_init=True,
+    ),
+}
+
+
+def shared_stages(root: Path = Path(".")) -> list[StageRun]:
+    """Teacher, ODE pairs, ODE init (those of ``make demo``), then the Self-Forcing baseline."""
+    base = StageRun(
+        BASE_STAGE,
+        "sfpp.train",
+        ["experiment=toy_self_forcing_base", f"task_name={BASE_STAGE}"],
+        root / "checkpoints" / BASE_STAGE / "last.ckpt",
+    )
+    return [*toy_stages(root)[:3], base]
+
+
+@dataclass(frozen=True)
+class DMDSchedule:
+    """Where a DMD checkpoint stands in its schedule of critic and generator updates."""
+
+    step: int
+    critic_updates_per_generator: int
+    critic_warmup_steps: int
+
+    @classmethod
+    def from_checkpoint(cls, path: Path) -> DMDSchedule:
+        """The step and the schedule's settings a DMD Lightning checkpoint was written with."""
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        hparams = payload.get("hyper_parameters") or {}
+        return cls(
+            int(payload["global_step"]),
+            int(hparams["critic_updates_per_generator"]),
+            int(hparams["critic_warmup_steps"]),
+        )
+
+    def generator_updates(self, steps: int) -> int:
+        """Generator updates among the ``steps`` optimisation steps after this checkpoint."""
+        return sum(
+            update_kind(s, self.critic_updates_per_generator, self.critic_warmup_steps) == "generator"
+            for s in range(self.step, self.step + steps)
+        )
+
+
+def continuation_stages(
+    root: Path, base_step: int, extra_steps: int, train_seeds: Sequence[int], grpo_steps: int
+) -> tuple[list[StageRun], list[StudyModel]]:
+    """The continuations of the baseline and GRPO, with the students they leave.
+
+    Args:
+        root: Repository root.
+        base_step: The baseline checkpoint's step; every continuation resumes it and stops at
+            ``base_step + extra_steps``.
+        extra_steps: Optimisation steps of every continuation.
+        train_seeds: Training seeds of the continuations (``seed`` and ``stage.seed``).
+        grpo_steps: GRPO steps after the Self-Forcing++ continuation of the first seed (0: none).
+    """
+    checkpoints = root / "checkpoints"
+    base_ckpt = checkpoints / BASE_STAGE / "last.ckpt"
+    stop = base_step + extra_steps
+    stages: list[StageRun] = []
+    models = [StudyModel("Self-Forcing (baseline)", "Self-Forcing (baseline)", base_ckpt, None)]
+    methods = {
+        "sf": (SF_CONTINUED, "toy_self_forcing", []),
+        "sfpp": (
+            SFPP_CONTINUED,
+            "toy_extend",
+            [f"stage.rollout_frames={SFPP_HORIZONS * HORIZON}", "stage.critic_windows_per_rollout=4"],
+        ),
+    }
+    for seed in train_seeds:
+        for key, (method, experiment, extra) in methods.items():
+            name = f"study_{key}_seed{seed}"
+            stages.append(
+                StageRun(
+                    name,
+                    "sfpp.train",
+                    [
+                        f"experiment={experiment}",
+                        f"task_name={name}",
+                        f"ckpt_path={base_ckpt}",
+                        f"seed={seed}",
+                        f"trainer.max_steps={stop}",
+                        f"trainer.val_check_interval={extra_steps}",
+                        f"callbacks.model_checkpoint.every_n_train_steps={extra_steps}",
+                        f"callbacks.video_samples.every_n_steps={stop}",
+                        *extra,
+                    ],
+                    checkpoints / name / "last.ckpt",
+                )
+            )
+            models.append(StudyModel(f"{method}, training seed {seed}", method, stages[-1].done_file, seed))
+    if grpo_steps > 0:
+        source = checkpoints / f"study_sfpp_seed{train_seeds[0]}" / "last.ckpt"
+        name = "study_sfpp_grpo"
+        stages.append(
+            StageRun(
+                name,
+                "sfpp.train",
+                [
+                    "experiment=toy_grpo",
+                    f"task_name={name}",
+                    f"student_ckpt={source}",
+                    f"trainer.max_steps={grpo_steps}",
+                    f"trainer.val_check_interval={grpo_steps}",
+                    f"callbacks.video_samples.every_n_steps={grpo_steps}",
+                    f"callbacks.model_checkpoint.every_n_train_steps={grpo_steps}",
+                ],
+                checkpoints / name / "last.ckpt",
+            )
+        )
+        label = f"Self-Forcing++ + GRPO, training seed {train_seeds[0]}"
+        models.append(StudyModel(label, "Self-Forcing++ + GRPO", stages[-1].done_file, train_seeds[0]))
+    return stages, models
+
+
+def ablation_stages(
+    root: Path, base_step: int, extra_steps: int, seed: int, keys: Sequence[str]
+) -> tuple[list[StageRun], list[StudyModel], dict[str, tuple[int, int]]]:
+    """The stages of the ablations ``keys`` (of :data:`ABLATIONS`) for one training seed.
+
+    Args:
+        root: Repository root.
+        base_step: The baseline checkpoint's step.
+        extra_steps: Optimisation steps of the continuations (an ablation trains a multiple of it).
+        seed: Training seed.
+        keys: Ablations to train.
+
+    Returns:
+        The stages, the students they leave, and ``{name: (first step, optimisation steps)}``.
+
+    Raises:
+        ValueError: For an unknown ablation.
+    """
+    unknown = [key for key in keys if key not in ABLATIONS]
+    if unknown:
+        raise ValueError(f"unknown ablation(s) {unknown}; choose from {sorted(ABLATIONS)}")
+    checkpoints = root / "checkpoints"
+    base_ckpt = checkpoints / BASE_STAGE / "last.ckpt"
+    stages, models, steps = [], [], {}
+    for key in keys:
+        ablation = ABLATIONS[key]
+        name = f"study_ablation_{key}_seed{seed}"
+        start = 0 if ablation.from_init else base_step
+        stop = base_step + ablation.step_factor * extra_steps
+        resume = [] if ablation.from_init else [f"ckpt_path={base_ckpt}"]
+        stages.append(
+            StageRun(
+                name,
+                "sfpp.train",
+                [
+                    f"experiment={ablation.experiment}",
+                    f"task_name={name}",
+                    *resume,
+                    f"seed={seed}",
+                    f"trainer.max_steps={stop}",
+                    f"trainer.val_check_interval={stop - start}",
+                    f"callbacks.model_checkpoint.every_n_train_steps={stop - start}",
+                    f"callbacks.video_samples.every_n_steps={stop}",
+                    *ablation.overrides,
+                ],
+                checkpoints / name / "last.ckpt",
+            )
+        )
+        steps[name] = (start, stop - start)
+        models.append(
+            StudyModel(f"{ablation.label}, training seed {seed}", ablation.label, stages[-1].done_file, seed)
+        )
+    return stages, models, steps
