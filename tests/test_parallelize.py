@@ -317,9 +317,12 @@ class _Prompts(L.LightningDataModule):
         return DataLoader(_PromptList(), batch_size=self.batch_size, sampler=sampler)
 
 
+CLIP = 0.03  # below the tiny model's gradient norms: clipping is active in both runs
+
+
 def _train_two_steps(devices: int, batch_size: int, **kw) -> tuple[DMDModule, L.Trainer]:
     """One critic step then one generator step; ``batch_size`` is the per-process batch."""
-    module = _dmd(grad_clip_norm=0.03, **kw)
+    module = _dmd(**{"grad_clip_norm": CLIP, **kw})
     strategy = (
         ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1) if devices > 1 else "auto"
     )
@@ -350,27 +353,41 @@ def _results(module: DMDModule, trainer: L.Trainer) -> dict:
     return {"state": state, "norms": norms}
 
 
+#: Two-process variants: (settings of both runs, the per-process batch and settings of the two-process
+#: run). Every variant's global batch is 4 prompts, as the one-process run's.
+TWO_PROCESS_MODES = {
+    "sharded": ({}, 2, {"activation_checkpointing": True}),
+    "accumulated": ({}, 1, {"accumulate_grad_batches": 2}),
+    # the adapters' gradients are smaller (B starts at zero): a lower clip keeps clipping active
+    "lora": ({"lora": {"rank": 4, "alpha": 4.0}, "grad_clip_norm": 0.002}, 2, {}),
+}
+
+
 @pytest.mark.slow
-def test_two_processes_take_the_steps_of_one_process_with_the_global_batch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", sorted(TWO_PROCESS_MODES))
+def test_two_processes_take_the_steps_of_one_process_with_the_global_batch(tmp_path: Path, mode: str) -> None:
+    """FSDP2 over 2 processes (with checkpointing, with 2 micro-batches each, or with LoRA) = 1 process."""
+    shared, _, _ = TWO_PROCESS_MODES[mode]
     began = time.perf_counter()
     out = tmp_path / "two_processes.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     run = subprocess.run(
-        [sys.executable, __file__, str(out)], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, __file__, str(out), mode], env=env, capture_output=True, text=True, timeout=600
     )
     assert run.returncode == 0, run.stderr[-4000:]
     two = torch.load(out)
-    print(f"two-process run: {time.perf_counter() - began:.1f} s")
+    print(f"two-process run ({mode}): {time.perf_counter() - began:.1f} s")
 
     torch.manual_seed(0)
-    module, trainer = _train_two_steps(devices=1, batch_size=4)
+    module, trainer = _train_two_steps(devices=1, batch_size=4, **shared)
     one = _results(module, trainer)
-    initial = _dmd().state_dict()
+    initial = _dmd(**shared).state_dict()
 
     assert set(one["norms"]) == {"train/critic_grad_norm", "train/generator_grad_norm"}
     print(f"gradient norms: one process {one['norms']}, two processes {two['norms']}")
     for name, value in one["norms"].items():
-        assert value > 0.03, f"{name}={value}: the test wants clipping active"
+        clip = shared.get("grad_clip_norm", CLIP)
+        assert value > clip, f"{name}={value}: the test wants clipping active"
         assert two["norms"][name] == pytest.approx(value, rel=1e-4), name
     worst = max(
         (two["state"][n][k] - w).abs().max().item() for n in NETWORKS for k, w in one["state"][n].items()
@@ -386,13 +403,14 @@ def test_two_processes_take_the_steps_of_one_process_with_the_global_batch(tmp_p
         assert moved > 0, f"{network} did not change: the comparison would prove nothing"
 
 
-def _main(out: str) -> None:
+def _main(out: str, mode: str) -> None:
     """The two-process run (rank 0 is this process; Lightning launches rank 1 with the same argv)."""
-    module, trainer = _train_two_steps(devices=2, batch_size=2, activation_checkpointing=True)
+    shared, batch_size, settings = TWO_PROCESS_MODES[mode]
+    module, trainer = _train_two_steps(devices=2, batch_size=batch_size, **shared, **settings)
     results = _results(module, trainer)
     if trainer.is_global_zero:
         torch.save(results, out)
 
 
 if __name__ == "__main__":
-    _main(sys.argv[1])
+    _main(sys.argv[1], sys.argv[2])
