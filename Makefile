@@ -24,7 +24,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 
-.PHONY: help install test test-full browser bench demo study study-ablations serve docs gpu-wheels gpu-check gpu-check-cpu lint format clean distclean
+.PHONY: help install test test-full browser bench bench-publish demo study study-ablations serve docs gpu-wheels gpu-check gpu-check-cpu lint format clean distclean
 
 help: ## Show this list of targets
 	@echo "Usage: make <target> [PY=python3]"
@@ -65,13 +65,19 @@ browser: ## Install Debian's chromium and chromium-driver for the streaming page
 test-full: install browser ## Run every test that needs no GPU, slow ones included (installs the browser first)
 	$(BIN)/pytest -q -o addopts='' -ra --strict-markers -m 'not gpu' --ignore=tests/benchmarks
 
-bench: install ## Run every tests/benchmarks/bench_*.py script and print its table
+bench: install ## Run every tests/benchmarks/bench_*.py, print its table and write artifacts/bench/<script>.json
 	@shopt -s nullglob; scripts=(tests/benchmarks/bench_*.py); \
 	if [ $${#scripts[@]} -eq 0 ]; then echo "no benchmark scripts in tests/benchmarks/"; exit 0; fi; \
+	mkdir -p artifacts/bench; failed=(); \
 	for script in "$${scripts[@]}"; do \
+		name=$$(basename "$$script" .py); \
 		echo "== $$script"; \
-		$(PYTHON) "$$script"; \
-	done
+		$(PYTHON) "$$script" --json "artifacts/bench/$$name.json" || failed+=("$$name"); \
+	done; \
+	if [ $${#failed[@]} -gt 0 ]; then echo "targets not met (or a check failed): $${failed[*]}"; exit 1; fi
+
+bench-publish: ## Merge artifacts/bench/*.json (from make bench) into docs/results/benchmarks.json and regenerate the page
+	$(PYTHON) -m sfpp.apps.results_pages --benchmarks artifacts/bench
 
 demo: install ## Train teacher, ODE init and Self-Forcing++ on the built-in world (~25 min), then a 20-horizon video, curves and summary in artifacts/demo
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.apps.demo

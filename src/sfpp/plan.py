@@ -41,6 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from sfpp.models.causal_wan import CausalWanDiT
 from sfpp.models.config import CausalWanConfig
 from sfpp.models.flavours import flavour_config
+from sfpp.utils.precision import register_resolvers
 
 __all__ = ["MemoryPlan", "PlanSpec", "activation_bytes", "chunk_flops", "main", "plan", "spec_from_config"]
 
@@ -489,6 +490,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     overrides = [*args.overrides]
     if not any(o.startswith("wan_dir=") for o in overrides):
         overrides.append("++wan_dir=unused")  # the planner never reads the weights
+    register_resolvers()
     with initialize_config_dir(version_base="1.3", config_dir=str(find_config_dir()), job_name="plan"):
         cfg = compose(config_name="train", overrides=overrides)
     try:

@@ -12,10 +12,15 @@ otherwise.
 
 from __future__ import annotations
 
+import argparse
 import platform
 import sys
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_json import BenchReport  # noqa: E402
 
 from sfpp.models import build_model
 from sfpp.models.lora import LoraSettings, apply_lora, count_parameters
@@ -34,8 +39,20 @@ def _networks(rank: int | None) -> list[tuple[str, torch.nn.Module]]:
     return networks
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Print the table; return 1 if the target fails."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    report = BenchReport(
+        "bench_lora_memory.py",
+        "LoRA at the Wan2.1-T2V-1.3B shape: trainable parameters and optimiser states",
+        "Generator (causal) and critic built on the meta device at the 1.3B shape, adapters on the "
+        "attention and feed-forward linears (alpha = rank); float32 gradients and AdamW's two float32 "
+        "moments, per network before FSDP2 divides them by the GPU count.",
+        threads=None,
+    )
+    rows = []
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, meta device")
     print(
         f"{'setting':<14} {'network':<10} {'trainable':>14} {'total':>14} {'grads GiB':>10} {'AdamW GiB':>10}"
@@ -50,13 +67,18 @@ def main() -> int:
                 f"{label:<14} {name:<10} {trainable:>14,} {total:>14,} {4 * trainable / GIB:>10.2f} "
                 f"{8 * trainable / GIB:>10.2f}"
             )
+            rows.append(
+                [label, name, f"{trainable:,}", f"{total:,}", 4 * trainable / GIB, 8 * trainable / GIB]
+            )
         totals[label] = trainable_sum
     ratio = totals["full"] / totals["LoRA r=64"]
     ok = ratio >= 5.0
-    print(
-        ("PASS " if ok else "FAIL ")
-        + f"LoRA r=64 trains {ratio:.1f}x fewer parameters (and optimiser-state bytes) than full fine-tuning (target >= 5x)"
-    )
+    text = f"LoRA r=64 trains {ratio:.1f}x fewer parameters (and optimiser-state bytes) than full fine-tuning (target >= 5x)"
+    print(("PASS " if ok else "FAIL ") + text)
+    columns = ["setting", "network", "trainable", "total", "gradients GiB", "AdamW GiB"]
+    report.table("Per network, before sharding", columns, rows)
+    report.check(ok, text)
+    report.write(args.json)
     return 0 if ok else 1
 
 

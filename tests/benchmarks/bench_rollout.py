@@ -55,6 +55,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+from results_json import BenchReport
 from rich.console import Console
 from rich.table import Table
 from torch.profiler import ProfilerActivity, profile
@@ -606,13 +607,17 @@ def print_table(
     args: argparse.Namespace,
     tpf: int,
     weights: int,
-) -> None:
-    """One table, one section per batch size: per-chunk times, ratios and peak memory."""
+) -> tuple[list[str], list[list[str]], str]:
+    """One table, one section per batch size: per-chunk times, ratios and peak memory.
+
+    Returns:
+        The column names, the rows and the legend, as printed.
+    """
     sample = args.sample_chunks
     table = Table(
         title="Per-chunk seconds (median over chunks) and peak memory, per batch size", title_justify="left"
     )
-    for name in (
+    columns = [
         "batch",
         "length",
         "frames",
@@ -626,15 +631,17 @@ def print_table(
         "MiB a",
         "MiB b",
         "MiB c",
-    ):
+    ]
+    for name in columns:
         table.add_column(name, justify="right")
+    rows: list[list[str]] = []
     for index, r in enumerate(results):
         if index:
             table.add_section()
         mib = lambda cell, r=r: f"{r.peak[cell] / 2**20:.2f}" if cell in r.peak else "-"  # noqa: E731
         for m, n in zip(multiples, lengths, strict=True):
             cont = r.continuous[starts[n] + 1 : starts[n] + 1 + sample]
-            table.add_row(
+            cells = [
                 str(r.batch),
                 f"{m:g}x",
                 str(n),
@@ -644,13 +651,15 @@ def print_table(
                 f"{r.med['c', n] / r.med['a', n]:.2f}x",
                 f"{median(cont):.4f}",
                 *(mib((k, n)) for k in METHODS),
-            )
+            ]
+            table.add_row(*cells)
+            rows.append(cells)
     console.print(table)
     q_a = (len(STEPS) + 1) * CHUNK * tpf
     q_c = len(STEPS) * (args.window + CHUNK) * tpf
     per_cell = ", ".join(f"{r.per_cell} at batch {r.batch}" for r in results)
     caches = ", ".join(f"{r.cache_bytes / 2**20:.2f} MiB at batch {r.batch}" for r in results)
-    console.print(
+    legend = (
         f"a, b, c: seconds per chunk of all B videos, median over the timed chunks ({per_cell}; rounds of the "
         f"{sample} chunks ending at each length), {args.threads} threads; ± = half the inter-quartile range / "
         f"median. a/b, a/c: time ratios; c/a: speed-up of a over c (the target).\n"
@@ -664,12 +673,17 @@ def print_table(
         f"MiB: persistent state (a, b: K/V cache {caches}, + text K/V; c: {args.window} clean frames) + peak "
         f"live torch tensors allocated during one chunk; weights ({weights / 2**20:.1f} MiB) excluded."
     )
+    console.print(legend)
+    return columns, rows, legend
 
 
-def evaluate_targets(results: list[BatchResult], multiples: list[float], lengths: list[int]) -> bool:
+def evaluate_targets(
+    results: list[BatchResult], multiples: list[float], lengths: list[int], report: BenchReport | None = None
+) -> bool:
     """Print PASS/FAIL of both targets for every batch size, then one verdict line per target.
 
-    Returns whether every target passed at every batch size.
+    Every PASS/FAIL line also goes to ``report`` (when given). Returns whether every target passed
+    at every batch size.
     """
     ok = True
     first, last = lengths[0], lengths[-1]
@@ -689,11 +703,14 @@ def evaluate_targets(results: list[BatchResult], multiples: list[float], lengths
         verdict = "PASS" if flat <= FLAT_LIMIT else "FAIL"
         ok &= flat <= FLAT_LIMIT
         flat_verdicts.append(f"{verdict} at batch {r.batch} ({flat:.3f}{mark})")
-        console.print(
-            f"{verdict}: batch {r.batch}: (a) per-chunk time flat in length: {multiples[-1]:g}x / "
+        text = (
+            f"batch {r.batch}: (a) per-chunk time flat in length: {multiples[-1]:g}x / "
             f"{multiples[0]:g}x = {r.med['a', last]:.4f} / {r.med['a', first]:.4f} = {flat:.3f} "
-            f"(<= {FLAT_LIMIT})"
+            f"(<= {FLAT_LIMIT}){mark}"
         )
+        console.print(f"{verdict}: {text}")
+        if report is not None:
+            report.check(flat <= FLAT_LIMIT, text)
         if at is None:
             console.print(f"SKIP: batch {r.batch}: the speed-up target needs {SPEEDUP_AT:g}x in --lengths")
             continue
@@ -701,10 +718,13 @@ def evaluate_targets(results: list[BatchResult], multiples: list[float], lengths
         verdict = "PASS" if speedup >= SPEEDUP_TARGET else "FAIL"
         ok &= speedup >= SPEEDUP_TARGET
         speed_verdicts.append(f"{verdict} at batch {r.batch} ({speedup:.2f}x{mark})")
-        console.print(
-            f"{verdict}: batch {r.batch}: (a) >= {SPEEDUP_TARGET:g}x faster than (c) at {SPEEDUP_AT:g}x the "
-            f"horizon: c/a = {r.med['c', at]:.4f} / {r.med['a', at]:.4f} = {speedup:.2f}x"
+        text = (
+            f"batch {r.batch}: (a) >= {SPEEDUP_TARGET:g}x faster than (c) at {SPEEDUP_AT:g}x the "
+            f"horizon: c/a = {r.med['c', at]:.4f} / {r.med['a', at]:.4f} = {speedup:.2f}x{mark}"
         )
+        console.print(f"{verdict}: {text}")
+        if report is not None:
+            report.check(speedup >= SPEEDUP_TARGET, text)
     console.print("[bold]verdict, per batch size:[/bold]")
     console.print(
         f"(a) per-chunk time flat in length, {multiples[-1]:g}x / {multiples[0]:g}x <= {FLAT_LIMIT}: "
@@ -767,6 +787,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: batch 1 and 2, 5x and 20x, 1 round of 6 chunks"
     )
@@ -846,8 +867,27 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run_batch(args, model, sampler, batch, lengths, starts))
             gc.collect()  # drop this batch size's snapshots and video before the next one
     console.rule("results", style="bold")
-    print_table(results, multiples, lengths, starts, args, tpf, weights)
-    ok = evaluate_targets(results, multiples, lengths)
+    columns, rows, legend = print_table(results, multiples, lengths, starts, args, tpf, weights)
+    report = BenchReport(
+        "bench_rollout.py",
+        "Streaming rollout far past the teacher horizon: ring buffer, roll-by-copy, no cache",
+        f"Toy causal student ({tpf} tokens/frame), chunks of {CHUNK} latent frames, a window of "
+        f"{args.window} past frames, {len(STEPS)} denoising steps per chunk; at batch sizes "
+        f"{', '.join(map(str, batch_sizes))}, seconds per chunk of all B videos, median over "
+        f"{sample}-chunk samples ending at each length, up to {args.repeats} interleaved rounds.",
+        threads=args.threads,
+    )
+    report.table("Per-chunk seconds (± half the inter-quartile range / median) and peak MiB", columns, rows)
+    report.note(legend)
+    ok = evaluate_targets(results, multiples, lengths, report)
+    report.note(
+        "At batch 1 a toy forward of one chunk is overhead-bound: a fixed cost per eager operator "
+        "dominates its few query tokens, while the no-cache forwards over the whole window are "
+        "compute-bound. A batch multiplies the tokens, not the operator calls, which is why the "
+        "speed-up grows with the batch. Roll-by-copy costs little at toy scale (a cache of a few MiB); "
+        "at Wan scale the copy is what the ring buffer saves."
+    )
+    report.write(args.json)
     console.print(f"total {time.perf_counter() - t_start:.0f} s; load average {os.getloadavg()[0]:.2f}")
     return 0 if ok else 1
 

@@ -9,7 +9,9 @@ from a JSON file in ``docs/results/`` written by the command that measured it:
 * ``study_ablations.json``: ``make study-ablations`` (``python -m sfpp.apps.study --ablations ...
   --publish``) -> ``docs/results/study_ablations.md``;
 * ``teacher.json``: ``python -m sfpp.world.report --publish`` -> ``docs/results/teacher.md`` (without
-  it, the page shows the study's teacher and real-video rows).
+  it, the page shows the study's teacher and real-video rows);
+* ``benchmarks.json``: ``make bench-publish`` (every ``tests/benchmarks/bench_*.py`` with ``--json``,
+  merged by ``--benchmarks artifacts/bench``) -> ``docs/results/benchmarks.md``.
 
 A page whose JSON is missing is not written. ``--check`` writes nothing and exits with status 1
 when a page differs from what its JSON gives (the test suite runs it).
@@ -29,8 +31,10 @@ from sfpp.apps.study_report import REAL_LABEL, SF_CONTINUED, SFPP_CONTINUED, TEA
 
 __all__ = [
     "ablations_page",
+    "benchmarks_page",
     "demo_page",
     "main",
+    "merge_benchmarks",
     "readme_table",
     "render_all",
     "study_page",
@@ -291,6 +295,75 @@ def readme_table(study: Mapping[str, Any] | None, demo: Mapping[str, Any]) -> st
     return "\n".join(lines)
 
 
+def _number(value: Any) -> str:
+    """A table cell: ``-`` for none, 3 decimals below 10, 1 above, anything else as it is."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def benchmarks_page(data: Mapping[str, Any]) -> str:
+    """``docs/results/benchmarks.md`` from ``benchmarks.json`` (``{"benchmarks": {script: run}}``)."""
+    lines = [
+        _GENERATED.format(name="benchmarks.json"),
+        "# Benchmarks",
+        "",
+        "`make bench` runs every `tests/benchmarks/bench_*.py` and writes what each measured to "
+        "`artifacts/bench/`; `make bench-publish` merges those files into `docs/results/benchmarks.json` "
+        "and regenerates this page. What each script measures and how: `tests/benchmarks/README.md`. "
+        "Each script times its variants side by side in one run; compare ratios, not seconds, across "
+        "runs, since the machine's speed drifts between them.",
+    ]
+    for run in data["benchmarks"].values():
+        threads = f"{run['threads']} threads" if run["threads"] else "nothing timed"
+        load = run["load_average"]
+        lines += [
+            "",
+            f"## {run['title']}",
+            "",
+            f"{_provenance(run)} {run['machine']}, torch {run['torch']}, {threads}, {run['seconds']:.0f} s; "
+            f"load average {load['start']:.2f} at the start, {load['end']:.2f} at the end.",
+            "",
+            run["setting"],
+        ]
+        for table in run["tables"]:
+            lines += [
+                "",
+                f"**{table['caption']}**",
+                "",
+                "| " + " | ".join(table["columns"]) + " |",
+                "|" + "---|" * len(table["columns"]),
+            ]
+            lines += ["| " + " | ".join(_number(cell) for cell in row) + " |" for row in table["rows"]]
+        if run["checks"]:
+            lines.append("")
+            lines += [f"* {'PASS' if c['passed'] else 'FAIL'}: {c['text']}" for c in run["checks"]]
+        for note in run["notes"]:
+            lines += ["", note]
+    return "\n".join(lines) + "\n"
+
+
+def merge_benchmarks(directory: Path, target: Path) -> dict[str, Any]:
+    """Merge the ``bench_*.json`` runs of ``directory`` into ``target`` (a script's new run replaces its old one).
+
+    Raises:
+        FileNotFoundError: When ``directory`` holds no benchmark JSON.
+    """
+    runs = [json.loads(path.read_text()) for path in sorted(directory.glob("bench_*.json"))]
+    if not runs:
+        raise FileNotFoundError(f"no bench_*.json in {directory}; run make bench first")
+    merged = _load(target) or {"benchmarks": {}}
+    for run in runs:
+        merged["benchmarks"][run["script"]] = run
+    merged["benchmarks"] = dict(sorted(merged["benchmarks"].items()))
+    target.write_text(json.dumps(merged, indent=2) + "\n")
+    return merged
+
+
 def _load(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -304,6 +377,7 @@ def render_all(root: Path = Path(".")) -> dict[Path, str]:
         "study.json": ("study.md", study_page),
         "study_ablations.json": ("study_ablations.md", ablations_page),
         "teacher.json": ("teacher.md", teacher_page),
+        "benchmarks.json": ("benchmarks.md", benchmarks_page),
     }
     loaded = {name: _load(results / name) for name in makers}
     for name, (page, make) in makers.items():
@@ -327,7 +401,22 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, default=Path("."), help="repository root")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a page is stale")
+    parser.add_argument(
+        "--benchmarks",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="first merge DIR/bench_*.json (make bench's output) into docs/results/benchmarks.json",
+    )
     args = parser.parse_args(argv)
+    if args.benchmarks is not None:
+        target = args.root / "docs" / "results" / "benchmarks.json"
+        try:
+            merge_benchmarks(args.benchmarks, target)
+        except FileNotFoundError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        print(f"wrote {target}")
     stale = []
     for path, content in render_all(args.root).items():
         if path.exists() and path.read_text() == content:
