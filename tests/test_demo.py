@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from sfpp.apps.demo import DEMO_PROMPTS, run_demo
+from sfpp.apps.demo import DEMO_PROMPTS, publish, run_demo
 from sfpp.apps.pipeline import StageRun, toy_stages
 from sfpp.models import build_model
 from sfpp.world import WorldTextEncoder
@@ -35,6 +35,15 @@ def test_demo_reuses_finished_stages_and_writes_videos_curves_and_summary(tmp_pa
     real, fake = reports["real videos"].summary, reports["Self-Forcing++ student"].summary
     assert real["world_clean_frame_fraction"] == 1.0 > fake["world_clean_frame_fraction"]
     assert "| real videos |" in (out / "summary.md").read_text()
+
+    root = tmp_path / "repo"
+    (root / "docs" / "results").mkdir(parents=True)
+    (root / "README.md").write_text("# x\n")
+    published = json.loads(publish(out, root, "make demo", note="nothing else ran").read_text())
+    assert published["command"] == "make demo" and published["measured"] and "cores" in published["machine"]
+    assert published["models"] == summary["models"]
+    page = (root / "docs" / "results" / "demo.md").read_text()
+    assert f"On {published['machine']}. Nothing else ran." in page
 
 
 def test_demo_pipeline_chains_the_toy_stages():

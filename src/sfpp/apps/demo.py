@@ -7,7 +7,8 @@ for held-out prompts and writes, under ``--out`` (``artifacts/demo``):
 * ``videos/*.mp4`` (and a JSON of metrics beside each) and ``ground_truth.mp4`` for comparison;
 * ``curves.png``: visual stability and quality (Frechet distance to real clips) along the video,
   for the student and for real videos of the same prompts;
-* ``summary.md`` / ``summary.json``: the numbers, the stage timings and what was reused.
+* ``summary.md`` / ``summary.json``: the numbers, the stage timings and what was reused;
+  ``--publish`` copies the JSON, with the date, commit and machine, to ``docs/results/demo.json``.
 
 Stages whose checkpoint already exists (``checkpoints/<task>/last.ckpt``, the ODE pairs' index) are
 reused, so a second run only regenerates the videos; ``--force teacher`` (or any stage name)
@@ -19,8 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +158,50 @@ def run_demo(
     return reports
 
 
+def machine() -> str:
+    """The CPU, its core count and whether it computes bf16 natively (what the stage times depend on)."""
+    from sfpp.utils.precision import bf16_is_native
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    bf16 = "native bf16" if bf16_is_native("cpu") else "no native bf16 (the teacher trains in float32)"
+    return f"{name}, {os.cpu_count()} cores, {bf16}"
+
+
+def publish(out: Path, root: Path, command: str, note: str | None = None) -> Path:
+    """Copy ``out/summary.json`` with its provenance to ``docs/results/demo.json``; regenerate the pages.
+
+    Args:
+        out: The demo's output directory.
+        root: Repository root.
+        command: The command that produced the run (``make demo``).
+        note: What else a reader should know about the run (what else ran, what was reused).
+    """
+    from sfpp.apps.results_pages import main as results_pages
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=root)
+    data = json.loads((out / "summary.json").read_text())
+    data |= {
+        "measured": date.today().isoformat(),
+        "commit": commit.stdout.strip() or "unknown",
+        "command": command,
+        "machine": machine(),
+    }
+    if note:
+        data["note"] = note
+    target = root / "docs" / "results" / "demo.json"
+    target.write_text(json.dumps(data, indent=2) + "\n")
+    console.print(f"published {target}")
+    results_pages(["--root", str(root)])
+    return target
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line of ``python -m sfpp.apps.demo``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -163,6 +213,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--train-only", action="store_true", help="train the missing stages, then stop (make serve)"
     )
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help="then write docs/results/demo.json (with the date, commit and machine) and regenerate the pages",
+    )
     args = parser.parse_args(argv)
     if args.horizons < 2:
         parser.error("--horizons must be >= 2 (the curves compare windows with the first one)")
@@ -170,6 +225,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_stages(toy_stages(Path(".")), force=args.force, cwd=Path("."))
         return
     run_demo(args.out, args.horizons, args.force)
+    if args.publish:
+        given = list(sys.argv[1:] if argv is None else argv)
+        publish(args.out, Path("."), " ".join(["python -m sfpp.apps.demo", *given]))
 
 
 if __name__ == "__main__":

@@ -56,7 +56,9 @@ def demo_page(data: Mapping[str, Any]) -> str:
         _GENERATED.format(name="demo.json"),
         "# make demo",
         "",
-        _provenance(data) + (f" {data['note'][0].upper()}{data['note'][1:]}." if data.get("note") else ""),
+        _provenance(data)
+        + (f" On {data['machine']}." if data.get("machine") else "")
+        + (f" {data['note'][0].upper()}{data['note'][1:]}." if data.get("note") else ""),
         "",
         f"Time after the install: **{data['total_minutes']:.1f} min**.",
         "",
