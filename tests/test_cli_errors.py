@@ -111,3 +111,20 @@ def test_known_harmless_warnings_are_hidden_and_others_kept() -> None:
         warnings.warn("a warning a user should act on", stacklevel=1)
     assert [str(w.message) for w in caught] == ["a warning a user should act on"]
     assert all(why for _, why in HARMLESS_WARNINGS)
+
+
+def test_lightnings_advertisement_is_dropped_and_its_other_info_kept(caplog) -> None:
+    import logging
+
+    from lightning.pytorch.utilities import rank_zero_info
+
+    from sfpp.utils.cli import quiet_known_warnings
+
+    quiet_known_warnings()
+    quiet_known_warnings()  # once is enough; twice adds no second filter
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    assert len(rank_zero.filters) == 1
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
+        rank_zero_info("💡 Tip: For seamless cloud logging and experiment tracking, try installing litlogger")
+        rank_zero_info("GPU available: False, used: False")
+    assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]

@@ -12,13 +12,21 @@ its traceback.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["HARMLESS_WARNINGS", "USER_ERROR_EXIT", "quiet_known_warnings", "take_debug_flag", "user_errors"]
+__all__ = [
+    "ADVERTISEMENTS",
+    "HARMLESS_WARNINGS",
+    "USER_ERROR_EXIT",
+    "quiet_known_warnings",
+    "take_debug_flag",
+    "user_errors",
+]
 
 T = TypeVar("T")
 
@@ -99,7 +107,24 @@ HARMLESS_WARNINGS: tuple[tuple[str, str], ...] = (
 )
 
 
+#: Info lines of Lightning that are advertisements, not information about the run (prefixes).
+ADVERTISEMENTS: tuple[str, ...] = ("💡 Tip: For seamless cloud logging",)
+
+
+class _DropAdvertisements(logging.Filter):
+    """Drop the log records that start with one of :data:`ADVERTISEMENTS`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(ADVERTISEMENTS)
+
+
 def quiet_known_warnings() -> None:
-    """Hide :data:`HARMLESS_WARNINGS` in this process (every other warning still shows)."""
+    """Hide :data:`HARMLESS_WARNINGS` and Lightning's :data:`ADVERTISEMENTS` in this process.
+
+    Every other warning and log line still shows.
+    """
     for message, _why in HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropAdvertisements) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropAdvertisements())
