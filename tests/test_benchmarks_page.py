@@ -92,3 +92,21 @@ def test_merging_replaces_a_script_run_and_keeps_the_others(tmp_path: Path) -> N
         text=True,
     )
     assert result.returncode == 2 and "run make bench first" in result.stderr
+
+
+def test_every_bench_script_imports() -> None:
+    """A refactor of the library that breaks a benchmark's imports fails here, not in make bench."""
+    scripts = sorted((ROOT / "tests" / "benchmarks").glob("bench_*.py"))
+    assert len(scripts) >= 6
+    code = (
+        "import importlib, sys; sys.path.insert(0, sys.argv[1]); "
+        "[importlib.import_module(name) for name in sys.argv[2:]]"
+    )
+    names = [script.stem for script in scripts]
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT / "tests" / "benchmarks"), *names],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]

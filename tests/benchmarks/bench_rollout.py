@@ -808,6 +808,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
+    report = BenchReport(  # started now: its seconds and load average cover the whole run
+        "bench_rollout.py",
+        "Streaming rollout far past the teacher horizon: ring buffer, roll-by-copy, no cache",
+        "",
+        threads=args.threads,
+    )
     torch.set_num_threads(args.threads)
     if args.window % CHUNK:
         fail(f"--window must be a multiple of the chunk ({CHUNK}) so method c's input is chunk-aligned")
@@ -868,14 +874,11 @@ def main(argv: list[str] | None = None) -> int:
             gc.collect()  # drop this batch size's snapshots and video before the next one
     console.rule("results", style="bold")
     columns, rows, legend = print_table(results, multiples, lengths, starts, args, tpf, weights)
-    report = BenchReport(
-        "bench_rollout.py",
-        "Streaming rollout far past the teacher horizon: ring buffer, roll-by-copy, no cache",
+    report.setting = (
         f"Toy causal student ({tpf} tokens/frame), chunks of {CHUNK} latent frames, a window of "
         f"{args.window} past frames, {len(STEPS)} denoising steps per chunk; at batch sizes "
         f"{', '.join(map(str, batch_sizes))}, seconds per chunk of all B videos, median over "
-        f"{sample}-chunk samples ending at each length, up to {args.repeats} interleaved rounds.",
-        threads=args.threads,
+        f"{sample}-chunk samples ending at each length, up to {args.repeats} interleaved rounds."
     )
     report.table("Per-chunk seconds (± half the inter-quartile range / median) and peak MiB", columns, rows)
     report.note(legend)

@@ -35,12 +35,14 @@ import torch
 from results_json import BenchReport
 
 from sfpp.codecs import PixelCodec
-from sfpp.diffusion.schedule import add_noise, training_sigmas, x0_from_flow
+from sfpp.diffusion.schedule import add_noise, timestep_from_sigma, x0_from_flow
+from sfpp.diffusion.training import TrainingSigmas
 from sfpp.models import build_model
 from sfpp.world import WorldSpec, WorldTextEncoder, WorldVideoDataset, train_prompts
 
 VARIANTS = ("for-loop", "foreach", "fused")
 TARGET = 0.92
+SIGMAS = TrainingSigmas(shift=1.0, logit_normal=(0.0, 1.0))  # experiment=toy_teacher's noise levels
 
 
 def optimizer_of(variant: str, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -77,10 +79,10 @@ class Copy:
         x0 = PixelCodec().encode(batch["video"])  # (B, 3, F, 16, 16)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             context, _ = self.text(list(batch["prompt"]))
-            sigma = training_sigmas(x0.shape[0], 1.0, (0.0, 1.0))
+            sigma = SIGMAS(x0.shape[0])  # the teacher's logit-normal levels
             noise = torch.randn(x0.shape, generator=generator)
             x_t = add_noise(x0, noise, sigma)
-            flow = self.model(x_t, sigma * 1000.0, context)
+            flow = self.model(x_t, timestep_from_sigma(sigma), context)
             loss = (x0_from_flow(flow, x_t, sigma) - x0).square().mean()
         loss.backward()
         self.loss = loss.item()
