@@ -5,11 +5,18 @@ Tiny frames (the built-in world's 16x16) are upscaled with nearest-neighbour so 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import imageio.v2 as imageio
-import numpy as np
-import torch
+# imageio-ffmpeg starts ffmpeg with ``preexec_fn=os.setpgrp`` (to keep Ctrl+C away from it), and a
+# ``preexec_fn`` runs Python in the forked child: in a threaded process (the streaming server
+# writes from a worker thread) the child can deadlock before it execs ffmpeg, hanging the writer.
+# Without it ffmpeg shares the terminal's Ctrl+C, which ends the run anyway.
+os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
+
+import imageio.v2 as imageio  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 __all__ = ["StreamingVideoWriter", "to_uint8_frames", "write_frame_grid", "write_gif", "write_video"]
 
