@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -353,6 +354,13 @@ def _results(module: DMDModule, trainer: L.Trainer) -> dict:
     return {"state": state, "norms": norms}
 
 
+def _free_port() -> int:
+    """A TCP port nothing listens on now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 #: Two-process variants: (settings of both runs, the per-process batch and settings of the two-process
 #: run). Every variant's global batch is 4 prompts, as the one-process run's.
 TWO_PROCESS_MODES = {
@@ -370,7 +378,8 @@ def test_two_processes_take_the_steps_of_one_process_with_the_global_batch(tmp_p
     shared, _, _ = TWO_PROCESS_MODES[mode]
     began = time.perf_counter()
     out = tmp_path / "two_processes.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    # A port of its own: an earlier test in this process may have left MASTER_PORT set to a port in use.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "MASTER_PORT": str(_free_port())}
     run = subprocess.run(
         [sys.executable, __file__, str(out), mode], env=env, capture_output=True, text=True, timeout=600
     )
