@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -354,6 +354,24 @@ def _results(module: DMDModule, trainer: L.Trainer) -> dict:
     return {"state": state, "norms": norms}
 
 
+#: Variables by which Lightning and torch tell a process it was launched as one rank of a job.
+_LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "RANK")
+_LAUNCH_PREFIXES = ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "SLURM_", "TORCHELASTIC_", "PL_", "SUBMITIT_")
+
+
+def _without_launch_variables(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` without what earlier tests of this process (Lightning runs, cluster configs) left.
+
+    With ``LOCAL_RANK`` set, Lightning takes the processes as launched from outside and waits for a
+    rank 1 that nobody starts; a stale ``MASTER_PORT`` may be in use.
+    """
+    return {
+        key: value
+        for key, value in environ.items()
+        if key not in _LAUNCH_VARIABLES and not key.startswith(_LAUNCH_PREFIXES)
+    }
+
+
 def _free_port() -> int:
     """A TCP port nothing listens on now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -378,8 +396,8 @@ def test_two_processes_take_the_steps_of_one_process_with_the_global_batch(tmp_p
     shared, _, _ = TWO_PROCESS_MODES[mode]
     began = time.perf_counter()
     out = tmp_path / "two_processes.pt"
-    # A port of its own: an earlier test in this process may have left MASTER_PORT set to a port in use.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "MASTER_PORT": str(_free_port())}
+    env = {**_without_launch_variables(os.environ), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env["MASTER_PORT"] = str(_free_port())
     run = subprocess.run(
         [sys.executable, __file__, str(out), mode], env=env, capture_output=True, text=True, timeout=600
     )
