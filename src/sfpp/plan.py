@@ -28,7 +28,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from sfpp.models.causal_wan import CausalWanDiT
 from sfpp.models.config import CausalWanConfig
 from sfpp.models.flavours import flavour_config
+from sfpp.models.kv_cache import RollingKVCache
 from sfpp.utils.precision import register_resolvers
 
 __all__ = ["MemoryPlan", "PlanSpec", "activation_bytes", "chunk_flops", "main", "plan", "spec_from_config"]
@@ -257,26 +258,14 @@ def chunk_flops(spec: PlanSpec) -> int:
     """FLOPs of one streamed chunk of one video with a full cache: every denoising step and the cache pass."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from sfpp.models.kv_cache import RollingKVCache
-
     per_layer = []
     for layers in (1, 2):
         with FakeTensorMode():
             model = _network(spec, True, layers, spec.compute_dtype)
             chunk = spec.num_frames_per_chunk
-            one = PlanSpec(**{**_spec_fields(spec), "batch_size": 1})
+            one = replace(spec, batch_size=1)
             x, t, context = _model_fake_inputs(one, chunk)
-            cache = RollingKVCache(
-                layers,
-                1,
-                spec.model.num_heads,
-                spec.model.dim // spec.model.num_heads,
-                spec.tokens_per_frame,
-                chunk,
-                spec.cache_window_frames,
-                spec.sink_frames,
-                dtype=spec.compute_dtype,
-            )
+            cache = _rolling_cache(spec, layers, batch_size=1)
             with torch.no_grad():
                 offset = 0
                 while offset + chunk <= spec.cache_window_frames + spec.sink_frames:  # fill the cache
@@ -290,16 +279,27 @@ def chunk_flops(spec: PlanSpec) -> int:
     return per_layer[0] + (spec.model.num_layers - 1) * (per_layer[1] - per_layer[0])
 
 
-def _spec_fields(spec: PlanSpec) -> dict[str, Any]:
-    return {name: getattr(spec, name) for name in spec.__dataclass_fields__}
+def _rolling_cache(spec: PlanSpec, num_layers: int, batch_size: int, device: str = "cpu") -> RollingKVCache:
+    """The rollout's :class:`~sfpp.models.kv_cache.RollingKVCache` (``meta``: its size without memory)."""
+    return RollingKVCache(
+        num_layers,
+        batch_size,
+        spec.model.num_heads,
+        spec.model.dim // spec.model.num_heads,
+        spec.tokens_per_frame,
+        spec.num_frames_per_chunk,
+        spec.cache_window_frames,
+        spec.sink_frames,
+        dtype=spec.compute_dtype,
+        device=device,
+    )
 
 
 def cache_bytes(spec: PlanSpec) -> int:
     """Bytes of the rollout's rolling KV cache: self-attention slots and the text's cross-attention K/V."""
-    slots = spec.sink_frames + spec.cache_window_frames + spec.num_frames_per_chunk
-    self_kv = 2 * spec.model.num_layers * spec.batch_size * slots * spec.tokens_per_frame * spec.model.dim
+    self_kv = _rolling_cache(spec, spec.model.num_layers, spec.batch_size, device="meta").nbytes
     text_kv = 2 * spec.model.num_layers * spec.batch_size * spec.text_tokens * spec.model.dim
-    return (self_kv + text_kv) * spec.compute_bytes
+    return self_kv + text_kv * spec.compute_bytes
 
 
 def plan(spec: PlanSpec) -> MemoryPlan:

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -34,7 +33,7 @@ import torch
 from rich.console import Console
 
 from sfpp.apps.evaluation import LongVideoReport, evaluate_long_videos, plot_curves
-from sfpp.apps.pipeline import StageRun, StageTiming, run_stages, toy_stages
+from sfpp.apps.pipeline import StageRun, StageTiming, git_commit, run_stages, toy_stages
 from sfpp.io.video import write_video
 from sfpp.world import HORIZON, ground_truth, heldout_prompts
 
@@ -185,11 +184,10 @@ def publish(out: Path, root: Path, command: str, note: str | None = None) -> Pat
     """
     from sfpp.apps.results_pages import main as results_pages
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=root)
     data = json.loads((out / "summary.json").read_text())
     data |= {
         "measured": date.today().isoformat(),
-        "commit": commit.stdout.strip() or "unknown",
+        "commit": git_commit(root),
         "command": command,
         "machine": machine(),
     }

@@ -20,7 +20,7 @@ from rich.console import Console
 
 from sfpp.utils.precision import bf16_is_native
 
-__all__ = ["StageFailedError", "StageRun", "StageTiming", "run_stages", "toy_stages"]
+__all__ = ["StageFailedError", "StageRun", "StageTiming", "git_commit", "run_stages", "toy_stages"]
 
 console = Console(highlight=False)
 
@@ -108,6 +108,12 @@ def run_stages(
         console.print(f"[bold]{header}[/]: done in {seconds / 60:.1f} min (elapsed) -> {stage.done_file}")
         timings.append(StageTiming(stage.name, reused=False, seconds=seconds, done_file=stage.done_file))
     return timings
+
+
+def git_commit(root: Path = Path(".")) -> str:
+    """The short commit of ``root``'s checkout (``unknown`` outside git): the provenance of published results."""
+    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+    return result.stdout.strip() or "unknown"
 
 
 def toy_stages(root: Path = Path(".")) -> list[StageRun]:

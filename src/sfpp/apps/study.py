@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -43,7 +42,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from sfpp.apps.pipeline import StageTiming, run_stages
+from sfpp.apps.pipeline import StageTiming, git_commit, run_stages
 from sfpp.apps.results_pages import study_page
 from sfpp.apps.study_metrics import Scores, score_horizons
 from sfpp.apps.study_report import (
@@ -156,11 +155,6 @@ def _write_comparison_gif(
     return write_gif(path, side_by_side, fps=8, upscale=5)
 
 
-def _git_commit(root: Path) -> str:
-    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
-    return result.stdout.strip() or "unknown"
-
-
 def _training_costs(
     out: Path, timings: Sequence[StageTiming], steps: dict[str, tuple[int, int]], schedule: DMDSchedule
 ) -> dict[str, dict[str, float]]:
@@ -252,7 +246,7 @@ def evaluate_study(
     write_frames(dict(zip(labels, first_prompt[eval_seeds[0]], strict=True)), shown, out / "frames.png")
     results: dict[str, Any] = {
         "measured": date.today().isoformat(),
-        "commit": _git_commit(root),
+        "commit": git_commit(root),
         "command": command,
         "minutes": protocol.get("training_minutes", 0.0) + (time.perf_counter() - began) / 60,
         "protocol": {

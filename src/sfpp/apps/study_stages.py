@@ -174,11 +174,7 @@ def continuation_stages(
     models = [StudyModel("Self-Forcing (baseline)", "Self-Forcing (baseline)", base_ckpt, None)]
     methods = {
         "sf": (SF_CONTINUED, "toy_self_forcing", []),
-        "sfpp": (
-            SFPP_CONTINUED,
-            "toy_extend",
-            [f"stage.rollout_frames={SFPP_HORIZONS * HORIZON}", "stage.critic_windows_per_rollout=4"],
-        ),
+        "sfpp": (SFPP_CONTINUED, "toy_extend", list(_SFPP_OVERRIDES)),
     }
     for seed in train_seeds:
         for key, (method, experiment, extra) in methods.items():
