@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sfpp.apps.results_pages import BEGIN, END, render_all
+from sfpp.apps.results_pages import BEGIN, END, render_all, teacher_history_page
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,6 +62,38 @@ def test_results_pages_are_generated_from_the_committed_json() -> None:
     assert stale == [], "run python -m sfpp.apps.results_pages"
     readme = (ROOT / "README.md").read_text()
     assert BEGIN in readme and END in readme
+
+
+def test_every_results_page_is_generated() -> None:
+    pages = render_all(ROOT)
+    handwritten = [
+        page.name for page in sorted((ROOT / "docs" / "results").glob("*.md")) if page not in pages
+    ]
+    assert handwritten == []
+
+
+def test_the_history_page_renders_its_blocks_and_rejects_bad_ones() -> None:
+    data = {
+        "title": "History",
+        "measured": "2026-11-30",
+        "machine": "a CPU",
+        "intro": "Intro.",
+        "blocks": [
+            {"text": "Round 1."},
+            {"table": {"columns": ["run", "clean"], "rows": [["a", "0.34"], ["**b**", "**0.63**"]]}},
+            {"figure": {"alt": "samples", "src": "images/x.png"}},
+        ],
+    }
+    page = teacher_history_page(data)
+    assert (
+        "Measured 2026-11-30, on a CPU. Intro.\n\nRound 1.\n\n| run | clean |\n| --- | --- |\n| a | 0.34 |"
+        in page
+    )
+    assert page.endswith("![samples](images/x.png)\n")
+    with pytest.raises(ValueError, match="rows of"):
+        teacher_history_page({**data, "blocks": [{"table": {"columns": ["a", "b"], "rows": [["1"]]}}]})
+    with pytest.raises(ValueError, match="none of text, figure, table"):
+        teacher_history_page({**data, "blocks": [{"plot": "x"}]})
 
 
 def test_results_pages_check_flags_a_stale_page(tmp_path: Path) -> None:

@@ -10,6 +10,9 @@ from a JSON file in ``docs/results/`` written by the command that measured it:
   --publish``) -> ``docs/results/study_ablations.md``;
 * ``teacher.json``: ``python -m sfpp.world.report --publish`` -> ``docs/results/teacher.md`` (without
   it, the page shows the study's teacher and real-video rows);
+* ``teacher_history.json``: the record of the teacher's development runs (their prose, tables and
+  figures, in the order they were run; each ``teacher_report`` row as it was measured then) ->
+  ``docs/results/teacher-history.md``;
 * ``benchmarks.json``: ``make bench-publish`` (every ``tests/benchmarks/bench_*.py`` with ``--json``,
   merged by ``--benchmarks artifacts/bench``) -> ``docs/results/benchmarks.md``.
 
@@ -38,6 +41,7 @@ __all__ = [
     "readme_table",
     "render_all",
     "study_page",
+    "teacher_history_page",
     "teacher_page",
     "teacher_page_from_study",
 ]
@@ -258,6 +262,43 @@ def teacher_page_from_study(data: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _history_block(block: Mapping[str, Any]) -> str:
+    if "text" in block:
+        return block["text"]
+    if "figure" in block:
+        return f"![{block['figure']['alt']}]({block['figure']['src']})"
+    if "table" in block:
+        table = block["table"]
+        widths = {len(row) for row in table["rows"]} | {len(table["columns"])}
+        if len(widths) != 1:
+            raise ValueError(f"a table of teacher_history.json has rows of {sorted(widths)} cells")
+        lines = ["| " + " | ".join(table["columns"]) + " |", "|" + " --- |" * len(table["columns"])]
+        lines += ["| " + " | ".join(row) + " |" for row in table["rows"]]
+        return "\n".join(lines)
+    raise ValueError(f"a block of teacher_history.json is none of text, figure, table: {sorted(block)}")
+
+
+def teacher_history_page(data: Mapping[str, Any]) -> str:
+    """``docs/results/teacher-history.md`` from ``teacher_history.json``.
+
+    The JSON holds the record of the development runs: an introduction, then ``blocks`` in the order
+    the runs were made, each ``{"text": markdown}``, ``{"table": {"columns": [...], "rows": [[...]]}}``
+    (cells as they were reported) or ``{"figure": {"alt": ..., "src": ...}}``.
+
+    Raises:
+        ValueError: For a block of no known kind or a table whose rows differ in length.
+    """
+    lines = [
+        _GENERATED.format(name="teacher_history.json"),
+        f"# {data['title']}",
+        "",
+        f"Measured {data['measured']}, on {data['machine']}. {data['intro']}",
+    ]
+    for block in data["blocks"]:
+        lines += ["", _history_block(block)]
+    return "\n".join(lines) + "\n"
+
+
 _TEACHER_METRICS = ("quality_fd", "clean_frames", "detected", "shape_accuracy", "motion")
 
 
@@ -379,6 +420,7 @@ def render_all(root: Path = Path(".")) -> dict[Path, str]:
         "study.json": ("study.md", study_page),
         "study_ablations.json": ("study_ablations.md", ablations_page),
         "teacher.json": ("teacher.md", teacher_page),
+        "teacher_history.json": ("teacher-history.md", teacher_history_page),
         "benchmarks.json": ("benchmarks.md", benchmarks_page),
     }
     loaded = {name: _load(results / name) for name in makers}
