@@ -108,6 +108,11 @@ def test_known_harmless_warnings_are_hidden_and_others_kept() -> None:
             "Found 106 module(s) in eval mode at the start of training. This may lead to ...", stacklevel=1
         )
         warnings.warn("Torchinductor does not support code generation for complex operators.", stacklevel=1)
+        warnings.warn(
+            "Precision bf16-mixed is not supported by the model summary.  Estimated model size in MB will "
+            "not be accurate. Using 32 bits instead.",
+            stacklevel=1,
+        )
         warnings.warn("a warning a user should act on", stacklevel=1)
     assert [str(w.message) for w in caught] == ["a warning a user should act on"]
     assert all(why for _, why in HARMLESS_WARNINGS)

@@ -104,6 +104,11 @@ HARMLESS_WARNINGS: tuple[tuple[str, str], ...] = (
         "the DMD and GRPO stages step their optimisers themselves; the checkpoint after the step is "
         "the one a resumed run needs",
     ),
+    (
+        r"Precision bf16-mixed is not supported by the model summary",
+        "only the summary table's size in MB is estimated at 32 bits; training runs in bf16-mixed "
+        "as configured",
+    ),
 )
 
 
