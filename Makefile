@@ -89,9 +89,9 @@ serve: install ## Stream the demo's student live on a local page (trains the dem
 study: install ## Self-Forcing vs Self-Forcing++ (+ GRPO) continued from one baseline, 1-50 horizons, seeds (<= 2 h): artifacts/study
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.apps.study
 
-study-ablations: install ## Budget and rollout-length ablations beside the seed-1 continuations (~1.5 h): artifacts/study_ablations
+study-ablations: install ## Budget, rollout-length and window-sampling ablations beside the seed-1 continuations (~2 h): artifacts/study_ablations
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.apps.study --train-seeds 1 --grpo-steps 0 \
-		--ablations budget rollout_length --out artifacts/study_ablations
+		--ablations budget rollout_length window_sampling --out artifacts/study_ablations
 
 docs: install ## Build the documentation site into site/ (mkdocs build --strict: broken links fail)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

@@ -168,8 +168,9 @@ def ablations_page(data: Mapping[str, Any]) -> str:
         "",
         _provenance(data) + f" {data['minutes']:.0f} min on the 2-core CPU.",
         "",
-        f"Every row starts from the [study](study.md)'s Self-Forcing baseline (step {protocol['base_step']}) "
-        f"and trains with training seed {protocol['train_seeds'][0]}, beside that seed's two continuations "
+        "Every continued row starts from a Self-Forcing baseline trained with the [study](study.md)'s "
+        f"recipe (step {protocol['base_step']}) and trains with training seed "
+        f"{protocol['train_seeds'][0]}, beside that seed's two continuations "
         f"({protocol['extra_steps']} steps, {protocol['extra_generator_updates']} generator updates); each "
         "ablation changes one setting, fixed before the run:",
         "",
