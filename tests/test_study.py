@@ -149,6 +149,23 @@ def test_target_checks_use_the_training_seed_spread():
     assert not check_target(far)[f"{SFPP_CONTINUED}: distils the teacher at 1x"]["passed"]
 
 
+def test_the_study_page_says_where_a_missed_target_loses_its_distance():
+    from sfpp.apps.results_pages import _where_quality_goes
+
+    fd = {1: 8.0, 5: 11.0, 20: 12.0}
+    missed = _fake({SFPP_CONTINUED: {1: fd}, SF_CONTINUED: {1: {1: 8.0, 5: 9.0, 20: 16.0}}})
+    missed["protocol"] = {"horizons": [1, 5, 20]}
+    missed["target"] = check_target(missed)
+    lines = "\n".join(_where_quality_goes(missed))
+    assert "8.0 (1x) -> 11.0 (5x) -> 12.0 (20x); 75% of the rise to 20x is reached by 5x" in lines
+    assert "12% of the rise" in lines  # Self-Forcing's rise comes late
+    assert "clean frames 0.50 -> 0.50" in lines and "does not fall from 1x to 20x" in lines
+    met = _fake({SFPP_CONTINUED: {1: {1: 8.0, 5: 8.2, 20: 8.4}}})
+    met["protocol"] = {"horizons": [1, 5, 20]}
+    met["target"] = check_target(met)
+    assert _where_quality_goes(met) == []
+
+
 def test_study_defaults_and_stages():
     assert HORIZONS == (1, 5, 10, 20, 50)
     names = [s.name for s in shared_stages()]

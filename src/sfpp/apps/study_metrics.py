@@ -31,19 +31,29 @@ from sfpp.metrics.quality_curve import DynamicDegree, WindowQuality
 from sfpp.metrics.stability import stability_curve
 from sfpp.world import HORIZON, WorldObjectScore, world_feature_statistics
 
-__all__ = ["METRICS", "Scores", "mean_and_spread", "score_horizons"]
+__all__ = ["METRICS", "Scores", "better", "mean_and_spread", "score_horizons"]
 
-#: ``{metric: (title, higher is better)}`` in the order of the table.
-METRICS: dict[str, tuple[str, bool]] = {
+#: ``{metric: (title, higher is better)}`` in the order of the table; ``None`` for a measurement
+#: that is neither (motion: real videos' value is the reference, ``motion_gap`` the distance to it).
+METRICS: dict[str, tuple[str, bool | None]] = {
     "quality_fd": ("FD to real", False),
     "stability": ("stability", True),
     "stability_prefix": ("stability (prefix)", True),
     "clean_frames": ("clean frames", True),
     "detected": ("objects detected", True),
     "shape_accuracy": ("shape accuracy", True),
-    "motion": ("motion px/frame", True),
+    "motion": ("motion px/frame", None),
     "motion_gap": ("motion gap to real", False),
 }
+
+
+def better(metric: str) -> str:
+    """Which way a metric of :data:`METRICS` is better, for a table's or a plot's title."""
+    up = METRICS[metric][1]
+    if up is None:
+        return "real videos are the reference"
+    return "higher is better" if up else "lower is better"
+
 
 #: ``{horizon: {metric: [value per evaluation seed]}}``.
 Scores = dict[int, dict[str, list[float]]]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sfpp.apps.study_metrics import METRICS
+from sfpp.apps.study_metrics import METRICS, better
 from sfpp.world import HORIZON
 
 __all__ = [
@@ -138,7 +138,7 @@ def plot_results(results: Mapping, path: Path) -> Path:
     shown = ("quality_fd", "stability", "clean_frames", "shape_accuracy", "motion_gap", "detected")
     figure, axes = plt.subplots(2, 3, figsize=(14, 7.5), constrained_layout=True)
     for axis, metric in zip(axes.flat, shown, strict=True):
-        title, up = METRICS[metric]
+        title = METRICS[metric][0]
         for method, entry in results["methods"].items():
             horizons = [int(h) for h in entry["horizons"] if metric in entry["horizons"][h]]
             cells = [entry["horizons"][str(h)][metric] for h in horizons]
@@ -150,7 +150,7 @@ def plot_results(results: Mapping, path: Path) -> Path:
         axis.set_xscale("log")
         axis.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         axis.set_xticks(results["protocol"]["horizons"], [f"{h}x" for h in results["protocol"]["horizons"]])
-        axis.set_title(f"{title} ({'higher' if up else 'lower'} is better)")
+        axis.set_title(f"{title} ({better(metric)})")
         axis.set_xlabel("window ending at (teacher horizons)")
         axis.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=7)
