@@ -42,6 +42,19 @@ def _tracked_text_files() -> list[Path]:
     return [ROOT / n for n in names.split("\n") if n and Path(n).suffix in suffixes and (ROOT / n).is_file()]
 
 
+def test_docs_holds_only_what_a_page_uses() -> None:
+    """Every picture or data file under docs/ is named by a page, the README or a results JSON's page."""
+    texts = [path.read_text() for path in (ROOT / "docs").rglob("*.md")] + [(ROOT / "README.md").read_text()]
+    unused = [
+        str(path.relative_to(ROOT))
+        for path in sorted((ROOT / "docs").rglob("*"))
+        if path.is_file()
+        and path.suffix not in (".md", ".json")
+        and not any(path.name in text for text in texts)
+    ]
+    assert unused == []
+
+
 def test_no_file_speaks_of_sessions_or_the_method_notes() -> None:
     words = re.compile(r"(?i:\bsessions?\b)|METHOD\.md")
     this_file = Path(__file__).resolve()
