@@ -43,7 +43,7 @@ def _tracked_text_files() -> list[Path]:
 
 
 def test_docs_holds_only_what_a_page_uses() -> None:
-    """Every picture or data file under docs/ is named by a page, the README or a results JSON's page."""
+    """Every picture under docs/ is named by a page of docs/ or by the README."""
     texts = [path.read_text() for path in (ROOT / "docs").rglob("*.md")] + [(ROOT / "README.md").read_text()]
     unused = [
         str(path.relative_to(ROOT))
