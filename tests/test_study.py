@@ -66,6 +66,7 @@ def test_study_results_layout_table_plot_frames_and_videos(tmp_path):
         "measured",
         "commit",
         "command",
+        "machine",
         "protocol",
         "training",
         "models",

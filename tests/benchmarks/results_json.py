@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from sfpp.apps.pipeline import machine
 
 __all__ = ["BenchReport"]
 
@@ -78,7 +79,7 @@ class BenchReport:
             "measured": date.today().isoformat(),
             "commit": _commit(),
             "command": " ".join(["python", f"tests/benchmarks/{self.script}", *sys.argv[1:]]),
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "machine": machine(),
             "torch": torch.__version__,
             "threads": self.threads,
             "seconds": round(time.perf_counter() - self._began, 1),

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -33,7 +31,7 @@ import torch
 from rich.console import Console
 
 from sfpp.apps.evaluation import LongVideoReport, evaluate_long_videos, plot_curves
-from sfpp.apps.pipeline import StageRun, StageTiming, git_commit, run_stages, toy_stages
+from sfpp.apps.pipeline import StageRun, StageTiming, git_commit, machine, run_stages, toy_stages
 from sfpp.io.video import write_video
 from sfpp.world import HORIZON, ground_truth, heldout_prompts
 
@@ -155,22 +153,6 @@ def run_demo(
     console.print(f"videos: {out / 'videos'}  (all four side by side: {out / 'student_side_by_side.mp4'})")
     console.print(f"curves: {curves}\nsummary: {summary}")
     return reports
-
-
-def machine() -> str:
-    """The CPU, its core count and whether it computes bf16 natively (what the stage times depend on)."""
-    from sfpp.utils.precision import bf16_is_native
-
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    bf16 = "native bf16" if bf16_is_native("cpu") else "no native bf16 (the teacher trains in float32)"
-    return f"{name}, {os.cpu_count()} cores, {bf16}"
 
 
 def publish(out: Path, root: Path, command: str, note: str | None = None) -> Path:

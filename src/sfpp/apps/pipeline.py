@@ -9,6 +9,8 @@ first one trained. ``make demo`` (:mod:`sfpp.apps.demo`) and ``make study`` are 
 
 from __future__ import annotations
 
+import os
+import platform
 import subprocess
 import sys
 import time
@@ -20,7 +22,7 @@ from rich.console import Console
 
 from sfpp.utils.precision import bf16_is_native
 
-__all__ = ["StageFailedError", "StageRun", "StageTiming", "git_commit", "run_stages", "toy_stages"]
+__all__ = ["StageFailedError", "StageRun", "StageTiming", "git_commit", "machine", "run_stages", "toy_stages"]
 
 console = Console(highlight=False)
 
@@ -114,6 +116,20 @@ def git_commit(root: Path = Path(".")) -> str:
     """The short commit of ``root``'s checkout (``unknown`` outside git): the provenance of published results."""
     result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
     return result.stdout.strip() or "unknown"
+
+
+def machine() -> str:
+    """The CPU, its core count and whether it computes bf16 natively (what the stage times depend on)."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    bf16 = "native bf16" if bf16_is_native("cpu") else "no native bf16 (the teacher trains in float32)"
+    return f"{name}, {os.cpu_count()} cores, {bf16}"
 
 
 def toy_stages(root: Path = Path(".")) -> list[StageRun]:

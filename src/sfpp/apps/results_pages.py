@@ -108,7 +108,7 @@ def study_page(data: Mapping[str, Any]) -> str:
         _GENERATED.format(name="study.json"),
         "# The study: Self-Forcing vs Self-Forcing++",
         "",
-        _provenance(data) + f" {data['minutes']:.0f} min on the 2-core CPU.",
+        _provenance(data) + f" {data['minutes']:.0f} min on {data.get('machine', 'the 2-core CPU')}.",
         "",
         f"Protocol: the Self-Forcing baseline trained to early stopping (step {protocol['base_step']}); from "
         f"it, {protocol['extra_steps']} more steps ({protocol['extra_generator_updates']} generator updates) of "
@@ -211,7 +211,7 @@ def ablations_page(data: Mapping[str, Any]) -> str:
         _GENERATED.format(name="study_ablations.json"),
         "# Ablations of the study",
         "",
-        _provenance(data) + f" {data['minutes']:.0f} min on the 2-core CPU.",
+        _provenance(data) + f" {data['minutes']:.0f} min on {data.get('machine', 'the 2-core CPU')}.",
         "",
         "Every continued row starts from a Self-Forcing baseline trained with the [study](study.md)'s "
         f"recipe (step {protocol['base_step']}) and trains with training seed "

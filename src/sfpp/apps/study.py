@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from sfpp.apps.pipeline import StageTiming, git_commit, run_stages
+from sfpp.apps.pipeline import StageTiming, git_commit, machine, run_stages
 from sfpp.apps.results_pages import study_page
 from sfpp.apps.study_metrics import Scores, score_horizons
 from sfpp.apps.study_report import (
@@ -248,6 +248,7 @@ def evaluate_study(
         "measured": date.today().isoformat(),
         "commit": git_commit(root),
         "command": command,
+        "machine": machine(),
         "minutes": protocol.get("training_minutes", 0.0) + (time.perf_counter() - began) / 60,
         "protocol": {
             **protocol,
