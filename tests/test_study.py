@@ -104,8 +104,18 @@ def test_study_results_layout_table_plot_frames_and_videos(tmp_path):
     page = study_page(results)
     assert "## FD to real (lower is better)" in page and f"| {SFPP_CONTINUED} |" in page
     assert "| the teacher's clips |" in teacher_page_from_study(results)
-    demo = {"frames": 160, "measured": "x", "commit": "y", "command": "z", "models": {}}
-    assert f"| {SFPP_CONTINUED} |" in readme_table(results, demo)
+    demo = {
+        "frames": 160,
+        "measured": "x",
+        "commit": "y",
+        "command": "z",
+        "models": {},
+        "total_minutes": 22.4,
+        "stages": [{"name": "teacher", "minutes": 13.62}, {"name": "ode_init", "minutes": 2.06}],
+    }
+    table = readme_table(results, demo)
+    assert f"| {SFPP_CONTINUED} |" in table
+    assert "`make demo` took 22 min (stages: teacher 13.6, ode_init 2.1 min; measured x" in table
 
 
 def _fake(fd_by_method):

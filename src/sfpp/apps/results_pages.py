@@ -381,7 +381,18 @@ def readme_table(study: Mapping[str, Any] | None, demo: Mapping[str, Any]) -> st
                 + " | ".join(_cell(entry.get(str(h), {}).get("quality_fd"), 1) for h in shown)
                 + " |"
             )
+    lines += ["", _demo_time(demo)]
     return "\n".join(lines)
+
+
+def _demo_time(demo: Mapping[str, Any]) -> str:
+    """One line: how long ``make demo``'s stages took, and where."""
+    stages = ", ".join(f"{stage['name']} {stage['minutes']:.1f}" for stage in demo["stages"])
+    where = f" on {demo['machine']}" if demo.get("machine") else ""
+    return (
+        f"`make demo` took {demo['total_minutes']:.0f} min{where} (stages: {stages} min; "
+        f"{_provenance(demo)[0].lower()}{_provenance(demo)[1:]} Details: [make demo](docs/results/demo.md)."
+    )
 
 
 def _number(value: Any) -> str:
