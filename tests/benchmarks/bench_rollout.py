@@ -517,13 +517,14 @@ class BatchResult:
 
     def disturbances(self) -> list[str]:
         """Why this batch size's timings should not be trusted (empty when they look clean)."""
-        reasons = []
         noisy = [f"{k}@{n}" for (k, n), v in self.spread.items() if v > NOISY_SPREAD]
-        if noisy:
-            reasons.append(f"spread > {NOISY_SPREAD:.0%} in {', '.join(noisy)}")
-        if self.per_cell < self.planned:
-            reasons.append(f"only {self.per_cell} of {self.planned} chunks per cell within --budget")
-        return reasons
+        return [f"spread > {NOISY_SPREAD:.0%} in {', '.join(noisy)}"] if noisy else []
+
+    def shortfall(self) -> str | None:
+        """A note when ``--budget`` stopped the timing before the planned rounds (a slower machine)."""
+        if self.per_cell >= self.planned:
+            return None
+        return f"only {self.per_cell} of {self.planned} chunks per cell within --budget"
 
 
 def run_batch(
@@ -699,6 +700,15 @@ def evaluate_targets(
                 f"{'; '.join(reasons)}. Rerun on a quieter machine before trusting its verdicts."
                 "[/bold yellow]"
             )
+        shortfall = r.shortfall()
+        if shortfall is not None:
+            mark += ", fewer chunks timed"
+            console.print(
+                f"note: batch {r.batch}: {shortfall} (the machine is slower than the budget assumes; "
+                "a larger --budget times more chunks)"
+            )
+            if report is not None:
+                report.note(f"batch {r.batch}: {shortfall}")
         flat = r.med["a", last] / r.med["a", first]
         verdict = "PASS" if flat <= FLAT_LIMIT else "FAIL"
         ok &= flat <= FLAT_LIMIT
