@@ -42,6 +42,9 @@ class StageRun:
         done_file: The file the stage writes when it has finished; its existence means "reuse".
         expected_minutes: About how long the stage takes on a 2-core CPU, printed before it starts
             (``None``: not known).
+        ignored_warnings: Starts of warning messages the stage's process hides (through
+            ``PYTHONWARNINGS``): warnings that ask nothing of the user for this stage only; the one
+            who sets them says why.
     """
 
     name: str
@@ -49,10 +52,22 @@ class StageRun:
     overrides: Sequence[str]
     done_file: Path
     expected_minutes: float | None = None
+    ignored_warnings: Sequence[str] = ()
 
     def command(self) -> list[str]:
         """The command line, run with this interpreter."""
         return [sys.executable, "-m", self.module, *self.overrides]
+
+    def environment(self) -> dict[str, str]:
+        """This process's environment with :attr:`ignored_warnings` added to ``PYTHONWARNINGS``."""
+        env = dict(os.environ)
+        if self.ignored_warnings:
+            for message in self.ignored_warnings:
+                if "," in message or ":" in message:
+                    raise ValueError(f"a PYTHONWARNINGS message cannot hold ',' or ':': {message!r}")
+            filters = [env["PYTHONWARNINGS"]] if env.get("PYTHONWARNINGS") else []
+            env["PYTHONWARNINGS"] = ",".join(filters + [f"ignore:{m}" for m in self.ignored_warnings])
+        return env
 
 
 @dataclass
@@ -99,7 +114,7 @@ def run_stages(
                 f"[bold]{header}[/]: expected about {stage.expected_minutes:.0f} min on a 2-core CPU"
             )
         began = time.perf_counter()
-        result = subprocess.run(stage.command(), cwd=cwd, check=False)
+        result = subprocess.run(stage.command(), cwd=cwd, env=stage.environment(), check=False)
         seconds = time.perf_counter() - began
         if result.returncode != 0:
             raise StageFailedError(

@@ -33,6 +33,11 @@ __all__ = [
     "shared_stages",
 ]
 
+#: Lightning's notice, on resuming a checkpoint, that callbacks it was saved with are missing: a
+#: continuation resumes the baseline on purpose with another checkpoint interval and without early
+#: stopping, so those callbacks' saved states are meant to be left behind.
+RESUMED_WITH_OTHER_CALLBACKS = "Be aware that when using `ckpt_path`"
+
 #: Evaluation horizons, in teacher horizons (the toy RoPE table allows 1024 latent frames).
 HORIZONS: tuple[int, ...] = (1, 5, 10, 20, 50)
 #: Rollout of the Self-Forcing++ continuations, in teacher horizons.
@@ -195,6 +200,7 @@ def continuation_stages(
                         *extra,
                     ],
                     checkpoints / name / "last.ckpt",
+                    ignored_warnings=(RESUMED_WITH_OTHER_CALLBACKS,),
                 )
             )
             models.append(StudyModel(f"{method}, training seed {seed}", method, stages[-1].done_file, seed))
@@ -268,6 +274,7 @@ def ablation_stages(
                     *ablation.overrides,
                 ],
                 checkpoints / name / "last.ckpt",
+                ignored_warnings=() if ablation.from_init else (RESUMED_WITH_OTHER_CALLBACKS,),
             )
         )
         steps[name] = (start, stop - start)
