@@ -24,7 +24,8 @@ from sfpp.utils.precision import bf16_is_native
 
 __all__ = ["StageFailedError", "StageRun", "StageTiming", "git_commit", "machine", "run_stages", "toy_stages"]
 
-console = Console(highlight=False)
+# soft_wrap: a stage's line stays one line in a log file (rich wraps at 80 columns off a terminal)
+console = Console(highlight=False, soft_wrap=True)
 
 
 class StageFailedError(RuntimeError):
