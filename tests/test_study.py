@@ -243,6 +243,8 @@ def test_the_ablations_page_lists_every_row_and_hypothesis():
         label: {str(h): {m: [float(h), float(h) + 1] for m in METRICS} for h in (1, 20)}
         for label in (SF_CONTINUED, ABLATIONS["budget"].label)
     }
+    # the Self-Forcing++ continuation is 0.5 and 1.5 below the others on the two evaluation seeds
+    scores[SFPP_CONTINUED] = {str(h): {m: [h - 0.5, h - 0.5] for m in METRICS} for h in (1, 20)}
     data = {
         "measured": "2026-12-02",
         "commit": "abc1234",
@@ -266,9 +268,13 @@ def test_the_ablations_page_lists_every_row_and_hypothesis():
                 "steps_per_minute": 150.0,
             }
         },
+        "models": {label: {"method": label, "train_seed": 1} for label in scores},
+        "scores": scores,
         "methods": group_results(scores, {}),
     }
     page = ablations_page(data)
+    assert "## FD to real: each row minus Self-Forcing++ (continued), paired over evaluation seeds" in page
+    assert f"| {ABLATIONS['budget'].label} | +1.0 ± 0.5 | +1.0 ± 0.5 |" in page
     assert ABLATIONS["budget"].hypothesis in page and "commit `abc1234`" in page
     assert f"| {ABLATIONS['budget'].label} | 1.5 ± 0.5 | 20.5 ± 0.5 |" in page
     assert "| study_ablation_budget_seed1 | 10.0 | 1500 | 300 | 150.0 |" in page

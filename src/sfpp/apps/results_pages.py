@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sfpp.apps.study_metrics import METRICS, better
+from sfpp.apps.study_metrics import METRICS, better, mean_and_spread
 from sfpp.apps.study_report import REAL_LABEL, SF_CONTINUED, SFPP_CONTINUED, TEACHER_LABEL
 
 __all__ = [
@@ -203,6 +203,41 @@ def _where_quality_goes(data: Mapping[str, Any]) -> list[str]:
 _ABLATION_METRICS = ("quality_fd", "clean_frames", "shape_accuracy", "motion_gap")
 
 
+def _paired_differences(data: Mapping[str, Any], metric: str = "quality_fd") -> list[str]:
+    """Each row's ``metric`` minus the Self-Forcing++ continuation's, paired over the evaluation seeds.
+
+    The rows see the same prompts and noise for one evaluation seed, so the difference per seed
+    removes the spread the seeds share; a cell is the mean ± the standard deviation of the
+    per-seed differences. Empty when the run has no Self-Forcing++ continuation.
+    """
+    by_method = {info["method"]: label for label, info in data["models"].items()}
+    reference = by_method.get(SFPP_CONTINUED)
+    if reference is None:
+        return []
+    rows = [SF_CONTINUED, *data["protocol"]["ablations"]]
+    horizons = [str(h) for h in data["protocol"]["horizons"]]
+    title = METRICS[metric][0]
+    lines = [
+        f"## {title}: each row minus {SFPP_CONTINUED}, paired over evaluation seeds",
+        "",
+        f"Positive: the row is {'better' if METRICS[metric][1] else 'worse'} than {SFPP_CONTINUED}.",
+        "",
+        "| row | " + " | ".join(f"{h}x" for h in horizons) + " |",
+        "|---|" + "---|" * len(horizons),
+    ]
+    for method in rows:
+        if method not in by_method:
+            continue
+        ours, theirs = data["scores"][by_method[method]], data["scores"][reference]
+        cells = []
+        for h in horizons:
+            pairs = list(zip(ours[h][metric], theirs[h][metric], strict=True))
+            mean, spread = mean_and_spread([a - b for a, b in pairs])
+            cells.append(f"{mean:+.1f} ± {spread:.1f}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def ablations_page(data: Mapping[str, Any]) -> str:
     """``docs/results/study_ablations.md`` from ``study_ablations.json`` (a study run with ``--ablations``)."""
     protocol = data["protocol"]
@@ -231,6 +266,7 @@ def ablations_page(data: Mapping[str, Any]) -> str:
         "",
         "![frames at 1x, 20x and 50x](study_ablations_frames.png)",
         "",
+        *_paired_differences(data),
     ]
     for metric in _ABLATION_METRICS:
         title = METRICS[metric][0]
