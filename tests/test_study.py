@@ -156,6 +156,17 @@ def test_target_checks_use_the_training_seed_spread():
         not checks["sfpp_beats_sf_at_20x"]["passed"]
         and not checks["sfpp_fd_20x_within_10pct_of_1x"]["passed"]
     )
+    one_seed = _fake(
+        {
+            SF_CONTINUED: {1: {1: 12.0, 20: 30.0, 50: 40.0}},
+            SFPP_CONTINUED: {1: {1: 12.0, 20: 12.5, 50: 14.0}},
+            TEACHER_LABEL: teacher,
+        }
+    )
+    checks = check_target(one_seed)
+    assert not checks["sfpp_beats_sf_at_50x"]["passed"] and not checks["sfpp_no_worse_at_1x"]["passed"]
+    assert "one training seed" in checks["sfpp_beats_sf_at_20x"]["detail"]
+    assert checks["sfpp_fd_20x_within_10pct_of_1x"]["passed"]  # needs no spread
     far = _fake({SFPP_CONTINUED: {1: {1: 16.0}}, TEACHER_LABEL: teacher})
     assert not check_target(far)[f"{SFPP_CONTINUED}: distils the teacher at 1x"]["passed"]
 

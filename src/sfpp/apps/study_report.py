@@ -82,6 +82,8 @@ def check_target(results: Mapping) -> dict[str, dict[str, Any]]:
       training seeds (the larger of the two methods'), and is no worse at 1x than that spread;
     * every student method's 1x Frechet distance is within 1.5x of the teacher's clips, and its 1x
       clean-frame fraction and shape accuracy at least 80 % of the teacher's.
+
+    The checks against the training-seed spread fail, saying why, when a method has one training seed.
     """
     methods = results["methods"]
     checks: dict[str, dict[str, Any]] = {}
@@ -91,6 +93,9 @@ def check_target(results: Mapping) -> dict[str, dict[str, Any]]:
         shown = [h for h in (1, 20, 50) if str(h) in measured]
         fd = {(m, h): _value(results, m, h, "quality_fd") for m in pair for h in shown}
         spread = {h: max(_value(results, m, h, "quality_fd", "train_spread") for m in pair) for h in shown}
+        # with one training seed per method there is no training-seed spread to beat
+        seeded = min(len(methods[m]["members"]) for m in pair) >= 2
+        unseeded = "" if seeded else " (one training seed: no spread to compare with, not checked)"
         if {1, 20} <= set(shown):
             ratio = fd[SFPP_CONTINUED, 20] / fd[SFPP_CONTINUED, 1]
             checks["sfpp_fd_20x_within_10pct_of_1x"] = {
@@ -101,15 +106,16 @@ def check_target(results: Mapping) -> dict[str, dict[str, Any]]:
         for horizon in (h for h in (20, 50) if h in shown):
             margin = fd[SF_CONTINUED, horizon] - fd[SFPP_CONTINUED, horizon]
             checks[f"sfpp_beats_sf_at_{horizon}x"] = {
-                "passed": margin > 2 * spread[horizon],
+                "passed": seeded and margin > 2 * spread[horizon],
                 "detail": f"FD {fd[SFPP_CONTINUED, horizon]:.2f} vs {fd[SF_CONTINUED, horizon]:.2f}: "
-                f"margin {margin:.2f}, twice the training-seed spread {2 * spread[horizon]:.2f}",
+                f"margin {margin:.2f}, twice the training-seed spread {2 * spread[horizon]:.2f}{unseeded}",
             }
         if 1 in shown:
             worse = fd[SFPP_CONTINUED, 1] - fd[SF_CONTINUED, 1]
             checks["sfpp_no_worse_at_1x"] = {
-                "passed": worse <= spread[1],
-                "detail": f"FD {fd[SFPP_CONTINUED, 1]:.2f} vs {fd[SF_CONTINUED, 1]:.2f} (spread {spread[1]:.2f})",
+                "passed": seeded and worse <= spread[1],
+                "detail": f"FD {fd[SFPP_CONTINUED, 1]:.2f} vs {fd[SF_CONTINUED, 1]:.2f} (spread {spread[1]:.2f})"
+                + unseeded,
             }
     if TEACHER_LABEL in methods:
         teacher = {
