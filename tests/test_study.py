@@ -305,3 +305,18 @@ def test_study_command_line_rejects_bad_prompts(capsys):
     with pytest.raises(SystemExit):
         main(["--prompts", "0"])
     assert "--prompts must be in 1..64" in capsys.readouterr().err
+
+
+def test_publish_only_needs_a_finished_study(tmp_path, capsys):
+    from sfpp.apps.study import main
+
+    with pytest.raises(SystemExit):
+        main(["--publish-only", "--out", str(tmp_path)])
+    assert "no results.json in" in capsys.readouterr().err
+    from sfpp.apps.study import published_name
+
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"protocol": {"ablations": {}}}))
+    assert published_name(results) == "study"
+    results.write_text(json.dumps({"protocol": {"ablations": {"label": "hypothesis"}}}))
+    assert published_name(results) == "study_ablations"

@@ -357,7 +357,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="copy results.json, the plot, the frames and the GIF into docs/ and regenerate the results pages",
     )
+    parser.add_argument(
+        "--publish-only",
+        action="store_true",
+        help="train and evaluate nothing: publish the results already in --out (as study or "
+        "study_ablations, by what they hold)",
+    )
     args = parser.parse_args(argv)
+    if args.publish_only:
+        if not (args.out / "results.json").exists():
+            parser.error(f"--publish-only: no results.json in {args.out}; run the study first")
+        publish(args.out, Path("."), name=published_name(args.out / "results.json"))
+        return
     if not 1 <= args.prompts <= 64:
         parser.error(f"--prompts must be in 1..64, got {args.prompts}")
     given = list(sys.argv[1:] if argv is None else argv)
@@ -375,6 +386,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if args.publish:
         publish(args.out, Path("."), name="study_ablations" if args.ablations else "study")
+
+
+def published_name(results: Path) -> str:
+    """``study_ablations`` for the ``results.json`` of a run with ablations, else ``study``."""
+    protocol = json.loads(results.read_text())["protocol"]
+    return "study_ablations" if protocol.get("ablations") else "study"
 
 
 def publish(out: Path, root: Path, name: str = "study") -> None:
