@@ -172,11 +172,8 @@ def _where_quality_goes(data: Mapping[str, Any]) -> list[str]:
         if method not in data["methods"]:
             continue
         entry = data["methods"][method]["horizons"]
-
-        def mean(horizon: str, metric: str) -> float:
-            return entry[horizon][metric]["mean"]  # noqa: B023 (used within this iteration only)
-
-        fd = {h: mean(h, "quality_fd") for h in horizons if "quality_fd" in entry.get(h, {})}
+        means = {(h, m): cell["mean"] for h, cells in entry.items() for m, cell in cells.items()}
+        fd = {h: means[h, "quality_fd"] for h in horizons if (h, "quality_fd") in means}
         rise = fd["20"] - fd["1"]
         path = " -> ".join(f"{fd[h]:.1f} ({h}x)" for h in fd)
         text = f"- **{method}**: FD to real {path}"
@@ -185,9 +182,9 @@ def _where_quality_goes(data: Mapping[str, Any]) -> list[str]:
         objects = [
             m for m in ("clean_frames", "detected", "shape_accuracy") if m in entry["1"] and m in entry["20"]
         ]
-        summary = ", ".join(f"{METRICS[m][0]} {mean('1', m):.2f} -> {mean('20', m):.2f}" for m in objects)
+        summary = ", ".join(f"{METRICS[m][0]} {means['1', m]:.2f} -> {means['20', m]:.2f}" for m in objects)
         lines.append(f"{text}. From 1x to 20x: {summary}.")
-        holds = all(mean("20", m) >= mean("1", m) - 0.02 for m in objects)
+        holds = all(means["20", m] >= means["1", m] - 0.02 for m in objects)
         if method == SFPP_CONTINUED and objects and holds and rise > 0:
             held = (
                 f"The object score of {method} does not fall from 1x to 20x (by more than 0.02) while its "

@@ -385,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ablations=args.ablations,
     )
     if args.publish:
-        publish(args.out, Path("."), name="study_ablations" if args.ablations else "study")
+        publish(args.out, Path("."), name=published_name(args.out / "results.json"))
 
 
 def published_name(results: Path) -> str:
