@@ -13,6 +13,7 @@ from sfpp.metrics.quality_curve import (
     FEATURE_NAMES,
     DynamicDegree,
     WindowQuality,
+    feature_statistics,
     frame_features,
     frechet_distance,
 )
@@ -229,6 +230,34 @@ def test_window_quality_real_beats_degraded(real_batch: np.ndarray) -> None:
     for name in DEGRADATIONS:
         assert float(curves[name][4:].mean()) > 1.2 * real_late, (name, curves)
         assert curves[name][-1] > curves["real"][-1]
+
+
+def test_window_quality_parts_sum_to_the_curve_and_trace_a_drift(real_batch: np.ndarray) -> None:
+    own = feature_statistics(list(real_batch))  # the batch is its own reference
+    same = WindowQuality(own, window_frames=64)
+    same.update(torch.from_numpy(real_batch))
+    parts = same.parts()
+    assert parts.mean_shift.shape == (1, len(FEATURE_NAMES))
+    np.testing.assert_allclose(parts.mean_shift, 0.0, atol=1e-9)  # one window of all frames: no shift
+    assert float(parts.mean_term[0]) == pytest.approx(0.0, abs=1e-12)
+    assert float(parts.distance[0]) == pytest.approx(float(same.compute().reshape(-1)[0]), abs=1e-5)
+
+    dark = (real_batch + 1.0) * 0.6 - 1.0  # every pixel 40 % darker
+    metric = WindowQuality(own, window_frames=16)
+    metric.update(torch.from_numpy(dark))
+    parts = metric.parts()
+    assert parts.mean_shift.shape == (4, len(FEATURE_NAMES))
+    np.testing.assert_allclose(parts.distance, metric.compute().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(parts.mean_term, (parts.mean_shift**2).sum(axis=1), rtol=1e-12)
+    assert np.all(parts.cov_term >= -1e-9)
+    # parity with the definition: the window's mean feature minus the real mean, over the floored std
+    features = np.stack([frame_features(video) for video in dark])[:, 16:32]  # (B, 16, D)
+    expected = (features.reshape(-1, len(FEATURE_NAMES)).mean(axis=0) - own.mean) / np.maximum(own.std, 0.02)
+    np.testing.assert_allclose(parts.mean_shift[1], expected, rtol=1e-9, atol=1e-12)
+    luma = [FEATURE_NAMES.index(name) for name in ("luma_mean", "luma_median")]
+    assert np.all(parts.mean_shift[:, luma] < -1.0)  # darker frames: both luma features fall
+    with pytest.raises(ValueError, match="no videos"):
+        WindowQuality(own).parts()
 
 
 # -- dynamic degree ------------------------------------------------------------------------------

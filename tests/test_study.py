@@ -9,6 +9,7 @@ from sfpp.apps.study import (
     ABLATIONS,
     BASE_STAGE,
     HORIZONS,
+    MAKE_ABLATIONS,
     DMDSchedule,
     StudyModel,
     ablation_stages,
@@ -16,7 +17,7 @@ from sfpp.apps.study import (
     evaluate_study,
     shared_stages,
 )
-from sfpp.apps.study_metrics import METRICS
+from sfpp.apps.study_metrics import FD_PARTS, METRICS, shift_metric
 from sfpp.apps.study_report import (
     REAL_LABEL,
     SF_CONTINUED,
@@ -25,6 +26,7 @@ from sfpp.apps.study_report import (
     check_target,
     group_results,
 )
+from sfpp.metrics import FEATURE_NAMES
 from sfpp.models import build_model
 from sfpp.world import WorldTextEncoder
 
@@ -79,8 +81,17 @@ def test_study_results_layout_table_plot_frames_and_videos(tmp_path):
     assert list(scores[TEACHER_LABEL]) == ["1"]  # the teacher only makes clips of its horizon
     for label in [REAL_LABEL] + [m.label for m in models]:
         assert list(scores[label]) == ["1", "3"]
-        assert set(scores[label]["3"]) == set(METRICS) and "stability_prefix" not in scores[label]["1"]
+        assert set(scores[label]["3"]) == set(METRICS) | set(FD_PARTS)
+        assert "stability_prefix" not in scores[label]["1"]
         assert all(len(values) == 2 for values in scores[label]["3"].values())  # one value per eval seed
+        # the distance's two terms sum to it; the squared shifts sum to the mean term
+        window = scores[label]["3"]
+        for seed in range(2):
+            assert window["fd_mean_term"][seed] + window["fd_cov_term"][seed] == pytest.approx(
+                window["quality_fd"][seed], rel=1e-5, abs=1e-4
+            )
+            squares = sum(window[shift_metric(f)][seed] ** 2 for f in FEATURE_NAMES)
+            assert squares == pytest.approx(window["fd_mean_term"][seed], rel=1e-9)
     real = scores[REAL_LABEL]
     assert all(v > 90 for h in ("1", "3") for v in real[h]["stability"])
     assert real["3"]["motion_gap"] == [0.0, 0.0]  # real videos are their own motion reference
@@ -92,7 +103,8 @@ def test_study_results_layout_table_plot_frames_and_videos(tmp_path):
     assert sfpp["horizons"]["3"]["quality_fd"]["train_spread"] > 0
     assert results["methods"][SF_CONTINUED]["horizons"]["3"]["quality_fd"]["train_spread"] == 0
     table = (out / "table.md").read_text()
-    assert table.count(f"| {SFPP_CONTINUED} |") == len(METRICS) and "| model | 1x | 3x |" in table
+    # a row per metric, and one in the table of the distance's two terms
+    assert table.count(f"| {SFPP_CONTINUED} |") == len(METRICS) + 1 and "| model | 1x | 3x |" in table
     assert "sfpp_no_worse_at_1x" in table
     assert (out / "quality_vs_horizon.png").stat().st_size > 10_000
     assert (out / "frames.png").stat().st_size > 5_000
@@ -103,6 +115,7 @@ def test_study_results_layout_table_plot_frames_and_videos(tmp_path):
 
     page = study_page(results)
     assert "## FD to real (lower is better)" in page and f"| {SFPP_CONTINUED} |" in page
+    assert "## What the distance is made of" in page and "| luma_median |" in page
     assert "| the teacher's clips |" in teacher_page_from_study(results)
     demo = {
         "frames": 160,
@@ -291,6 +304,84 @@ def test_the_ablations_page_lists_every_row_and_hypothesis():
     assert "| study_ablation_budget_seed1 | 10.0 | 1500 | 300 | 150.0 |" in page
 
 
+def _with_parts(shift_by_method):
+    """Scores of two evaluation seeds whose only drifting feature is ``luma_median``, by ``{method: {h: shift}}``."""
+    scores, methods = {}, {}
+    for method, by_horizon in shift_by_method.items():
+        label = method if method == REAL_LABEL else f"{method}, training seed 1"
+        methods[label] = method
+        scores[label] = {}
+        for h, shift in by_horizon.items():
+            cells = {shift_metric(f): [0.1, -0.1] for f in FEATURE_NAMES}
+            cells[shift_metric("luma_median")] = [shift - 0.5, shift + 0.5]
+            mean_term = [sum(v[seed] ** 2 for v in cells.values()) for seed in range(2)]
+            cells |= {"fd_mean_term": mean_term, "fd_cov_term": [2.0, 2.0]}
+            cells["quality_fd"] = [m + 2.0 for m in mean_term]
+            scores[label][str(h)] = cells
+    return {
+        "protocol": {"horizons": [1, 5, 20]},
+        "models": {label: {"method": m, "train_seed": 1} for label, m in methods.items()},
+        "scores": scores,
+        "methods": group_results(scores, methods),
+    }
+
+
+def test_the_pages_say_what_the_distance_is_made_of(tmp_path):
+    from sfpp.apps.results_pages import _distance_parts, ablations_page, render_all
+
+    data = _with_parts({REAL_LABEL: {1: 0.0, 5: 0.0, 20: 0.0}, SFPP_CONTINUED: {1: 0.0, 5: -1.0, 20: -2.0}})
+    # real videos score real; the student's background darkens by 2 real standard deviations by 20x
+    lines = "\n".join(_distance_parts(data))
+    assert "| model | 1x | 20x |" in lines  # 5x is not a shown horizon
+    # mean term at 1x: 13 features at 0.01 and luma_median at 0.25, per seed; 20x adds 4 to it
+    assert f"| {SFPP_CONTINUED} | 0.4 + 2.0 | 4.4 + 2.0 |" in lines
+    assert (
+        "| luma_median | +0.00 | +0.00 | -2.00 |" in lines and "| hue_red | +0.00 | +0.00 | +0.00 |" in lines
+    )
+    assert (
+        f"**{SFPP_CONTINUED}**: from 1x to 20x the distance changes by +4.0: +4.0 in the mean term and "
+        "+0.0 in the covariance term" in lines
+    )
+    assert (
+        "grew most (shift at 1x -> 20x, change of its square): luma_median (+0.00 -> -2.00, +4.00)" in lines
+    )
+    assert (
+        _distance_parts(_fake({SFPP_CONTINUED: {1: {1: 8.0, 20: 9.0}}}) | {"protocol": {"horizons": [1, 20]}})
+        == []
+    )
+
+    # an ablation run of another set publishes as a page of its own, with its own pictures
+    data |= {
+        "measured": "2026-12-03",
+        "commit": "abc1234",
+        "command": "python -m sfpp.apps.study --ablations init",
+        "minutes": 100.0,
+        "training": {},
+    }
+    data["protocol"] |= {
+        "base_step": 2000,
+        "train_seeds": [1],
+        "extra_steps": 500,
+        "extra_generator_updates": 100,
+        "prompts": 16,
+        "eval_seeds": [0, 1],
+        "ablations": {ABLATIONS["init"].label: ABLATIONS["init"].hypothesis},
+    }
+    page = ablations_page(data, "study_ablations_init")
+    assert page.startswith(
+        "<!-- generated by python -m sfpp.apps.results_pages from docs/results/study_ablations_init.json"
+    )
+    assert "# Ablations of the study: Initialisation" in page
+    assert (
+        "(study_ablations_init_quality_vs_horizon.png)" in page and "## What the distance is made of" in page
+    )
+    results = tmp_path / "docs" / "results"
+    results.mkdir(parents=True)
+    (tmp_path / "README.md").write_text("no results block")
+    (results / "study_ablations_init.json").write_text(json.dumps(data))
+    assert render_all(tmp_path) == {results / "study_ablations_init.md": page}
+
+
 def test_the_schedule_is_read_from_the_baseline_checkpoint(tmp_path):
     path = tmp_path / "base.ckpt"
     hparams = {"critic_updates_per_generator": 2, "critic_warmup_steps": 10}
@@ -318,5 +409,52 @@ def test_publish_only_needs_a_finished_study(tmp_path, capsys):
     results = tmp_path / "results.json"
     results.write_text(json.dumps({"protocol": {"ablations": {}}}))
     assert published_name(results) == "study"
-    results.write_text(json.dumps({"protocol": {"ablations": {"label": "hypothesis"}}}))
-    assert published_name(results) == "study_ablations"
+
+    def with_ablations(*keys):
+        ablations = {ABLATIONS[key].label: ABLATIONS[key].hypothesis for key in keys}
+        results.write_text(json.dumps({"protocol": {"ablations": ablations}}))
+        return published_name(results)
+
+    assert with_ablations(*reversed(MAKE_ABLATIONS)) == "study_ablations"  # make study-ablations' set
+    assert with_ablations("init") == "study_ablations_init"  # another set does not replace its page
+    assert with_ablations("window_sampling", "budget") == "study_ablations_budget_window_sampling"
+    results.write_text(json.dumps({"protocol": {"ablations": {"no such row": "hypothesis"}}}))
+    with pytest.raises(ValueError, match="not in ABLATIONS"):
+        published_name(results)
+
+
+def test_make_study_ablations_runs_the_ablations_that_publish_as_study_ablations():
+    from pathlib import Path
+
+    makefile = (Path(__file__).parents[1] / "Makefile").read_text()
+    recipe = makefile.split("\nstudy-ablations:", 1)[1].split("\n\n", 1)[0]
+    assert f"--ablations {' '.join(MAKE_ABLATIONS)} " in recipe
+
+
+def test_a_rerun_that_reuses_every_stage_counts_their_minutes(tmp_path, monkeypatch):
+    import sfpp.apps.study as study
+    from sfpp.apps.pipeline import StageTiming
+
+    out = tmp_path / "study"
+    out.mkdir()
+    protocols = []
+    monkeypatch.setattr(
+        study, "DMDSchedule", type("S", (), {"from_checkpoint": lambda path: DMDSchedule(40, 2, 0)})
+    )
+    monkeypatch.setattr(
+        study, "evaluate_study", lambda out, teacher, models, protocol, *a: protocols.append(protocol)
+    )
+
+    def run(minutes):
+        def run_stages(stages, force=(), cwd=None):
+            reused = minutes is None
+            return [StageTiming(s.name, reused, 0.0 if reused else minutes * 60) for s in stages]
+
+        monkeypatch.setattr(study, "run_stages", run_stages)
+        study.run_study(out, train_seeds=(1,), grpo_steps=0, root=tmp_path)
+
+    run(2.0)  # every stage trains, 2 min each
+    run(None)  # every stage is reused
+    assert protocols[0]["training_minutes"] == pytest.approx(protocols[1]["training_minutes"])
+    stages = len(json.loads((out / "training.json").read_text()))
+    assert stages >= 6 and protocols[1]["training_minutes"] == pytest.approx(2.0 * stages)

@@ -7,7 +7,8 @@ from a JSON file in ``docs/results/`` written by the command that measured it:
 * ``study.json``: ``make study`` (:mod:`sfpp.apps.study`, its ``results.json``) -> ``docs/results/study.md``
   and the README's table between ``<!-- results:begin -->`` and ``<!-- results:end -->``;
 * ``study_ablations.json``: ``make study-ablations`` (``python -m sfpp.apps.study --ablations ...
-  --publish``) -> ``docs/results/study_ablations.md``;
+  --publish``) -> ``docs/results/study_ablations.md``; a run of another set of ablations publishes as
+  ``study_ablations_<keys>.json`` (``sfpp.apps.study.published_name``) -> ``study_ablations_<keys>.md``;
 * ``teacher.json``: ``python -m sfpp.world.report --publish`` -> ``docs/results/teacher.md`` (without
   it, the page shows the study's teacher and real-video rows);
 * ``teacher_history.json``: the record of the teacher's development runs (their prose, tables and
@@ -29,8 +30,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sfpp.apps.study_metrics import METRICS, better, mean_and_spread
+from sfpp.apps.study_metrics import METRICS, better, mean_and_spread, shift_metric
 from sfpp.apps.study_report import REAL_LABEL, SF_CONTINUED, SFPP_CONTINUED, TEACHER_LABEL
+from sfpp.metrics.quality_curve import FEATURE_NAMES
 
 __all__ = [
     "ablations_page",
@@ -152,6 +154,7 @@ def study_page(data: Mapping[str, Any]) -> str:
         for name, c in data["target"].items()
     ]
     lines += _where_quality_goes(data)
+    lines += _distance_parts(data)
     return "\n".join(lines) + "\n"
 
 
@@ -196,6 +199,94 @@ def _where_quality_goes(data: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _squared_shift(data: Mapping[str, Any], method: str, horizon: str, feature: str) -> float:
+    """A feature's part of the mean term: the squared shift per evaluation seed, averaged over seeds and students."""
+    key = shift_metric(feature)
+    members = data["methods"][method]["members"]
+    per_student = [mean_and_spread([v * v for v in data["scores"][m][horizon][key]])[0] for m in members]
+    return mean_and_spread(per_student)[0]
+
+
+def _distance_parts(data: Mapping[str, Any]) -> list[str]:
+    """What each row's Frechet distance is made of: its two terms, and every feature's shift from real.
+
+    Shown when the scores hold the parts of ``quality_fd`` (:data:`sfpp.apps.study_metrics.FD_PARTS`),
+    at the 1x, 20x and 50x horizons the run measured (its first and last without them). For every
+    student row, a sentence names the features whose part of the mean term grew most up to 20x (or
+    the last horizon).
+    """
+    methods = data["methods"]
+    horizons = [str(h) for h in data["protocol"]["horizons"]]
+    if not any("fd_mean_term" in cells for entry in methods.values() for cells in entry["horizons"].values()):
+        return []
+    shown = [h for h in horizons if h in ("1", "20", "50")]
+    if len(shown) < 2:
+        shown = [horizons[0], horizons[-1]]
+    late = "20" if "20" in shown else shown[-1]
+    students = [m for m in methods if m not in (REAL_LABEL, TEACHER_LABEL)]
+    lines = [
+        "",
+        "## What the distance is made of",
+        "",
+        "The Frechet distance to real clips is a mean term (the squared distance between the window's "
+        "mean frame features and the real clips', each feature standardised by the real spread) plus a "
+        "covariance term (`sfpp.metrics.WindowQuality.parts`). Each cell below is the mean over "
+        "evaluation seeds (and training seeds): mean term + covariance term.",
+        "",
+        "| model | " + " | ".join(f"{h}x" for h in shown) + " |",
+        "|---|" + "---|" * len(shown),
+    ]
+    for method, entry in methods.items():
+        cells = []
+        for h in shown:
+            parts = entry["horizons"].get(h, {})
+            if "fd_mean_term" in parts:
+                cells.append(f"{parts['fd_mean_term']['mean']:.1f} + {parts['fd_cov_term']['mean']:.1f}")
+            else:
+                cells.append("-")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    letters = {method: chr(ord("A") + index) for index, method in enumerate(students)}
+    columns = [(REAL_LABEL, late)] + [(m, h) for m in students for h in shown]
+    lines += [
+        "",
+        "Each feature's shift: the window's mean of the feature minus the real clips', in real standard "
+        "deviations (negative: lower than real; the real videos' own column is the finite-sample floor). "
+        + "; ".join(f"{letter}: {method}" for method, letter in letters.items())
+        + ".",
+        "",
+        "| feature | " + " | ".join(f"{letters.get(m, 'real')} {h}x" for m, h in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for feature in FEATURE_NAMES:
+        key = shift_metric(feature)
+        cells = [f"{methods[m]['horizons'][h][key]['mean']:+.2f}" for m, h in columns]
+        lines.append(f"| {feature} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for method in students:
+        entry = methods[method]["horizons"]
+        rise = {
+            term: entry[late][term]["mean"] - entry["1"][term]["mean"]
+            for term in ("quality_fd", "fd_mean_term", "fd_cov_term")
+        }
+        growth = {
+            f: _squared_shift(data, method, late, f) - _squared_shift(data, method, "1", f)
+            for f in FEATURE_NAMES
+        }
+        top = sorted(growth, key=growth.get, reverse=True)[:3]
+        named = ", ".join(
+            f"{f} ({entry['1'][shift_metric(f)]['mean']:+.2f} -> {entry[late][shift_metric(f)]['mean']:+.2f}, "
+            f"{growth[f]:+.2f})"
+            for f in top
+        )
+        lines.append(
+            f"- **{method}**: from 1x to {late}x the distance changes by {rise['quality_fd']:+.1f}: "
+            f"{rise['fd_mean_term']:+.1f} in the mean term and {rise['fd_cov_term']:+.1f} in the covariance "
+            f"term. The features whose part of the mean term grew most (shift at 1x -> {late}x, change of "
+            f"its square): {named}."
+        )
+    return lines
+
+
 #: Metrics of the ablations page (the study page shows them all).
 _ABLATION_METRICS = ("quality_fd", "clean_frames", "shape_accuracy", "motion_gap")
 
@@ -235,13 +326,19 @@ def _paired_differences(data: Mapping[str, Any], metric: str = "quality_fd") -> 
     return [*lines, ""]
 
 
-def ablations_page(data: Mapping[str, Any]) -> str:
-    """``docs/results/study_ablations.md`` from ``study_ablations.json`` (a study run with ``--ablations``)."""
+def ablations_page(data: Mapping[str, Any], name: str = "study_ablations") -> str:
+    """``docs/results/<name>.md`` from ``<name>.json`` (a study run with ``--ablations``).
+
+    Args:
+        data: The run's ``results.json``.
+        name: Its published name (``sfpp.apps.study.published_name``): the JSON's and the pictures'.
+    """
     protocol = data["protocol"]
     horizons = [str(h) for h in protocol["horizons"]]
+    tested = ", ".join(hypothesis.split(":")[0] for hypothesis in protocol["ablations"].values())
     lines = [
-        _GENERATED.format(name="study_ablations.json"),
-        "# Ablations of the study",
+        _GENERATED.format(name=f"{name}.json"),
+        f"# Ablations of the study: {tested}",
         "",
         _provenance(data) + f" {data['minutes']:.0f} min on {data.get('machine', 'the 2-core CPU')}.",
         "",
@@ -259,9 +356,9 @@ def ablations_page(data: Mapping[str, Any]) -> str:
         "window of one teacher horizon that ends at each column's horizon; each cell is the mean ± the "
         "spread over evaluation seeds (one student per row).",
         "",
-        "![quality against horizon](study_ablations_quality_vs_horizon.png)",
+        f"![quality against horizon]({name}_quality_vs_horizon.png)",
         "",
-        "![frames at 1x, 20x and 50x](study_ablations_frames.png)",
+        f"![frames at 1x, 20x and 50x]({name}_frames.png)",
         "",
         *_paired_differences(data),
     ]
@@ -277,6 +374,9 @@ def ablations_page(data: Mapping[str, Any]) -> str:
             cells = [_cell(entry["horizons"].get(h, {}).get(metric), digits) for h in horizons]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
+    parts = _distance_parts(data)
+    if parts:
+        lines += [*parts[1:], ""]  # the section's leading blank line is there already
     lines += [
         "## Training cost",
         "",
@@ -517,6 +617,8 @@ def render_all(root: Path = Path(".")) -> dict[Path, str]:
     for name, (page, make) in makers.items():
         if loaded[name] is not None:
             pages[results / page] = make(loaded[name])
+    for path in sorted(results.glob("study_ablations_*.json")):  # runs of other ablation sets
+        pages[path.with_suffix(".md")] = ablations_page(json.loads(path.read_text()), path.stem)
     if loaded["teacher.json"] is None and loaded["study.json"] is not None:
         pages[results / "teacher.md"] = teacher_page_from_study(loaded["study.json"])
     readme = root / "README.md"

@@ -16,8 +16,10 @@ student of :mod:`sfpp.apps.demo`, then:
 
 ``--ablations`` adds rows that each vary one setting of a continuation (:data:`ABLATIONS`: the
 budget, the rollout length N, the window sampling, the initialisation), trained with the first
-training seed beside that seed's continuations; ``make study-ablations`` runs two of them into
-``artifacts/study_ablations``, and ``--publish`` then writes ``docs/results/study_ablations.json``.
+training seed beside that seed's continuations; ``make study-ablations`` runs three of them
+(:data:`MAKE_ABLATIONS`) into ``artifacts/study_ablations``, and ``--publish`` then writes
+``docs/results/study_ablations.json``; another set publishes as ``study_ablations_<keys>.json``
+(:func:`published_name`).
 
 Every student streams videos of 50 horizons for held-out prompts with several evaluation seeds and
 is scored on the window that ends at 1, 5, 10, 20 and 50 horizons (:mod:`sfpp.apps.study_metrics`).
@@ -59,6 +61,7 @@ from sfpp.apps.study_stages import (
     ABLATIONS,
     BASE_STAGE,
     HORIZONS,
+    MAKE_ABLATIONS,
     SFPP_HORIZONS,
     Ablation,
     DMDSchedule,
@@ -77,6 +80,7 @@ __all__ = [
     "BASE_STAGE",
     "DMDSchedule",
     "HORIZONS",
+    "MAKE_ABLATIONS",
     "REAL_LABEL",
     "TEACHER_LABEL",
     "StudyModel",
@@ -244,12 +248,14 @@ def evaluate_study(
     )
     shown = tuple(h for h in (1, 20, 50) if h <= max(horizons))
     write_frames(dict(zip(labels, first_prompt[eval_seeds[0]], strict=True)), shown, out / "frames.png")
+    evaluation_minutes = (time.perf_counter() - began) / 60
     results: dict[str, Any] = {
         "measured": date.today().isoformat(),
         "commit": git_commit(root),
         "command": command,
         "machine": machine(),
-        "minutes": protocol.get("training_minutes", 0.0) + (time.perf_counter() - began) / 60,
+        "minutes": protocol.get("training_minutes", 0.0) + evaluation_minutes,
+        "evaluation_minutes": evaluation_minutes,
         "protocol": {
             **protocol,
             "prompts": len(prompts),
@@ -300,7 +306,6 @@ def run_study(
         ablations: Ablations of :data:`ABLATIONS` trained with the first training seed, each a row
             of its own beside that seed's continuations.
     """
-    began = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     if ablations:
         ablation_stages(root, 0, 1, train_seeds[0], ablations)  # unknown names fail before training
@@ -323,9 +328,10 @@ def run_study(
         "sfpp_rollout_frames": SFPP_HORIZONS * HORIZON,
         "grpo_steps": grpo_steps,
         "ablations": {ABLATIONS[key].label: ABLATIONS[key].hypothesis for key in ablations},
-        "training_minutes": (time.perf_counter() - began) / 60,
     }
     training = _training_costs(out, timings, steps, base)
+    # the stages' own minutes, kept in training.json, so that a rerun that reuses them counts them too
+    protocol["training_minutes"] = sum(training[t.name]["minutes"] for t in timings if t.name in training)
     return evaluate_study(
         out, shared[0].done_file, models, protocol, training, eval_seeds, num_prompts, horizons, command, root
     )
@@ -350,7 +356,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         nargs="+",
         default=[],
         choices=sorted(ABLATIONS),
-        help="also train these ablations with the first training seed (publish as study_ablations)",
+        help="also train these ablations with the first training seed (published as study_ablations, "
+        "or study_ablations_<keys> for a set other than make study-ablations)",
     )
     parser.add_argument(
         "--publish",
@@ -360,8 +367,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--publish-only",
         action="store_true",
-        help="train and evaluate nothing: publish the results already in --out (as study or "
-        "study_ablations, by what they hold)",
+        help="train and evaluate nothing: publish the results already in --out (under the name "
+        "their ablations give: study, study_ablations or study_ablations_<keys>)",
     )
     args = parser.parse_args(argv)
     if args.publish_only:
@@ -389,9 +396,26 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def published_name(results: Path) -> str:
-    """``study_ablations`` for the ``results.json`` of a run with ablations, else ``study``."""
-    protocol = json.loads(results.read_text())["protocol"]
-    return "study_ablations" if protocol.get("ablations") else "study"
+    """The name a run publishes under, by the ablations its ``results.json`` holds.
+
+    ``study`` without ablations; ``study_ablations`` for those of ``make study-ablations``
+    (:data:`MAKE_ABLATIONS`); ``study_ablations_<keys>`` (sorted keys of :data:`ABLATIONS`, joined
+    by ``_``) for any other set, so that it does not replace that run's page.
+
+    Raises:
+        ValueError: For an ablation label that no entry of :data:`ABLATIONS` has.
+    """
+    labels = json.loads(results.read_text())["protocol"].get("ablations") or {}
+    if not labels:
+        return "study"
+    keys = {key: ablation.label for key, ablation in ABLATIONS.items()}
+    unknown = sorted(set(labels) - set(keys.values()))
+    if unknown:
+        raise ValueError(f"{results}: ablations {unknown} are not in ABLATIONS ({sorted(keys)})")
+    chosen = sorted(key for key, label in keys.items() if label in labels)
+    if chosen == sorted(MAKE_ABLATIONS):
+        return "study_ablations"
+    return "study_ablations_" + "_".join(chosen)
 
 
 def publish(out: Path, root: Path, name: str = "study") -> None:
@@ -400,8 +424,8 @@ def publish(out: Path, root: Path, name: str = "study") -> None:
     Args:
         out: The study's output directory.
         root: Repository root.
-        name: ``study`` (``docs/results/study*`` and the README's GIF) or ``study_ablations``
-            (``docs/results/study_ablations*``).
+        name: ``study`` (``docs/results/study*`` and the README's GIF) or an ablation run's
+            :func:`published_name` (``docs/results/<name>*``).
     """
     import shutil
 

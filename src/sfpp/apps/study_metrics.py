@@ -15,7 +15,11 @@ horizons long, so that a late failure is not averaged away by a good start. At e
   (:class:`~sfpp.world.objects.WorldObjectScore`);
 * ``motion``: the dynamic degree of the window in px/frame, and ``motion_gap``: its distance to the
   real videos' motion on the same window (same prompts, same evaluation seed); lower is better, so
-  neither a frozen nor a racing video wins.
+  neither a frozen nor a racing video wins;
+* the parts of ``quality_fd`` (:data:`FD_PARTS`, not rows of the table;
+  :meth:`~sfpp.metrics.quality_curve.WindowQuality.parts`): ``fd_mean_term`` and ``fd_cov_term``,
+  which sum to it, and for every frame feature ``fd_shift:<feature>``, its standardised window mean
+  minus the real clips' (signed; the squares sum to ``fd_mean_term``).
 
 Every value is one number per evaluation seed (a batch of all prompts).
 """
@@ -27,11 +31,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from sfpp.metrics.quality_curve import DynamicDegree, WindowQuality
+from sfpp.metrics.quality_curve import FEATURE_NAMES, DynamicDegree, WindowQuality
 from sfpp.metrics.stability import stability_curve
 from sfpp.world import HORIZON, WorldObjectScore, world_feature_statistics
 
-__all__ = ["METRICS", "Scores", "better", "mean_and_spread", "score_horizons"]
+__all__ = ["FD_PARTS", "METRICS", "Scores", "better", "mean_and_spread", "score_horizons", "shift_metric"]
 
 #: ``{metric: (title, higher is better)}`` in the order of the table; ``None`` for a measurement
 #: that is neither (motion: real videos' value is the reference, ``motion_gap`` the distance to it).
@@ -45,6 +49,15 @@ METRICS: dict[str, tuple[str, bool | None]] = {
     "motion": ("motion px/frame", None),
     "motion_gap": ("motion gap to real", False),
 }
+
+
+def shift_metric(feature: str) -> str:
+    """The name of a frame feature's shift in the scores (``fd_shift:<feature>``)."""
+    return f"fd_shift:{feature}"
+
+
+#: The parts of ``quality_fd`` recorded beside the metrics: its two terms, then every feature's shift.
+FD_PARTS: tuple[str, ...] = ("fd_mean_term", "fd_cov_term", *(shift_metric(f) for f in FEATURE_NAMES))
 
 
 def better(metric: str) -> str:
@@ -88,7 +101,7 @@ def score_horizons(
 
     Returns:
         ``{horizon: {metric: [value per seed]}}`` with the metrics of :data:`METRICS`
-        (``stability_prefix`` from 2x on).
+        (``stability_prefix`` from 2x on) and the parts of :data:`FD_PARTS`.
 
     Raises:
         ValueError: If a video is shorter than the longest horizon or a seed has no real videos.
@@ -114,6 +127,7 @@ def score_horizons(
             world = objects(window, list(prompts))
             motion = _motion(window)
             real_motion = _motion(_window(real_by_seed[seed].float(), horizon))
+            parts = quality.parts()
             values = {
                 "quality_fd": float(quality.compute().reshape(-1)[0]),
                 "stability": stability,
@@ -122,6 +136,11 @@ def score_horizons(
                 "shape_accuracy": world["shape_accuracy"],
                 "motion": motion,
                 "motion_gap": abs(motion - real_motion),
+                "fd_mean_term": float(parts.mean_term[0]),
+                "fd_cov_term": float(parts.cov_term[0]),
+            }
+            values |= {
+                shift_metric(f): float(v) for f, v in zip(FEATURE_NAMES, parts.mean_shift[0], strict=True)
             }
             if horizon > 1 and curve is not None:
                 values["stability_prefix"] = float(curve[:, 1:horizon].mean())

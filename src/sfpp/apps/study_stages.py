@@ -26,6 +26,7 @@ __all__ = [
     "BASE_STAGE",
     "DMDSchedule",
     "HORIZONS",
+    "MAKE_ABLATIONS",
     "SFPP_HORIZONS",
     "StudyModel",
     "ablation_stages",
@@ -119,6 +120,10 @@ ABLATIONS: dict[str, Ablation] = {
         from_init=True,
     ),
 }
+
+
+#: The ablations of ``make study-ablations`` (published as ``study_ablations``).
+MAKE_ABLATIONS: tuple[str, ...] = ("budget", "rollout_length", "window_sampling")
 
 
 def shared_stages(root: Path = Path(".")) -> list[StageRun]:

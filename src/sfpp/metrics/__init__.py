@@ -4,8 +4,10 @@ The built-in world's own scores (objects, shapes, the teacher diagnostics) are i
 """
 
 from sfpp.metrics.quality_curve import (
+    FEATURE_NAMES,
     DynamicDegree,
     FeatureStatistics,
+    FrechetParts,
     WindowQuality,
     feature_statistics,
     frechet_distance,
@@ -20,9 +22,11 @@ from sfpp.metrics.stability import (
 
 __all__ = [
     "DEFAULT_TOLERANCES",
+    "FEATURE_NAMES",
     "DriftTolerance",
     "DynamicDegree",
     "FeatureStatistics",
+    "FrechetParts",
     "VisualStability",
     "WindowQuality",
     "frechet_distance",

@@ -23,13 +23,16 @@ Gaussian ``(mu_k, Sigma_k)``, and the curve is the Frechet distance
     ``FD_k = ||mu_k - mu_r||^2 + Tr(Sigma_k + Sigma_r - 2 (Sigma_r^1/2 Sigma_k Sigma_r^1/2)^1/2)``.
 
 Lower is better; real clips stay near the finite-sample floor while drifting videos climb along the
-curve. :class:`DynamicDegree` is the mean motion of videos in pixels per frame with the fraction of
+curve. :meth:`WindowQuality.parts` splits each ``FD_k`` into its mean term and covariance term and
+gives the mean term per feature (the signed standardised shift ``mu_k - mu_r`` of each feature, whose
+squares sum to the mean term), so that a rising curve can be traced to the features that drift.
+:class:`DynamicDegree` is the mean motion of videos in pixels per frame with the fraction of
 frame pairs above a motion threshold (VBench's dynamic degree, measured on every frame pair).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -53,6 +56,7 @@ __all__ = [
     "FEATURE_NAMES",
     "DynamicDegree",
     "FeatureStatistics",
+    "FrechetParts",
     "WindowQuality",
     "frame_features",
     "frechet_distance",
@@ -211,6 +215,28 @@ def frechet_distance(mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray, 
     return max(distance, 0.0)
 
 
+@dataclass(frozen=True)
+class FrechetParts:
+    """The per-window Frechet distances of a :class:`WindowQuality`, split into their two terms.
+
+    Attributes:
+        mean_shift: ``(K, D)`` each feature's standardised window mean minus the real one (signed;
+            columns in the order of :data:`FEATURE_NAMES`).
+        mean_term: ``(K,)`` ``||mu_k - mu_r||^2``, the sum of the squared shifts.
+        cov_term: ``(K,)`` the rest of the distance (the covariance term), so that
+            ``mean_term + cov_term`` is the curve of :meth:`WindowQuality.compute`.
+    """
+
+    mean_shift: np.ndarray
+    mean_term: np.ndarray
+    cov_term: np.ndarray
+
+    @property
+    def distance(self) -> np.ndarray:
+        """``(K,)`` the Frechet distances ``mean_term + cov_term``."""
+        return self.mean_term + self.cov_term
+
+
 # -- metrics -------------------------------------------------------------------------------------
 
 
@@ -279,22 +305,45 @@ class WindowQuality(Metric):
         features = features.reshape(len(batch), num_windows, self.window_frames, -1)  # (B, K, W, D)
         self.window_features.append(torch.from_numpy(features).to(self.device))
 
-    def compute(self) -> torch.Tensor:
-        """The ``(K,)`` float32 curve of Frechet distances, one per window."""
+    def _windows(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per window: the standardised mean ``(D,)`` and covariance ``(D, D)``, and the real covariance."""
         if not self.window_features:
             raise ValueError("WindowQuality has no videos yet; call update(videos) first")
         features = dim_zero_cat(self.window_features).cpu().numpy()  # (N, K, W, D)
         real = self.real_statistics()
         scale = np.maximum(real.std, self.std_floor)  # (D,)
         real_cov = real.cov / np.outer(scale, scale)  # standardised real covariance
-        zero = np.zeros_like(real.mean)
-        curve = []
         for window in range(features.shape[1]):
-            samples = features[:, window].reshape(-1, features.shape[-1])  # (N*W, D)
+            samples = features[:, window].reshape(-1, features.shape[-1])  # (N, W, D) -> (N*W, D)
             standard = (samples - real.mean) / scale
-            cov = np.cov(standard, rowvar=False)  # N*W >= 2 samples
-            curve.append(frechet_distance(standard.mean(axis=0), cov, zero, real_cov))
+            yield standard.mean(axis=0), np.cov(standard, rowvar=False), real_cov  # N*W >= 2 samples
+
+    def compute(self) -> torch.Tensor:
+        """The ``(K,)`` float32 curve of Frechet distances, one per window."""
+        curve = [
+            frechet_distance(mean, cov, np.zeros_like(mean), real_cov)
+            for mean, cov, real_cov in self._windows()
+        ]
         return torch.tensor(curve, dtype=torch.float32)
+
+    def parts(self) -> FrechetParts:
+        """The curve of :meth:`compute` split into mean and covariance terms, the mean term per feature.
+
+        Returns:
+            :class:`FrechetParts` in float64; its ``distance`` equals :meth:`compute` (which rounds to
+            float32).
+
+        Raises:
+            ValueError: Before the first ``update``.
+        """
+        shifts, mean_terms, cov_terms = [], [], []
+        for mean, cov, real_cov in self._windows():
+            distance = frechet_distance(mean, cov, np.zeros_like(mean), real_cov)
+            mean_term = float(np.sum(mean**2))
+            shifts.append(mean)
+            mean_terms.append(mean_term)
+            cov_terms.append(distance - mean_term)
+        return FrechetParts(np.stack(shifts), np.asarray(mean_terms), np.asarray(cov_terms))
 
 
 class DynamicDegree(Metric):
