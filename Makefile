@@ -24,7 +24,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 
-.PHONY: help install test test-full browser bench bench-publish demo study study-ablations serve docs gpu-wheels gpu-check gpu-check-cpu lint format clean distclean
+.PHONY: help install test test-full browser bench bench-publish demo study study-ablations study-ablation-init serve docs gpu-wheels gpu-check gpu-check-cpu lint format clean distclean
 
 help: ## Show this list of targets
 	@echo "Usage: make <target> [PY=python3]"
@@ -92,6 +92,10 @@ study: install ## Self-Forcing vs Self-Forcing++ (+ GRPO) continued from one bas
 study-ablations: install ## Budget, rollout-length and window-sampling ablations beside the seed-1 continuations (~2 h): artifacts/study_ablations
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.apps.study --train-seeds 1 --grpo-steps 0 \
 		--ablations budget rollout_length window_sampling --out artifacts/study_ablations
+
+study-ablation-init: install ## Self-Forcing++ from the ODE init beside the seed-1 continuations (~2 h; reuses study-ablations' stages): artifacts/study_ablation_init
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.apps.study --train-seeds 1 --grpo-steps 0 \
+		--ablations init --out artifacts/study_ablation_init
 
 docs: install ## Build the documentation site into site/ (mkdocs build --strict: broken links fail)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
