@@ -185,20 +185,20 @@ def test_target_checks_use_the_training_seed_spread():
 
 
 def test_the_study_page_says_where_a_missed_target_loses_its_distance():
-    from sfpp.apps.results_pages import _where_quality_goes
+    from sfpp.apps.study_analysis import where_quality_goes
 
     fd = {1: 8.0, 5: 11.0, 20: 12.0}
     missed = _fake({SFPP_CONTINUED: {1: fd}, SF_CONTINUED: {1: {1: 8.0, 5: 9.0, 20: 16.0}}})
     missed["protocol"] = {"horizons": [1, 5, 20]}
     missed["target"] = check_target(missed)
-    lines = "\n".join(_where_quality_goes(missed))
+    lines = "\n".join(where_quality_goes(missed))
     assert "8.0 (1x) -> 11.0 (5x) -> 12.0 (20x); 75% of the rise to 20x is reached by 5x" in lines
     assert "12% of the rise" in lines  # Self-Forcing's rise comes late
     assert "clean frames 0.50 -> 0.50" in lines and "does not fall from 1x to 20x" in lines
     met = _fake({SFPP_CONTINUED: {1: {1: 8.0, 5: 8.2, 20: 8.4}}})
     met["protocol"] = {"horizons": [1, 5, 20]}
     met["target"] = check_target(met)
-    assert _where_quality_goes(met) == []
+    assert where_quality_goes(met) == []
 
 
 def test_study_defaults_and_stages():
@@ -332,11 +332,12 @@ def _with_parts(shift_by_method):
 
 
 def test_the_pages_say_what_the_distance_is_made_of(tmp_path):
-    from sfpp.apps.results_pages import _distance_parts, ablations_page, render_all
+    from sfpp.apps.results_pages import ablations_page, render_all
+    from sfpp.apps.study_analysis import distance_parts
 
     data = _with_parts({REAL_LABEL: {1: 0.0, 5: 0.0, 20: 0.0}, SFPP_CONTINUED: {1: 0.0, 5: -1.0, 20: -2.0}})
     # real videos score real; the student's background darkens by 2 real standard deviations by 20x
-    lines = "\n".join(_distance_parts(data))
+    lines = "\n".join(distance_parts(data))
     assert "| model | 1x | 20x |" in lines  # 5x is not a shown horizon
     # mean term at 1x: 13 features at 0.01 and luma_median at 0.25, per seed; 20x adds 4 to it
     assert f"| {SFPP_CONTINUED} | 0.4 + 2.0 | 4.4 + 2.0 |" in lines
@@ -351,7 +352,7 @@ def test_the_pages_say_what_the_distance_is_made_of(tmp_path):
         "grew most (shift at 1x -> 20x, change of its square): luma_median (+0.00 -> -2.00, +4.00)" in lines
     )
     assert (
-        _distance_parts(_fake({SFPP_CONTINUED: {1: {1: 8.0, 20: 9.0}}}) | {"protocol": {"horizons": [1, 20]}})
+        distance_parts(_fake({SFPP_CONTINUED: {1: {1: 8.0, 20: 9.0}}}) | {"protocol": {"horizons": [1, 20]}})
         == []
     )
 

@@ -30,9 +30,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sfpp.apps.study_metrics import METRICS, better, mean_and_spread, shift_metric
+from sfpp.apps.study_analysis import distance_parts, where_quality_goes
+from sfpp.apps.study_metrics import METRICS, better, mean_and_spread
 from sfpp.apps.study_report import REAL_LABEL, SF_CONTINUED, SFPP_CONTINUED, TEACHER_LABEL
-from sfpp.metrics.quality_curve import FEATURE_NAMES
 
 __all__ = [
     "ablations_page",
@@ -153,138 +153,9 @@ def study_page(data: Mapping[str, Any]) -> str:
         f"- **{'met' if c['passed'] else 'not met'}**: {name}: {c['detail']}"
         for name, c in data["target"].items()
     ]
-    lines += _where_quality_goes(data)
-    lines += _distance_parts(data)
+    lines += where_quality_goes(data)
+    lines += distance_parts(data)
     return "\n".join(lines) + "\n"
-
-
-def _where_quality_goes(data: Mapping[str, Any]) -> list[str]:
-    """Where a student's Frechet distance rises between 1x and 20x, when the 20x-within-10% target fails.
-
-    For each continuation: its distance at every horizon, the share of the 1x-to-20x rise reached by
-    the second horizon of the protocol, and the object score's three numbers at 1x and 20x beside it.
-    """
-    target = data.get("target", {}).get("sfpp_fd_20x_within_10pct_of_1x")
-    horizons = [str(h) for h in data["protocol"]["horizons"]]
-    if target is None or target["passed"] or "1" not in horizons or "20" not in horizons:
-        return []
-    second = horizons[1]
-    lines = ["", "## Where the distance is lost", ""]
-    held = ""
-    for method in (SFPP_CONTINUED, SF_CONTINUED):
-        if method not in data["methods"]:
-            continue
-        entry = data["methods"][method]["horizons"]
-        means = {(h, m): cell["mean"] for h, cells in entry.items() for m, cell in cells.items()}
-        fd = {h: means[h, "quality_fd"] for h in horizons if (h, "quality_fd") in means}
-        rise = fd["20"] - fd["1"]
-        path = " -> ".join(f"{fd[h]:.1f} ({h}x)" for h in fd)
-        text = f"- **{method}**: FD to real {path}"
-        if rise > 0 and second in fd:
-            text += f"; {100 * (fd[second] - fd['1']) / rise:.0f}% of the rise to 20x is reached by {second}x"
-        objects = [
-            m for m in ("clean_frames", "detected", "shape_accuracy") if m in entry["1"] and m in entry["20"]
-        ]
-        summary = ", ".join(f"{METRICS[m][0]} {means['1', m]:.2f} -> {means['20', m]:.2f}" for m in objects)
-        lines.append(f"{text}. From 1x to 20x: {summary}.")
-        holds = all(means["20", m] >= means["1", m] - 0.02 for m in objects)
-        if method == SFPP_CONTINUED and objects and holds and rise > 0:
-            held = (
-                f"The object score of {method} does not fall from 1x to 20x (by more than 0.02) while its "
-                "distance rises: the rise is in the frame features beyond objects and shapes (colour "
-                "histogram, exposure, detail and noise, motion; `sfpp.metrics.WindowQuality`)."
-            )
-    if held:
-        lines += ["", held]
-    return lines
-
-
-def _squared_shift(data: Mapping[str, Any], method: str, horizon: str, feature: str) -> float:
-    """A feature's part of the mean term: the squared shift per evaluation seed, averaged over seeds and students."""
-    key = shift_metric(feature)
-    members = data["methods"][method]["members"]
-    per_student = [mean_and_spread([v * v for v in data["scores"][m][horizon][key]])[0] for m in members]
-    return mean_and_spread(per_student)[0]
-
-
-def _distance_parts(data: Mapping[str, Any]) -> list[str]:
-    """What each row's Frechet distance is made of: its two terms, and every feature's shift from real.
-
-    Shown when the scores hold the parts of ``quality_fd`` (:data:`sfpp.apps.study_metrics.FD_PARTS`),
-    at the 1x, 20x and 50x horizons the run measured (its first and last without them). For every
-    student row, a sentence names the features whose part of the mean term grew most up to 20x (or
-    the last horizon).
-    """
-    methods = data["methods"]
-    horizons = [str(h) for h in data["protocol"]["horizons"]]
-    if not any("fd_mean_term" in cells for entry in methods.values() for cells in entry["horizons"].values()):
-        return []
-    shown = [h for h in horizons if h in ("1", "20", "50")]
-    if len(shown) < 2:
-        shown = [horizons[0], horizons[-1]]
-    late = "20" if "20" in shown else shown[-1]
-    students = [m for m in methods if m not in (REAL_LABEL, TEACHER_LABEL)]
-    lines = [
-        "",
-        "## What the distance is made of",
-        "",
-        "The Frechet distance to real clips is a mean term (the squared distance between the window's "
-        "mean frame features and the real clips', each feature standardised by the real spread) plus a "
-        "covariance term (`sfpp.metrics.WindowQuality.parts`). Each cell below is the mean over "
-        "evaluation seeds (and training seeds): mean term + covariance term.",
-        "",
-        "| model | " + " | ".join(f"{h}x" for h in shown) + " |",
-        "|---|" + "---|" * len(shown),
-    ]
-    for method, entry in methods.items():
-        cells = []
-        for h in shown:
-            parts = entry["horizons"].get(h, {})
-            if "fd_mean_term" in parts:
-                cells.append(f"{parts['fd_mean_term']['mean']:.1f} + {parts['fd_cov_term']['mean']:.1f}")
-            else:
-                cells.append("-")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    letters = {method: chr(ord("A") + index) for index, method in enumerate(students)}
-    columns = [(REAL_LABEL, late)] + [(m, h) for m in students for h in shown]
-    lines += [
-        "",
-        "Each feature's shift: the window's mean of the feature minus the real clips', in real standard "
-        "deviations (negative: lower than real; the real videos' own column is the finite-sample floor). "
-        + "; ".join(f"{letter}: {method}" for method, letter in letters.items())
-        + ".",
-        "",
-        "| feature | " + " | ".join(f"{letters.get(m, 'real')} {h}x" for m, h in columns) + " |",
-        "|---|" + "---|" * len(columns),
-    ]
-    for feature in FEATURE_NAMES:
-        key = shift_metric(feature)
-        cells = [f"{methods[m]['horizons'][h][key]['mean']:+.2f}" for m, h in columns]
-        lines.append(f"| {feature} | " + " | ".join(cells) + " |")
-    lines.append("")
-    for method in students:
-        entry = methods[method]["horizons"]
-        rise = {
-            term: entry[late][term]["mean"] - entry["1"][term]["mean"]
-            for term in ("quality_fd", "fd_mean_term", "fd_cov_term")
-        }
-        growth = {
-            f: _squared_shift(data, method, late, f) - _squared_shift(data, method, "1", f)
-            for f in FEATURE_NAMES
-        }
-        top = sorted(growth, key=growth.get, reverse=True)[:3]
-        named = ", ".join(
-            f"{f} ({entry['1'][shift_metric(f)]['mean']:+.2f} -> {entry[late][shift_metric(f)]['mean']:+.2f}, "
-            f"{growth[f]:+.2f})"
-            for f in top
-        )
-        lines.append(
-            f"- **{method}**: from 1x to {late}x the distance changes by {rise['quality_fd']:+.1f}: "
-            f"{rise['fd_mean_term']:+.1f} in the mean term and {rise['fd_cov_term']:+.1f} in the covariance "
-            f"term. The features whose part of the mean term grew most (shift at 1x -> {late}x, change of "
-            f"its square): {named}."
-        )
-    return lines
 
 
 #: Metrics of the ablations page (the study page shows them all).
@@ -374,7 +245,7 @@ def ablations_page(data: Mapping[str, Any], name: str = "study_ablations") -> st
             cells = [_cell(entry["horizons"].get(h, {}).get(metric), digits) for h in horizons]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
-    parts = _distance_parts(data)
+    parts = distance_parts(data)
     if parts:
         lines += [*parts[1:], ""]  # the section's leading blank line is there already
     lines += [
