@@ -56,6 +56,12 @@ def _provenance(data: Mapping[str, Any]) -> str:
     return f"Measured {data['measured']}, commit `{data['commit']}`, `{data['command']}`."
 
 
+def _run_line(data: Mapping[str, Any]) -> str:
+    """A study run's provenance, minutes and machine, then its recorded ``notes`` (how the run went)."""
+    line = _provenance(data) + f" {data['minutes']:.0f} min on {data.get('machine', 'the 2-core CPU')}."
+    return " ".join([line, *data.get("notes", [])])
+
+
 def demo_page(data: Mapping[str, Any]) -> str:
     """``docs/results/demo.md`` from ``demo.json``."""
     lines = [
@@ -110,7 +116,7 @@ def study_page(data: Mapping[str, Any]) -> str:
         _GENERATED.format(name="study.json"),
         "# The study: Self-Forcing vs Self-Forcing++",
         "",
-        _provenance(data) + f" {data['minutes']:.0f} min on {data.get('machine', 'the 2-core CPU')}.",
+        _run_line(data),
         "",
         f"Protocol: the Self-Forcing baseline trained to early stopping (step {protocol['base_step']}); from "
         f"it, {protocol['extra_steps']} more steps ({protocol['extra_generator_updates']} generator updates) of "
@@ -211,7 +217,7 @@ def ablations_page(data: Mapping[str, Any], name: str = "study_ablations") -> st
         _GENERATED.format(name=f"{name}.json"),
         f"# Ablations of the study: {tested}",
         "",
-        _provenance(data) + f" {data['minutes']:.0f} min on {data.get('machine', 'the 2-core CPU')}.",
+        _run_line(data),
         "",
         "Every continued row starts from a Self-Forcing baseline trained with the [study](study.md)'s "
         f"recipe (step {protocol['base_step']}) and trains with training seed "

@@ -129,7 +129,7 @@ def score_horizons(
             real_motion = _motion(_window(real_by_seed[seed].float(), horizon))
             parts = quality.parts()
             values = {
-                "quality_fd": float(quality.compute().reshape(-1)[0]),
+                "quality_fd": float(parts.distance[0]),
                 "stability": stability,
                 "clean_frames": world["clean_frame_fraction"],
                 "detected": world["detected_fraction"],
