@@ -200,18 +200,24 @@ def test_critic_groups_never_span_a_generator_update():
         _module(critic_windows_per_rollout=0)
 
 
-def test_shared_critic_windows_are_windows_of_one_causal_rollout():
+@pytest.mark.parametrize("exit_step_draw", ["per_rollout", "per_chunk"])
+def test_shared_critic_windows_are_windows_of_one_causal_rollout(exit_step_draw):
     """Each shared window equals the same frames of a fresh rollout to the window's end."""
     from sfpp.diffusion.rollout import stream_rollout
 
-    module = _module(rollout_frames=12, window_frames=4, critic_windows_per_rollout=3)
+    module = _module(
+        rollout_frames=12, window_frames=4, critic_windows_per_rollout=3, exit_step_draw=exit_step_draw
+    )
     context, _ = module._contexts(PROMPTS)
     windows = module._shared_critic_windows(5, 3, context)
     rng = module._rng(5)
     starts = [module.window_sampler.sample(12, rng) for _ in range(3)]
     assert [start for _, start in windows] == starts
     end = max(starts) + 4
-    exit_steps = torch.randint(0, 4, (end // 2,), generator=rng).tolist()
+    if exit_step_draw == "per_rollout":  # one draw shared by every chunk
+        exit_steps = torch.randint(0, 4, (1,), generator=rng).tolist() * (end // 2)
+    else:
+        exit_steps = torch.randint(0, 4, (end // 2,), generator=rng).tolist()
     state = rng.get_state()
     for window, start in windows:
         assert window.shape == (2, 3, 4, 16, 16) and not window.requires_grad
@@ -337,3 +343,39 @@ def test_accumulation_rejects_bad_settings():
         _module(accumulate_grad_batches=0)
     with pytest.raises(ValueError, match="cannot be combined"):
         _module(accumulate_grad_batches=2, critic_windows_per_rollout=2)
+
+
+@pytest.mark.parametrize(("exit_step_draw", "distinct"), [("per_rollout", {1}), ("per_chunk", {2, 3, 4})])
+def test_exit_steps_are_drawn_once_per_rollout_or_once_per_chunk(monkeypatch, exit_step_draw, distinct):
+    import sfpp.stages.dmd as dmd
+
+    seen = []
+    original = dmd.stream_rollout
+
+    def spy(*args, **kwargs):
+        seen.append(list(kwargs["exit_steps"]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(dmd, "stream_rollout", spy)
+    module = _module(rollout_frames=16, window_frames=4, exit_step_draw=exit_step_draw)
+    context, _ = module._contexts(PROMPTS)
+    for step in range(12):
+        module._rollout_to(context, module._rng(step), 16, grad_from_frame=16)
+    assert all(len(steps) == 8 for steps in seen)
+    assert {len(set(steps)) for steps in seen} <= distinct and len(set(seen[0] + seen[1])) > 1
+    with pytest.raises(ValueError, match="exit_step_draw"):
+        _module(exit_step_draw="per_window")
+
+
+def test_a_generator_step_trains_the_text_path_as_every_other_weight():
+    """The DMD generator step reaches the text embedding and every block's cross-attention K/V."""
+    module = _module(rollout_frames=8, window_frames=4)
+    context, null_context = module._contexts(PROMPTS)
+    window, _ = module._rollout_window(context, module._rng(3), keep_graph=True)
+    x_t, _, timestep, sigma = module.reinjector(window.detach(), module._rng(4))
+    real_x0, fake_x0 = real_and_fake_x0(
+        module.teacher, module.critic, x_t, timestep, sigma, context, null_context, 2.0
+    )
+    dmd_loss(window, real_x0, fake_x0)[0].backward()
+    missing = [n for n, p in module.generator.named_parameters() if p.grad is None or p.grad.abs().max() == 0]
+    assert missing == []

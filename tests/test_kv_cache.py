@@ -74,6 +74,7 @@ def test_cache_memory_is_constant_and_writes_in_place():
     assert cache.keys.shape[2] == (2 + 4 + 2) * 16  # sinks + window + one chunk of scratch slots
 
 
+@torch.no_grad()
 def test_text_kv_is_computed_once_per_rollout():
     model = _model(2)
     x, t, c = _inputs(4)
@@ -87,6 +88,20 @@ def test_text_kv_is_computed_once_per_rollout():
     cache.reset_cross_attention()
     out_new = model(x[:, :, 2:], t[:, 2:], torch.zeros_like(c), kv_cache=cache, frame_offset=2)
     assert not torch.allclose(out_same, out_new)
+
+
+def test_a_call_with_gradients_reads_the_text_again_and_keeps_the_cache_detached():
+    model = _model(2)
+    x, t, c = _inputs(4)
+    cache = model.new_kv_cache(2, 8, 8, window_frames=4)
+    with torch.no_grad():
+        model(x[:, :, :2], t[:, :2], c, kv_cache=cache, frame_offset=0, write_cache=True)
+    first = cache.cross_kv[0][0]
+    with_grad = model(x[:, :, 2:], t[:, 2:], c, kv_cache=cache, frame_offset=2)
+    with torch.no_grad():
+        without = model(x[:, :, 2:], t[:, 2:], c, kv_cache=cache, frame_offset=2)
+    torch.testing.assert_close(with_grad.detach(), without, rtol=0, atol=1e-6)  # same keys/values
+    assert with_grad.requires_grad and cache.cross_kv[0][0] is first and first.grad_fn is None
 
 
 def test_ring_slots_hold_the_visible_frames():

@@ -215,3 +215,33 @@ def test_real_and_fake_x0_without_guidance_and_without_gradients():
         teacher, fresh, x_t, timestep, sigma, context, torch.zeros_like(context), 1.0
     )
     assert torch.allclose(real_g1, fake_g1, atol=1e-6)
+
+
+def test_masked_dmd_loss_is_the_mean_over_the_frames_that_keep_their_graph():
+    """Self-Forcing's masked loss: full-strength gradient on the kept frames, none on the masked chunk."""
+    g = torch.Generator().manual_seed(4)
+    x0 = torch.randn(2, 3, 7, 4, 4, generator=g).requires_grad_(True)
+    real, fake = torch.randn(2, 3, 7, 4, 4, generator=g), torch.randn(2, 3, 7, 4, 4, generator=g)
+    mask = torch.ones(1, 1, 7, 1, 1, dtype=torch.bool)
+    mask[:, :, :2] = False
+    loss, _ = dmd_loss(x0, real, fake, gradient_mask=mask)
+    loss.backward()
+    normaliser = (x0.detach() - real).abs().mean(dim=(1, 2, 3, 4), keepdim=True)  # over the whole window
+    grad = (fake - real) / normaliser
+    kept = 2 * 3 * 5 * 4 * 4
+    torch.testing.assert_close(x0.grad[:, :, 2:], grad[:, :, 2:] / kept)
+    assert torch.all(x0.grad[:, :, :2] == 0)
+    torch.testing.assert_close(loss, 0.5 * grad[:, :, 2:].square().mean())
+    # every frame kept: the plain mean
+    full, _ = dmd_loss(x0, real, fake, gradient_mask=torch.ones(1, 1, 7, 1, 1, dtype=torch.bool))
+    torch.testing.assert_close(full, dmd_loss(x0, real, fake)[0])
+
+
+def test_masked_dmd_loss_refuses_a_mask_it_cannot_use():
+    x0 = torch.randn(1, 2, 3, 2, 2)
+    with pytest.raises(ValueError, match="boolean"):
+        dmd_loss(x0, x0, x0, gradient_mask=torch.ones(1, 1, 3, 1, 1))
+    with pytest.raises(ValueError, match="does not broadcast"):
+        dmd_loss(x0, x0, x0, gradient_mask=torch.ones(1, 1, 4, 1, 1, dtype=torch.bool))
+    with pytest.raises(ValueError, match="selects no element"):
+        dmd_loss(x0, x0, x0, gradient_mask=torch.zeros(1, 1, 3, 1, 1, dtype=torch.bool))

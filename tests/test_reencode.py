@@ -65,3 +65,13 @@ def test_the_toy_dmd_path_is_unchanged_bit_for_bit() -> None:
         window, start = module._rollout_window(context, module._rng(7), keep_graph=True)
         windows.append((window.detach(), start))
     assert windows[0][1] == windows[1][1] and torch.equal(windows[0][0], windows[1][0])
+
+
+def test_the_gradient_mask_covers_the_frames_that_keep_their_graph(codec) -> None:
+    mask = WindowReencoder(mask_first_chunk=True).gradient_mask(codec, 3, 7, 3, "cpu")
+    assert mask.shape == (1, 1, 7, 1, 1) and mask.dtype == torch.bool
+    assert mask.flatten().tolist() == [False] * 3 + [True] * 4
+    assert WindowReencoder(mask_first_chunk=False).gradient_mask(codec, 3, 7, 3, "cpu") is None
+    assert WindowReencoder().gradient_mask(codec, 0, 7, 3, "cpu") is None  # the window starts the rollout
+    assert WindowReencoder(mode="as_is").gradient_mask(codec, 3, 7, 3, "cpu") is None
+    assert WindowReencoder().gradient_mask(PixelCodec(), 3, 7, 3, "cpu") is None

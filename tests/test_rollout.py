@@ -166,3 +166,53 @@ def test_gradient_only_reaches_chunks_in_the_window():
     grad = model.patch_embedding.weight.grad
     assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
     assert cache.keys.grad_fn is None  # the cache never holds a graph
+
+
+def _text_path(name: str) -> bool:
+    return name.startswith("text_embedding.") or any(
+        part in name for part in (".cross_attn.k.", ".cross_attn.v.", ".cross_attn.norm_k.")
+    )
+
+
+def test_training_rollout_gives_every_weight_a_gradient_text_path_included():
+    """A rollout's no-grad steps fill the cache's text keys/values; the exit steps still train the text path."""
+    model, context = _model(2), _context()
+    model.train()
+    cache = model.new_kv_cache(2, 8, 8, window_frames=4)
+    chunks = list(
+        stream_rollout(
+            model, context, cache, 8, (4, 8, 8), SAMPLER, torch.Generator().manual_seed(0),
+            exit_steps=[3, 1, 2, 2], grad_from_frame=4,
+        )
+    )
+    torch.cat([c.latents for c in chunks[2:]], dim=2).square().mean().backward()
+    names = [name for name, _ in model.named_parameters()]
+    # text_embedding: two linears (weight, bias); per block: k, v (weight, bias) and norm_k (weight)
+    assert sum(_text_path(n) for n in names) == 4 + 5 * model.num_layers
+    missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().max() == 0]
+    assert missing == []
+    assert all(kv[0].grad_fn is None for kv in cache.cross_kv)  # the cache itself holds no graph
+
+
+def test_cached_exit_step_gradient_equals_the_uncached_forward():
+    """One chunk at its exit step, through the cache after no-grad steps, against the plain forward."""
+    model, context = _model(2), _context()
+    model.train()
+    x_t = torch.randn(2, 4, 2, 8, 8, generator=torch.Generator().manual_seed(5))
+    t = torch.full((2,), 750.0)
+
+    def grads() -> dict[str, torch.Tensor]:
+        out = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad(set_to_none=True)
+        return out
+
+    cache = model.new_kv_cache(2, 8, 8, window_frames=4)
+    with torch.no_grad():  # an earlier, gradient-free step fills the cached text keys/values
+        model(x_t, torch.full((2,), 1000.0), context, kv_cache=cache, frame_offset=0)
+    model(x_t, t, context, kv_cache=cache, frame_offset=0).square().mean().backward()
+    cached = grads()
+    model(x_t, t, context).square().mean().backward()
+    plain = grads()
+    for name, grad in plain.items():
+        torch.testing.assert_close(cached[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    assert all(plain[n].abs().max() > 0 for n in plain if _text_path(n))

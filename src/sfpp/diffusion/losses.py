@@ -69,7 +69,11 @@ def flow_matching_loss(pred_flow: Tensor, x0: Tensor, noise: Tensor) -> Tensor:
 
 
 def dmd_loss(
-    x0: Tensor, real_x0: Tensor, fake_x0: Tensor, eps: float = 1e-6
+    x0: Tensor,
+    real_x0: Tensor,
+    fake_x0: Tensor,
+    eps: float = 1e-6,
+    gradient_mask: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """DMD generator loss on the student's clean window.
 
@@ -79,11 +83,19 @@ def dmd_loss(
     one bad value cannot blow up a step). The loss ``0.5 * mse(x0, stopgrad(x0 - grad))`` has
     ``d loss / d x0 = grad / x0.numel()``.
 
+    With a ``gradient_mask`` the loss is the mean over the masked-in elements only, so that
+    ``d loss / d x0 = grad / n`` there (``n`` of them) and 0 elsewhere, as in Self-Forcing's
+    training code: a window whose first chunk is kept out of the gradient trains the rest at full
+    strength (a mean over every element would scale it by the kept fraction, 18/21 for a 21-frame
+    window in chunks of 3). The normaliser still averages over the whole window.
+
     Args:
         x0: Student's clean window ``(B, C, F, H, W)``, with its graph.
         real_x0: Teacher's clean estimate at the re-noised window (detached inside).
         fake_x0: Critic's clean estimate at the re-noised window (detached inside).
         eps: Floor of the normaliser.
+        gradient_mask: Optional boolean tensor broadcastable to ``x0``'s shape, true where the
+            loss applies (e.g. ``(1, 1, F, 1, 1)`` for whole frames); ``None``: everywhere.
 
     Returns:
         ``(loss, metrics)``: a float32 scalar, and detached float32 scalars
@@ -92,9 +104,22 @@ def dmd_loss(
         ``dmd_nonfinite_fraction`` (fraction of ``grad`` entries that were zeroed).
 
     Raises:
-        ValueError: If the shapes differ, ``x0`` has no axis besides the batch, or ``eps <= 0``.
+        ValueError: If the shapes differ, ``x0`` has no axis besides the batch, ``eps <= 0``, or
+            ``gradient_mask`` is not a boolean tensor broadcastable to ``x0`` with at least one
+            true element.
     """
     _check_same_shape("dmd_loss", x0=x0, real_x0=real_x0, fake_x0=fake_x0)
+    if gradient_mask is not None:
+        if gradient_mask.dtype != torch.bool:
+            raise ValueError(f"dmd_loss: gradient_mask must be boolean, got {gradient_mask.dtype}")
+        try:
+            gradient_mask = torch.broadcast_to(gradient_mask, x0.shape)
+        except RuntimeError as error:
+            raise ValueError(
+                f"dmd_loss: gradient_mask {tuple(gradient_mask.shape)} does not broadcast to x0 {tuple(x0.shape)}"
+            ) from error
+        if not gradient_mask.any():
+            raise ValueError("dmd_loss: gradient_mask selects no element; the loss would be undefined")
     if x0.ndim < 2:
         raise ValueError(
             f"dmd_loss: x0 must be (B, ...) with at least one axis after the batch, got {tuple(x0.shape)}"
@@ -109,7 +134,10 @@ def dmd_loss(
         raw_grad = (fake - real) / normaliser
         finite = torch.isfinite(raw_grad)
         grad = torch.where(finite, raw_grad, torch.zeros_like(raw_grad))
-    loss = 0.5 * F.mse_loss(x, (x - grad).detach())
+    if gradient_mask is None:
+        loss = 0.5 * F.mse_loss(x, (x - grad).detach())
+    else:
+        loss = 0.5 * F.mse_loss(x[gradient_mask], (x - grad).detach()[gradient_mask])
     metrics = {
         "dmd_grad_norm": grad.abs().mean(),
         "dmd_normaliser": normaliser.mean(),
@@ -142,7 +170,8 @@ def real_and_fake_x0(
             :func:`~sfpp.diffusion.schedule.expand_sigma`.
         context: Text embeddings ``(B, L, D)``.
         null_context: Unconditional embeddings ``(B, L, D)`` for CFG, or ``None`` (no CFG).
-        guidance_scale: Teacher CFG scale (Self-Forcing: 3.0).
+        guidance_scale: Teacher CFG scale ``g`` of ``uncond + g * (cond - uncond)`` (Self-Forcing's
+            ``cond + 3 (cond - uncond)`` is ``g = 4``).
 
     Returns:
         ``(real_x0, fake_x0)``, each shaped like ``x_t``.

@@ -48,6 +48,23 @@ class WindowReencoder:
         """Whether a window starting at latent frame ``window_start`` is re-encoded with ``codec``."""
         return self.mode == "reencode" and codec.temporal_stride > 1 and window_start > 0
 
+    def gradient_mask(
+        self, codec: VideoCodec, window_start: int, window_frames: int, chunk: int, device: torch.device | str
+    ) -> Tensor | None:
+        """Which frames of a window starting at ``window_start`` the DMD loss applies to.
+
+        Returns:
+            A boolean ``(1, 1, window_frames, 1, 1)`` mask, false on the first ``chunk`` frames,
+            when the window is re-encoded with ``mask_first_chunk``; otherwise ``None`` (every
+            frame). Pass it to :func:`~sfpp.diffusion.losses.dmd_loss`, whose mean then runs over
+            the frames that keep their graph.
+        """
+        if not (self.mask_first_chunk and self.applies(codec, window_start)):
+            return None
+        mask = torch.ones(1, 1, window_frames, 1, 1, dtype=torch.bool, device=device)  # (1, 1, K, 1, 1)
+        mask[:, :, :chunk] = False
+        return mask
+
     def __call__(self, prefix: Tensor, window: Tensor, codec: VideoCodec, chunk: int) -> Tensor:
         """The window ``(B, C, K, h, w)`` as the teacher and the critic should see it.
 

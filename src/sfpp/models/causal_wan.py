@@ -301,18 +301,33 @@ class CausalWanDiT(nn.Module):
         )  # (B, F, dim)
         time_mod = self.time_projection(time_emb).unflatten(2, (6, -1))  # (B, F, 6, dim)
 
-        # 3. Text (its keys/values are computed once per rollout when a cache is used)
-        need_text = kv_cache is None or any(kv is None for kv in kv_cache.cross_kv)
+        # 3. Text (with a cache, its keys/values are computed once per rollout for gradient-free
+        # calls; a call with gradients recomputes them, so that the text path is trained)
+        need_text = (
+            kv_cache is None or torch.is_grad_enabled() or any(kv is None for kv in kv_cache.cross_kv)
+        )
         text = self.text_embedding(context.to(tokens.dtype)) if need_text else None  # (B, Lt, dim)
         return tokens, rope, time_emb, time_mod, text
 
     def _text_kv(
         self, layer: int, text: torch.Tensor | None, kv_cache: RollingKVCache | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-attention keys and values of one layer, from (and stored in) the cache when there is one."""
+        """Cross-attention keys and values of one layer, from (and stored in) the cache when there is one.
+
+        The cache keeps them detached, for the gradient-free calls of a rollout (its no-grad
+        denoising steps and clean passes). A call with gradients enabled computes them again with
+        their graph, so that the text embedding and every block's ``cross_attn.k``, ``v`` and
+        ``norm_k`` get the gradient of the loss (as the uncached forward gives them): the cost is
+        the text's projections, small next to a chunk's attention.
+        """
         cross_attn = self.blocks[layer].cross_attn
         if kv_cache is None:
             return cross_attn.text_kv(text)
+        if torch.is_grad_enabled():
+            keys_values = cross_attn.text_kv(text)
+            if kv_cache.cross_kv[layer] is None:
+                kv_cache.cross_kv[layer] = tuple(t.detach() for t in keys_values)
+            return keys_values
         if kv_cache.cross_kv[layer] is None:
             kv_cache.cross_kv[layer] = tuple(t.detach() for t in cross_attn.text_kv(text))
         return kv_cache.cross_kv[layer]

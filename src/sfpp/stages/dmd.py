@@ -50,7 +50,10 @@ from sfpp.models.parallelize import configure_stage_modules
 from sfpp.stages.student import StudentStage
 from sfpp.utils.seeding import derive_seed
 
-__all__ = ["DMDModule", "critic_group", "update_kind"]
+__all__ = ["EXIT_STEP_DRAWS", "DMDModule", "critic_group", "update_kind"]
+
+#: How a training rollout's exit steps are drawn (see ``DMDModule``'s ``exit_step_draw``).
+EXIT_STEP_DRAWS: tuple[str, ...] = ("per_rollout", "per_chunk")
 
 #: Stream key of the critic's re-noising draws when critic steps share a rollout (see :func:`critic_group`).
 _CRITIC_REINJECTION_STREAM = 1
@@ -117,7 +120,14 @@ class DMDModule(StudentStage):
         reinjector: Noise levels of the DMD and critic steps.
         cache_window_frames: Past frames kept by the rollout's rolling KV cache.
         sink_frames: Frames from the start kept in the cache.
-        real_guidance_scale: CFG scale of the teacher's score.
+        real_guidance_scale: CFG scale ``g`` of the teacher's score, in the convention of the whole
+            library: ``uncond + g * (cond - uncond)`` (``g = 1``: no guidance). Self-Forcing's
+            training code writes ``cond + s * (cond - uncond)``, which is ``g = s + 1``: its
+            ``guidance_scale: 3.0`` is ``real_guidance_scale: 4.0`` here.
+        exit_step_draw: How the denoising step at which each chunk of a training rollout stops
+            (and keeps its graph) is drawn: ``per_rollout`` (one uniformly drawn step shared by
+            every chunk of the rollout, as Self-Forcing's default ``same_step_across_blocks``) or
+            ``per_chunk`` (an independent draw for each chunk).
         critic_updates_per_generator: Critic steps per generator step.
         critic_warmup_steps: Critic-only steps at the start.
         critic_windows_per_rollout: Consecutive critic steps that share one rollout (see
@@ -175,7 +185,8 @@ class DMDModule(StudentStage):
         reinjector: NoiseReinjector | None = None,
         cache_window_frames: int | None = None,
         sink_frames: int = 0,
-        real_guidance_scale: float = 3.0,
+        real_guidance_scale: float = 4.0,
+        exit_step_draw: str = "per_rollout",
         critic_updates_per_generator: int = 5,
         critic_warmup_steps: int = 0,
         critic_windows_per_rollout: int = 1,
@@ -201,6 +212,8 @@ class DMDModule(StudentStage):
         val_rollout_frames = (
             rollout_frames if val_rollout_frames is None else timing.parse_length(val_rollout_frames)
         )
+        if exit_step_draw not in EXIT_STEP_DRAWS:
+            raise ValueError(f"exit_step_draw must be one of {EXIT_STEP_DRAWS}, got {exit_step_draw!r}")
         if critic_windows_per_rollout < 1:
             raise ValueError(f"critic_windows_per_rollout must be >= 1, got {critic_windows_per_rollout}")
         if accumulate_grad_batches < 1:
@@ -304,7 +317,11 @@ class DMDModule(StudentStage):
         that of its rows of the update's global batch.
         """
         num_steps = len(self.sampler.timesteps)
-        exit_steps = torch.randint(0, num_steps, (end // self.generator.num_frames_per_chunk,), generator=rng)
+        num_chunks = end // self.generator.num_frames_per_chunk
+        if self.hparams.exit_step_draw == "per_rollout":
+            exit_steps = torch.randint(0, num_steps, (1,), generator=rng).expand(num_chunks)
+        else:
+            exit_steps = torch.randint(0, num_steps, (num_chunks,), generator=rng)
         noise_fn = self._noise_fn(rng, context.shape[0], micro_batch, self.hparams.accumulate_grad_batches)
         return list(
             stream_rollout(
@@ -445,7 +462,12 @@ class DMDModule(StudentStage):
                 null_context,
                 self.hparams.real_guidance_scale,
             )
-            loss, metrics = dmd_loss(window, real_x0, fake_x0)
+            mask = None
+            if self.window_reencoder is not None:
+                mask = self.window_reencoder.gradient_mask(
+                    self.codec, start, self.window_frames, self.generator.num_frames_per_chunk, window.device
+                )
+            loss, metrics = dmd_loss(window, real_x0, fake_x0, gradient_mask=mask)
         if micro == 0:
             optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss / accumulate)  # the mean over the update's batches
