@@ -142,7 +142,9 @@ def test_paper_dmd_experiments_instantiate_with_tiny_parts(
     assert isinstance(module, DMDModule)
     assert module.generator.causal and not module.teacher.causal
     assert (module.rollout_frames, module.window_frames) == (rollout_frames, 21)
-    assert module.hparams.critic_updates_per_generator == 5 and module.hparams.real_guidance_scale == 3.0
+    # Self-Forcing's cond + 3 (cond - uncond) is uncond + 4 (cond - uncond), the library's convention
+    assert module.hparams.critic_updates_per_generator == 5 and module.hparams.real_guidance_scale == 4.0
+    assert module.hparams.exit_step_draw == "per_rollout"
     embeddings, _ = module.text_encoder(["a cat sits on a mat"])
     assert embeddings.shape[-1] == 32
     if experiment == "extend_100s":  # windows inside the rollout start with an image latent

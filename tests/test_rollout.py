@@ -181,8 +181,15 @@ def test_training_rollout_gives_every_weight_a_gradient_text_path_included():
     cache = model.new_kv_cache(2, 8, 8, window_frames=4)
     chunks = list(
         stream_rollout(
-            model, context, cache, 8, (4, 8, 8), SAMPLER, torch.Generator().manual_seed(0),
-            exit_steps=[3, 1, 2, 2], grad_from_frame=4,
+            model,
+            context,
+            cache,
+            8,
+            (4, 8, 8),
+            SAMPLER,
+            torch.Generator().manual_seed(0),
+            exit_steps=[3, 1, 2, 2],
+            grad_from_frame=4,
         )
     )
     torch.cat([c.latents for c in chunks[2:]], dim=2).square().mean().backward()

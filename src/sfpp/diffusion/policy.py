@@ -149,7 +149,9 @@ class ChunkTrajectory:
         log_probs: For every move, the log-probability ``(B,)`` of its result under the sampling
             weights: from each state to the next, then (with a stochastic output) from the last
             state to ``latents``.
-        latents: The chunk's output, as written into the cache.
+        latents: The chunk's output.
+        cache_input: What the clean pass wrote into the cache: ``latents``, re-noised when the
+            rollout's context timestep is above 0 (``None``: ``latents``).
     """
 
     frame_offset: int
@@ -157,6 +159,7 @@ class ChunkTrajectory:
     steps: list[int] = field(default_factory=list)
     log_probs: list[torch.Tensor] = field(default_factory=list)
     latents: torch.Tensor | None = None
+    cache_input: torch.Tensor | None = None
 
     @property
     def num_transitions(self) -> int:
@@ -239,6 +242,7 @@ def replay_trajectory(
             means.append(mean)
             stds.append(std)
         t = torch.full((batch,), context_timestep, device=param.device)
-        model.write_chunk(chunk.latents, t, context, kv_cache=cache, frame_offset=chunk.frame_offset)
+        cache_input = chunk.latents if chunk.cache_input is None else chunk.cache_input
+        model.write_chunk(cache_input, t, context, kv_cache=cache, frame_offset=chunk.frame_offset)
         stacked = torch.stack(log_probs, dim=1) if log_probs else torch.zeros(batch, 0, device=param.device)
         yield ReplayedChunk(trajectory=chunk, log_probs=stacked, means=means, stds=stds)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from sfpp.diffusion.policy import ChunkTrajectory, StepTransition
-from sfpp.diffusion.schedule import FlowMatchSchedule, x0_from_flow
+from sfpp.diffusion.schedule import FlowMatchSchedule, add_noise, x0_from_flow
 from sfpp.models.causal_wan import CausalWanDiT
 from sfpp.models.kv_cache import RollingKVCache
 
@@ -38,7 +38,9 @@ class FewStepSampler:
     Args:
         timesteps: Denoising timesteps on the 0..1000 scale, strictly decreasing, already warped
             through the shifted schedule (see :meth:`FlowMatchSchedule.warp_timesteps`).
-        context_timestep: Timestep of the clean pass that writes a finished chunk into the cache.
+        context_timestep: Timestep of the clean pass that writes a finished chunk into the cache;
+            above 0, the chunk is re-noised to that level for the pass (Self-Forcing's
+            ``context_noise``), with one more noise draw per chunk.
         num_train_timesteps: Scale of the timesteps (sigma = t / num_train_timesteps).
     """
 
@@ -54,6 +56,11 @@ class FewStepSampler:
             raise ValueError(f"denoising timesteps must be strictly decreasing, got {steps}")
         if steps[0] > self.num_train_timesteps or steps[-1] <= 0:
             raise ValueError(f"denoising timesteps must lie in (0, {self.num_train_timesteps}], got {steps}")
+        if not 0 <= self.context_timestep < steps[-1]:
+            raise ValueError(
+                f"context_timestep must lie in [0, {steps[-1]}) (below the last denoising step), "
+                f"got {self.context_timestep}"
+            )
 
     @classmethod
     def from_steps(
@@ -62,6 +69,11 @@ class FewStepSampler:
         """Warp a nominal step list (e.g. ``[1000, 750, 500, 250]``) through the shifted schedule."""
         warped = FlowMatchSchedule(shift=shift).warp_timesteps(steps)
         return cls(timesteps=tuple(float(t) for t in warped), context_timestep=context_timestep)
+
+    @property
+    def context_sigma(self) -> float:
+        """Noise level of the clean pass's input (0 for a clean cache)."""
+        return self.context_timestep / self.num_train_timesteps
 
     @property
     def sigmas(self) -> list[float]:
@@ -213,11 +225,17 @@ def stream_rollout(
                     with torch.no_grad():
                         record.log_probs.append(transition.log_prob(out, x0, x_t, sigmas[step], 0.0))
                 x0 = out
-        # The clean pass: the finished chunk's keys and values join the cache.
+        # The clean pass: the finished chunk's keys and values join the cache. With a context
+        # timestep above 0 the cache sees the chunk re-noised to that level (Self-Forcing's
+        # context_noise), from one more draw.
         t = torch.full((batch,), sampler.context_timestep, device=param.device)
-        model.write_chunk(x0.detach(), t, context, kv_cache=cache, frame_offset=frame_offset)
+        cache_input = x0.detach()
+        if sampler.context_timestep > 0:
+            cache_input = add_noise(cache_input, draw(), sampler.context_sigma).to(param.dtype)
+        model.write_chunk(cache_input, t, context, kv_cache=cache, frame_offset=frame_offset)
         if record is not None:
             record.latents = x0.detach()
+            record.cache_input = cache_input
             trajectory.append(record)
         yield RolloutChunk(frame_offset=frame_offset, latents=x0)
 

@@ -303,9 +303,7 @@ class CausalWanDiT(nn.Module):
 
         # 3. Text (with a cache, its keys/values are computed once per rollout for gradient-free
         # calls; a call with gradients recomputes them, so that the text path is trained)
-        need_text = (
-            kv_cache is None or torch.is_grad_enabled() or any(kv is None for kv in kv_cache.cross_kv)
-        )
+        need_text = kv_cache is None or torch.is_grad_enabled() or any(kv is None for kv in kv_cache.cross_kv)
         text = self.text_embedding(context.to(tokens.dtype)) if need_text else None  # (B, Lt, dim)
         return tokens, rope, time_emb, time_mod, text
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from sfpp.models.lora import LoraSettings, merged_state_dict
+from sfpp.models.wan.released import read_released_state
 
 __all__ = ["checkpoint_prefixes", "load_submodule"]
 
@@ -29,14 +30,14 @@ def _state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
     return _payload(checkpoint)["state_dict"]
 
 
-def _payload(checkpoint: str | Path) -> dict:
+def _payload(checkpoint: str | Path, lightning_only: bool = True) -> dict:
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint {path} does not exist; train the stage that writes it first or fix the path in the config"
         )
     payload = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(payload, dict) or "state_dict" not in payload:
+    if lightning_only and (not isinstance(payload, dict) or "state_dict" not in payload):
         raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict' entry)")
     return payload
 
@@ -75,6 +76,9 @@ def load_submodule(
     prefix: str,
     shared_with: str | Path | None = None,
     shared_prefix: str = "text_encoder.",
+    entry: str | None = None,
+    lora: str | Path | None = None,
+    lora_alpha: float | None = None,
 ) -> nn.Module:
     """Load the entries of ``checkpoint`` under ``prefix`` into ``module`` (strict) and return it.
 
@@ -92,16 +96,33 @@ def load_submodule(
         shared_with: Another checkpoint (the teacher's) that must hold the same ``shared_prefix``
             weights. Checkpoints without them (a frozen encoder that is not saved) are not compared.
         shared_prefix: The submodule both checkpoints must share.
+        entry: For a released checkpoint, the entry to read (default: the role's first present).
+        lora: For a released checkpoint, a LongLive adapter file to merge into the weights.
+        lora_alpha: The adapters' ``lora_alpha`` (default: their rank).
 
     A submodule trained with LoRA (``stage.lora``) is loaded with its adapters merged into the
     weights (:func:`~sfpp.models.lora.merged_state_dict`), so ``module`` is a plain model.
+
+    ``checkpoint`` may also be a student released by Self-Forcing, CausVid or LongLive (a torch
+    file with ``generator`` / ``generator_ema`` / ``critic`` entries, see
+    :mod:`sfpp.models.wan.released`): the generator's weights are read for a ``generator.``
+    prefix, the critic's for a ``critic.`` one; ``entry`` picks another entry, and ``lora`` merges a
+    LongLive adapter file (``lora_alpha``: its alpha, default its rank). ``entry`` and ``lora``
+    apply to released files only.
 
     Raises:
         FileNotFoundError: If a checkpoint does not exist.
         ValueError: If nothing is stored under ``prefix`` (listing the prefixes that are), the
             keys or shapes do not match ``module``, or the shared weights differ.
     """
-    payload = _payload(checkpoint)
+    payload = _payload(checkpoint, lightning_only=False)
+    if not isinstance(payload, dict) or "state_dict" not in payload:
+        return _load_released(module, checkpoint, prefix, entry, lora, lora_alpha)
+    if entry is not None or lora is not None:
+        raise ValueError(
+            f"{checkpoint} is a Lightning checkpoint of sfpp: entry= and lora= apply to released "
+            "checkpoints only (its weights are chosen by prefix=, and LoRA-trained stages merge their own)"
+        )
     state = payload["state_dict"]
     if shared_with is not None:
         _check_shared(state, checkpoint, _state_dict(shared_with), shared_with, shared_prefix)
@@ -121,5 +142,26 @@ def load_submodule(
     except RuntimeError as error:
         raise ValueError(
             f"weights under {prefix!r} in {checkpoint} do not fit {type(module).__name__}: {error}"
+        ) from error
+    return module
+
+
+def _load_released(
+    module: nn.Module,
+    checkpoint: str | Path,
+    prefix: str,
+    entry: str | None,
+    lora: str | Path | None,
+    lora_alpha: float | None,
+) -> nn.Module:
+    """Load one network of a released (Self-Forcing / CausVid / LongLive) checkpoint into ``module``."""
+    role = "critic" if prefix.startswith("critic.") else "student"
+    state, chosen = read_released_state(checkpoint, role=role, entry=entry, lora=lora, lora_alpha=lora_alpha)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ValueError(
+            f"the {role} weights of {checkpoint} [{chosen or 'flat state dict'}] do not fit "
+            f"{type(module).__name__}: {error}"
         ) from error
     return module

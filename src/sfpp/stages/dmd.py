@@ -47,6 +47,7 @@ from sfpp.models.causal_wan import CausalWanDiT
 from sfpp.models.critic import ScoreCritic
 from sfpp.models.lora import LoraSettings, apply_lora
 from sfpp.models.parallelize import configure_stage_modules
+from sfpp.stages.checkpoints import load_submodule
 from sfpp.stages.student import StudentStage
 from sfpp.utils.seeding import derive_seed
 
@@ -128,6 +129,11 @@ class DMDModule(StudentStage):
             (and keeps its graph) is drawn: ``per_rollout`` (one uniformly drawn step shared by
             every chunk of the rollout, as Self-Forcing's default ``same_step_across_blocks``) or
             ``per_chunk`` (an independent draw for each chunk).
+        negative_prompt: Prompt of the unconditional side of the teacher's CFG (``""``: the empty
+            prompt; Self-Forcing's config uses Wan2.1's default negative prompt).
+        critic_checkpoint: Weights the critic starts from instead of a copy of the teacher's: an
+            sfpp DMD checkpoint (its ``critic.model.`` entries) or a released Self-Forcing / CausVid
+            / LongLive checkpoint (its ``critic`` entry), with the teacher's architecture.
         critic_updates_per_generator: Critic steps per generator step.
         critic_warmup_steps: Critic-only steps at the start.
         critic_windows_per_rollout: Consecutive critic steps that share one rollout (see
@@ -187,6 +193,8 @@ class DMDModule(StudentStage):
         sink_frames: int = 0,
         real_guidance_scale: float = 4.0,
         exit_step_draw: str = "per_rollout",
+        negative_prompt: str = "",
+        critic_checkpoint: str | None = None,
         critic_updates_per_generator: int = 5,
         critic_warmup_steps: int = 0,
         critic_windows_per_rollout: int = 1,
@@ -246,6 +254,7 @@ class DMDModule(StudentStage):
             mixed_precision=mixed_precision,
             quality_metric=quality_metric,
             val_rollout_frames=val_rollout_frames,
+            negative_prompt=negative_prompt,
         )
         self.automatic_optimization = False
         self.rollout_frames, self.window_frames = rollout_frames, window_frames
@@ -266,6 +275,8 @@ class DMDModule(StudentStage):
         )
         self.teacher = teacher.requires_grad_(False).eval()
         self.critic = ScoreCritic.from_teacher(teacher)
+        if critic_checkpoint is not None:
+            load_submodule(self.critic.model, critic_checkpoint, prefix="critic.model.")
         if lora_settings is not None:
             apply_lora(self.critic.model, lora_settings)
         self.hparams["lora"] = None if lora_settings is None else lora_settings.as_dict()

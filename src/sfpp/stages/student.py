@@ -42,6 +42,8 @@ class StudentStage(L.LightningModule):
         quality_metric: Optional ``metric(videos (B, 3, F, H, W) in [-1, 1], prompts) -> dict``
             logged as ``val/<name>`` on EMA-student rollouts of ``val_rollout_frames``.
         val_rollout_frames: Length of the validation rollouts in latent frames.
+        negative_prompt: The prompt of the unconditional side of classifier-free guidance (``""``:
+            the empty prompt).
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class StudentStage(L.LightningModule):
         mixed_precision: bool = False,
         quality_metric: Callable[..., dict[str, float]] | None = None,
         val_rollout_frames: int | None = None,
+        negative_prompt: str = "",
     ) -> None:
         super().__init__()
         self.generator = generator
@@ -72,6 +75,7 @@ class StudentStage(L.LightningModule):
         self.seed = seed
         self.quality_metric = quality_metric
         self.val_rollout_frames = val_rollout_frames
+        self.negative_prompt = negative_prompt
         # Under the bf16 policy the blocks compute in bf16 while the sharded parameters stay float32.
         self._cache_dtype = torch.bfloat16 if mixed_precision else None
 
@@ -126,10 +130,10 @@ class StudentStage(L.LightningModule):
         return noise_fn
 
     def _contexts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Text embeddings of ``prompts`` and of as many empty prompts, on the module's device."""
+        """Text embeddings of ``prompts`` and of as many negative prompts (the unconditional side of CFG)."""
         with torch.no_grad():
             context = self.text_encoder(prompts)[0].to(self.device)
-            null_context = self.text_encoder([""] * len(prompts))[0].to(self.device)
+            null_context = self.text_encoder([self.negative_prompt] * len(prompts))[0].to(self.device)
         return context, null_context
 
     def _new_cache(self, model: nn.Module, batch: int) -> Any:
