@@ -441,3 +441,39 @@ def _main(out: str, mode: str) -> None:
 
 if __name__ == "__main__":
     _main(sys.argv[1], sys.argv[2])
+
+
+def test_the_bf16_policy_keeps_timesteps_in_float32(mesh: DeviceMesh, monkeypatch) -> None:
+    """Under FSDP2's bf16 compute policy the model still sees 937.5, not bf16's 936 (spacing 4 near 1000).
+
+    The policy is built directly (the stage refuses mixed precision off CUDA); its casts are the
+    same on a gloo mesh.
+    """
+    import sfpp.models.causal_wan as causal_wan
+    from sfpp.models.parallelize import bf16_policies, shard_units
+
+    seen = []
+    original = causal_wan.sinusoidal_embedding
+
+    def recording(timesteps, dim, *args, **kwargs):
+        seen.append(timesteps.detach().clone())
+        out = original(timesteps, dim, *args, **kwargs)
+        seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(causal_wan, "sinusoidal_embedding", recording)
+    torch.manual_seed(0)
+    model = _tiny(True)
+    shard_units(model, mesh, *bf16_policies(), reshard_after_forward=True)
+    x = torch.randn(1, 3, 2, 16, 16)
+    context = torch.randn(1, 5, model.text_dim)
+    with torch.no_grad():
+        out = model(x, torch.tensor([937.5]), context)
+        cache = model.new_kv_cache(1, 16, 16, window_frames=2, dtype=torch.bfloat16)
+        model.write_chunk(x, torch.tensor([937.5]), context, kv_cache=cache, frame_offset=0)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    timesteps = [t for t in seen if isinstance(t, torch.Tensor)]
+    assert len(timesteps) == 2 and all(t.dtype == torch.float32 and (t == 937.5).all() for t in timesteps)
+    assert all(
+        dtype == torch.float32 for dtype in seen if isinstance(dtype, torch.dtype)
+    )  # into the fp32 unit

@@ -295,9 +295,10 @@ class CausalWanDiT(nn.Module):
         tokens = self._patchify(x)  # (B, L, dim)
         rope = rope_rotation(*self.rope(frame_offset, *grid))  # (1, L, 1, head_dim // 2) complex
 
-        # 2. Per-frame time embedding and modulation
+        # 2. Per-frame time embedding and modulation, in the time embedding's own dtype (float32
+        # under a bf16 FSDP2 policy, which keeps that unit in float32)
         time_emb = self.time_embedding(
-            sinusoidal_embedding(timestep, self.freq_dim).to(tokens.dtype)
+            sinusoidal_embedding(timestep.float(), self.freq_dim).to(self.time_embedding[0].weight.dtype)
         )  # (B, F, dim)
         time_mod = self.time_projection(time_emb).unflatten(2, (6, -1))  # (B, F, 6, dim)
 

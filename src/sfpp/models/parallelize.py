@@ -43,6 +43,7 @@ Options, all explicit (nothing is silently ignored):
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Iterable
 from typing import Any
@@ -59,11 +60,13 @@ from sfpp.models.causal_wan import CausalWanDiT, WanBlock
 
 __all__ = [
     "apply_activation_checkpointing",
+    "bf16_policies",
     "check_trainable_parameters_sharded",
     "data_parallel_mesh",
     "is_sharded",
     "parallelize_model",
     "parallelize_stage_modules",
+    "shard_units",
 ]
 
 # Root-level modules Wan keeps in float32 (see CausalWanDiT._keep_in_fp32_modules).
@@ -183,12 +186,17 @@ def _policies(
             f"mixed_precision=True (bf16 FSDP2 compute) is supported on CUDA only, the mesh is on "
             f"'{device_mesh.device_type}'; set the stage's mixed_precision to false"
         )
+    return bf16_policies()
+
+
+def bf16_policies() -> tuple[MixedPrecisionPolicy, MixedPrecisionPolicy]:
+    """``(compute policy, float32 policy)`` of mixed precision: bf16 compute, float32 reduction."""
     compute = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
     return compute, fp32
 
 
-def _shard(
+def shard_units(
     model: CausalWanDiT,
     mesh: DeviceMesh,
     compute: MixedPrecisionPolicy,
@@ -212,7 +220,10 @@ def _shard(
     if fp32 is not None:
         for name in _FP32_ROOT_MODULES:
             shard(getattr(model, name), fp32)
-    shard(model, compute)
+    # The root does not cast its inputs: a bf16 policy would round the float32 timesteps to bf16
+    # (spacing 4 near 1000: 937.5 -> 936), every step of a bf16 run at the wrong noise level. The
+    # model casts the latents and the text to its compute dtype itself.
+    shard(model, dataclasses.replace(compute, cast_forward_inputs=False))
     register_fsdp_forward_method(model, "write_chunk")  # the rollouts' clean pass gathers like forward
 
 
@@ -254,7 +265,7 @@ def parallelize_model(
     compute, fp32 = _policies(mesh, mixed_precision)
     if activation_checkpointing:
         apply_activation_checkpointing(model)
-    _shard(model, mesh, compute, fp32 if mixed_precision else None, reshard_after_forward)
+    shard_units(model, mesh, compute, fp32 if mixed_precision else None, reshard_after_forward)
     return model
 
 
