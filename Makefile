@@ -100,22 +100,33 @@ study-ablation-init: install ## Self-Forcing++ from the ODE init beside the seed
 docs: install ## Build the documentation site into site/ (mkdocs build --strict: broken links fail)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
-# The GPU machine's image has torch 2.11, lightning, transformers, einops and torchmetrics but no
-# network: the few pure-Python packages it lacks travel as wheels built or downloaded here.
+# The GPU machine's image has torch, lightning, transformers, einops and torchmetrics but no network:
+# the packages it lacks travel as wheels downloaded here for its Python (3.12, manylinux x86_64) and
+# are unpacked there into GPU_SITE with Python's zipfile (no pip needed on the image).
 GPU_PY ?= python3
 GPU_WHEELS := .gpu-wheels
 GPU_SITE ?= /tmp/sfpp-gpu-site
-GPU_PACKAGES := diffusers==0.42.1 hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 importlib_metadata==10.2.0
+GPU_CHECK_OUT ?= artifacts/gpu_check.json
+GPU_PYTHON_VERSION ?= 3.12
+GPU_PLATFORM ?= manylinux_2_28_x86_64
+GPU_PACKAGES := diffusers==0.42.1 hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 \
+	importlib_metadata==10.2.0 zipp pillow requests urllib3 idna certifi charset-normalizer \
+	pytest pluggy iniconfig packaging
 
 gpu-wheels: install ## Download here the wheels the GPU check needs beyond the GPU image (into .gpu-wheels/)
 	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
-	$(PIP) wheel $(PIP_FLAGS) --no-deps -w $(GPU_WHEELS) $(GPU_PACKAGES) $(PIP_NOISE)
+	$(PIP) download $(PIP_FLAGS) --no-deps --only-binary=:all: --python-version $(GPU_PYTHON_VERSION) \
+		--platform $(GPU_PLATFORM) -d $(GPU_WHEELS) $(GPU_PACKAGES) $(PIP_NOISE)
 	@ls -la $(GPU_WHEELS)
 
-gpu-check: ## On a CUDA machine: gpu tests, 1.3B-shaped DMD updates under FSDP2, streaming FPS; JSON in docs/results/
-	@if [ -d $(GPU_WHEELS) ]; then $(GPU_PY) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-		--upgrade --target $(GPU_SITE) $(GPU_WHEELS)/*.whl; fi
-	PYTHONPATH=src:$(GPU_SITE) PYTHONUNBUFFERED=1 $(GPU_PY) -m sfpp.apps.gpu_check --out docs/results/gpu_check.json
+gpu-check: ## On a CUDA machine: gpu tests, 1.3B-shaped DMD updates under FSDP2, streaming FPS; JSON in GPU_CHECK_OUT
+	@if ls $(GPU_WHEELS)/*.whl >/dev/null 2>&1; then \
+		$(GPU_PY) -c "import glob, sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sorted(glob.glob('$(GPU_WHEELS)/*.whl'))]" $(GPU_SITE); \
+		echo "unpacked $$(ls $(GPU_WHEELS)/*.whl | wc -l) wheels into $(GPU_SITE)"; \
+	else \
+		echo "WARNING: no wheels in $(GPU_WHEELS) (make gpu-wheels on a machine with network); the check uses what the image has" >&2; \
+	fi
+	PYTHONPATH=src:$(GPU_SITE) PYTHONUNBUFFERED=1 $(GPU_PY) -m sfpp.apps.gpu_check --out $(GPU_CHECK_OUT)
 
 gpu-check-cpu: install ## The GPU check's rehearsal: the same script with tiny shapes on this CPU
 	$(PYTHON) -m sfpp.apps.gpu_check --rehearsal --out artifacts/gpu_check_rehearsal.json

@@ -179,6 +179,8 @@ def test_validation_scores_long_rollouts(tmp_path):
     trainer.fit(module, datamodule=_data())
     assert calls and set(calls) == {(2, 3, 12, 16, 16)}
     assert float(trainer.callback_metrics["val/clean_frame_fraction"]) == 0.5
+    # gradients are freed after every update (the other network's update needs the memory)
+    assert all(p.grad is None for p in [*module.generator.parameters(), *module.critic.parameters()])
 
 
 def test_critic_groups_never_span_a_generator_update():

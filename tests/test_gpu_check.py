@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
-from sfpp.apps.gpu_check import SHAPES, main, parse_pytest_counts, table
+from sfpp.apps.gpu_check import SHAPES, main, parse_pytest_counts, run_gpu_tests, table
 
 SECTIONS = ("gpu_tests", "matmul", "dmd", "stream", "stream_decode")
 
@@ -29,10 +30,65 @@ def test_the_rehearsal_runs_every_part_and_writes_the_json(tmp_path: Path, capsy
         stream = report[key]
         assert stream["frames_per_second"] > 0 and stream["first_chunk_latency_s"] > 0
         assert stream["ratio_to_matmul_peak"] > 0 and stream["chunks_timed"] >= 10
+        # timed once the cache is full (a 9-frame window of chunks of 3: two chunks first), and
+        # counted in video frames: 4 per latent frame, 12 per chunk, with or without the decode
+        assert stream["chunks_before_timing"] == 2
+        assert abs(stream["frames_per_second"] * stream["seconds_per_chunk"] - 12) < 1e-6
+    assert report["versions"]["torch"] == torch.__version__ and "pytest" in report["versions"]
+    assert list(report).index("stream_decode") < list(report).index("dmd")  # DMD, the largest, last
     assert report["stream_decode"]["decode"] and not report["stream"]["decode"]
     assert not torch.distributed.is_initialized()  # the one-process group of the DMD part is gone
     printed = capsys.readouterr().out
     assert "stream FPS (with VAE decode)" in printed and "ratio to matmul peak" in printed
+    assert printed.startswith("versions: python ")
+
+
+def test_a_run_cut_short_keeps_the_parts_it_measured(tmp_path: Path, monkeypatch) -> None:
+    import sfpp.apps.gpu_check as gpu_check
+
+    def killed(*args, **kwargs):
+        raise SystemExit("the device's time limit")
+
+    monkeypatch.setattr(gpu_check, "dmd_updates", killed)
+    monkeypatch.setattr(gpu_check, "stream_speed", lambda *a, **k: {"frames_per_second": 1.0})
+    out = tmp_path / "gpu_check.json"
+    with pytest.raises(SystemExit):
+        main(["--rehearsal", "--skip-tests", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["matmul"]["ok"] and report["stream_decode"]["frames_per_second"] == 1.0
+    assert "dmd" not in report
+
+
+def _fake_root(tmp_path: Path, gpu_test: str) -> Path:
+    tests = tmp_path / "tests"
+    tests.mkdir(parents=True)
+    (tests / "test_on_gpu.py").write_text(
+        f"import pytest\n\n\n@pytest.mark.gpu\ndef test_it():\n    {gpu_test}\n"
+    )
+    (tests / "test_other.py").write_text("import a_package_the_gpu_image_lacks\n")
+    return tmp_path
+
+
+def test_gpu_tests_run_only_their_modules_and_fail_when_pytest_does(tmp_path: Path) -> None:
+    passing = _fake_root(tmp_path / "a", "assert True")
+    result = run_gpu_tests(passing)
+    assert result["files"] == ["tests/test_on_gpu.py"] and result["passed"] == 1 and result["errors"] == 0
+    failing = _fake_root(tmp_path / "b", "assert False")
+    with pytest.raises(RuntimeError, match="exited with 1: 0 passed, 1 failed"):
+        run_gpu_tests(failing)
+    empty = tmp_path / "c"
+    (empty / "tests").mkdir(parents=True)
+    with pytest.raises(RuntimeError, match="no test module"):
+        run_gpu_tests(empty)
+    # a failed part fails the run: its error is in the table and the exit code
+    assert "failed: RuntimeError: pytest exited" in table(
+        {
+            "mode": "full",
+            "device": "x",
+            "torch": "2",
+            "gpu_tests": {"ok": False, "error": "RuntimeError: pytest exited with 2"},
+        }
+    )
 
 
 def test_the_full_shapes_are_wan_1_3b_at_480x832() -> None:

@@ -118,3 +118,26 @@ def test_the_command_plans_extend_100s_on_8_gpus(tmp_path, capsys):
     assert data["peak_bytes"] < 80 * 2**30  # fits an 80 GB GPU with checkpointing, as Self-Forcing trains
     assert data["fps_bound"] > 16  # real time is within the bound of a 989 TFLOP/s accelerator
     assert "estimated peak" in capsys.readouterr().out
+    # The chunk's FLOPs include attention: against the analytic count of the GPU check (linears,
+    # self-attention over the 21-frame window, cross-attention over 512 text tokens, 4 steps + the
+    # cache pass; 1.3B: dim 1536, ffn 8960, 30 layers, 3 x 1560 tokens per chunk)
+    tokens, dim, ffn = 3 * 1560, 1536, 8960
+    analytic = 5 * 30 * (2 * tokens * (6 * dim * dim + 2 * dim * ffn) + 4 * tokens * (21 * 1560 + 512) * dim)
+    assert data["chunk_flops"] == pytest.approx(analytic, rel=0.05)
+
+
+def test_attention_flops_are_the_analytic_count():
+    from sfpp.plan import attention_flops
+
+    spec = _spec("tiny", checkpointed=False)
+    queries = spec.num_frames_per_chunk * spec.tokens_per_frame
+    keys = (spec.cache_window_frames + spec.sink_frames + spec.num_frames_per_chunk) * spec.tokens_per_frame
+    expected = (
+        spec.model.num_layers
+        * (spec.sampler_steps + 1)
+        * 4
+        * queries
+        * (keys + spec.text_tokens)
+        * spec.model.dim
+    )
+    assert attention_flops(spec) == expected > 0

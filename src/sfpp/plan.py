@@ -44,7 +44,16 @@ from sfpp.models.flavours import flavour_config
 from sfpp.models.kv_cache import RollingKVCache
 from sfpp.utils.precision import register_resolvers
 
-__all__ = ["MemoryPlan", "PlanSpec", "activation_bytes", "chunk_flops", "main", "plan", "spec_from_config"]
+__all__ = [
+    "MemoryPlan",
+    "PlanSpec",
+    "activation_bytes",
+    "attention_flops",
+    "chunk_flops",
+    "main",
+    "plan",
+    "spec_from_config",
+]
 
 console = Console(highlight=False)
 
@@ -275,8 +284,25 @@ def chunk_flops(spec: PlanSpec) -> int:
                     for _ in range(spec.sampler_steps):
                         model(x, t, context, kv_cache=cache, frame_offset=offset)
                     model(x, t, context, kv_cache=cache, frame_offset=offset, write_cache=True)
+        counted_attention = any("attention" in str(op) for op in counter.get_flop_counts().get("Global", {}))
         per_layer.append(counter.get_total_flops())
-    return per_layer[0] + (spec.model.num_layers - 1) * (per_layer[1] - per_layer[0])
+    total = per_layer[0] + (spec.model.num_layers - 1) * (per_layer[1] - per_layer[0])
+    # PyTorch's counter has no formula for the CPU attention kernels the fake tensors run: add the
+    # attention products analytically when it counted none.
+    return total if counted_attention else total + attention_flops(spec)
+
+
+def attention_flops(spec: PlanSpec) -> int:
+    """FLOPs of the attention products of one streamed chunk with a full cache (one video).
+
+    Per layer and model call: ``Q K^T`` and the weighted sum of ``V``, ``2 x 2 x q x k x dim`` each
+    for self-attention over the cache and the chunk and for cross-attention over the text, with
+    ``q`` the chunk's tokens; ``sampler_steps`` calls and the cache pass.
+    """
+    queries = spec.num_frames_per_chunk * spec.tokens_per_frame
+    keys = (spec.cache_window_frames + spec.sink_frames + spec.num_frames_per_chunk) * spec.tokens_per_frame
+    per_call = 4 * queries * (keys + spec.text_tokens) * spec.model.dim
+    return spec.model.num_layers * per_call * (spec.sampler_steps + 1)
 
 
 def _rolling_cache(spec: PlanSpec, num_layers: int, batch_size: int, device: str = "cpu") -> RollingKVCache:

@@ -1,6 +1,7 @@
 """``make gpu-check``: the CUDA path at Wan2.1-1.3B scale, measured in one prepared run.
 
-``python -m sfpp.apps.gpu_check --out docs/results/gpu_check.json`` on a CUDA machine:
+``python -m sfpp.apps.gpu_check --out artifacts/gpu_check.json`` on a CUDA machine (the JSON is
+rewritten after every part):
 
 1. runs the ``gpu``-marked tests (flex block masks and their backward, SDPA on CUDA, FlashAttention
    if importable, bf16 autocast against float32);
@@ -22,6 +23,8 @@ so the script stays working on machines without a GPU; its JSON has the same lay
 from __future__ import annotations
 
 import argparse
+import gc
+import importlib.util
 import json
 import platform
 import re
@@ -62,6 +65,9 @@ class CheckShapes:
     vae: dict[str, Any]
     model_overrides: dict[str, Any]
 
+
+#: Video frames per latent frame of the Wan2.1 VAE (its first latent frame decodes to one).
+WAN_TEMPORAL_STRIDE = 4
 
 #: Wan2.1's VAE (``AutoencoderKLWan`` defaults: 16 latent channels, base width 96).
 WAN_VAE = dict(
@@ -161,8 +167,33 @@ def parse_pytest_counts(output: str) -> dict[str, int]:
     return counts
 
 
+def gpu_test_files(root: Path) -> list[str]:
+    """The test modules that hold ``gpu``-marked tests (relative to ``root``).
+
+    Only these are handed to pytest: the other modules import packages a GPU image may lack (video
+    writers, the web server), and one collection error stops the whole run.
+    """
+    return sorted(
+        str(path.relative_to(root))
+        for path in (root / "tests").glob("test_*.py")
+        if "pytest.mark.gpu" in path.read_text(encoding="utf-8")
+    )
+
+
 def run_gpu_tests(root: Path, timeout: float = 240.0) -> dict[str, Any]:
-    """Run ``pytest -m gpu`` and count the outcomes from its closing line."""
+    """Run the ``gpu``-marked tests and count the outcomes from pytest's closing line.
+
+    Raises:
+        RuntimeError: If pytest is not installed, no module holds gpu tests, or the run did not
+            pass: a non-zero exit (failures, collection errors, a timeout) or nothing passed.
+    """
+    if importlib.util.find_spec("pytest") is None:
+        raise RuntimeError(
+            "pytest is not installed in this Python: carry it in .gpu-wheels (make gpu-wheels)"
+        )
+    files = gpu_test_files(root)
+    if not files:
+        raise RuntimeError(f"no test module under {root / 'tests'} holds a gpu-marked test")
     command = [
         sys.executable,
         "-m",
@@ -175,7 +206,7 @@ def run_gpu_tests(root: Path, timeout: float = 240.0) -> dict[str, Any]:
         "-rs",
         "-o",
         "addopts=",
-        "tests/",
+        *files,
     ]
     began = time.perf_counter()
     try:
@@ -186,11 +217,18 @@ def run_gpu_tests(root: Path, timeout: float = 240.0) -> dict[str, Any]:
     except subprocess.TimeoutExpired as error:
         output, code = f"timed out after {timeout:.0f} s: {error}", -1
     counts = parse_pytest_counts(output)
+    tail = "\n".join(output.splitlines()[-15:])
+    if code != 0 or counts["passed"] == 0:
+        raise RuntimeError(
+            f"pytest exited with {code}: {counts['passed']} passed, {counts['failed']} failed, "
+            f"{counts['errors']} errors, {counts['skipped']} skipped; last lines:\n{tail}"
+        )
     return {
         "returncode": code,
         "seconds": time.perf_counter() - began,
+        "files": files,
         **counts,
-        "tail": "\n".join(output.splitlines()[-15:]),
+        "tail": tail,
     }
 
 
@@ -313,18 +351,29 @@ class _StepTimer(L.Callback):
 # -- 3. streaming speed ------------------------------------------------------------------------------
 
 
-def matmul_tflops(device: torch.device, size: int, dtype: torch.dtype, repeats: int = 20) -> float:
-    """Measured TFLOP/s of a square ``size`` matrix product in ``dtype``."""
+def matmul_tflops(device: torch.device, size: int, dtype: torch.dtype, min_seconds: float = 2.0) -> float:
+    """Measured TFLOP/s of a square ``size`` matrix product in ``dtype``, over at least ``min_seconds``.
+
+    A GPU's clocks ramp up under load: a one-second warm-up runs first, then batches of products
+    are timed until ``min_seconds`` have passed (a few tens of milliseconds read low).
+    """
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    _sync(device)
-    began = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    _sync(device)
-    return 2 * size**3 * repeats / (time.perf_counter() - began) / 1e12
+
+    def timed(seconds: float) -> tuple[int, float]:
+        count, began = 0, time.perf_counter()
+        while True:
+            for _ in range(10):
+                a @ b
+            _sync(device)
+            count += 10
+            elapsed = time.perf_counter() - began
+            if elapsed >= seconds:
+                return count, elapsed
+
+    timed(min(1.0, min_seconds / 2))
+    count, elapsed = timed(min_seconds)
+    return 2 * size**3 * count / elapsed / 1e12
 
 
 def chunk_flops(model: Any, tokens: int, context_tokens: int, text_len: int) -> float:
@@ -355,15 +404,14 @@ def stream_speed(
     context = torch.randn(1, shapes.text_len, model.text_dim, device=device, dtype=dtype)
     latent_shape = (model.in_channels, shapes.latent_height, shapes.latent_width)
     decoder_factory: Callable[[], Any] | None = None
-    temporal_stride = 1
     if vae_dir is not None:
         from sfpp.codecs import WanVAECodec
 
         codec = WanVAECodec(vae_dir, dtype=dtype, device=device)
-        temporal_stride = codec.temporal_stride
         decoder_factory = codec.stream_decoder
 
-    def video(num_chunks: int) -> tuple[list[float], int]:
+    def video(num_chunks: int) -> tuple[list[float], list[int]]:
+        """Cumulative seconds at the end of each chunk, and each chunk's video frames."""
         cache = model.new_kv_cache(
             1,
             shapes.latent_height,
@@ -372,7 +420,7 @@ def stream_speed(
             dtype=dtype,
         )
         decoder = decoder_factory() if decoder_factory is not None else None
-        times, frames = [], 0
+        times, frames = [], []
         _sync(device)
         began = time.perf_counter()
         with torch.no_grad():
@@ -386,25 +434,33 @@ def stream_speed(
                 torch.Generator().manual_seed(0),
             ):
                 if decoder is not None:
-                    frames += decoder.decode_chunk(chunk.latents).shape[2]
-                else:
-                    frames += chunk.latents.shape[2] * temporal_stride
+                    frames.append(decoder.decode_chunk(chunk.latents).shape[2])
+                else:  # the frames the Wan VAE would decode: 1 for the first latent frame, 4 for each other
+                    first = chunk.frame_offset == 0
+                    frames.append(
+                        chunk.latents.shape[2] * WAN_TEMPORAL_STRIDE - (WAN_TEMPORAL_STRIDE - 1) * first
+                    )
                 _sync(device)
                 times.append(time.perf_counter() - began)
         return times, frames
 
     video(shapes.warmup_chunks)  # kernels, allocator and caches warm
     _reset_peak(device)
-    times, frames = video(shapes.stream_chunks + 1)
-    steady = times[-1] - times[0]  # the chunks after the first
-    steady_frames = frames * shapes.stream_chunks / (shapes.stream_chunks + 1)
+    # Chunks are timed once the cache holds its full window, so that each costs what the FLOPs count.
+    fill = -(-(shapes.window_frames - shapes.chunk_frames) // shapes.chunk_frames)
+    times, frames = video(fill + shapes.stream_chunks)
+    steady = times[-1] - times[fill - 1] if fill else times[-1]
+    steady_frames = sum(frames[fill:])
     tokens = shapes.chunk_frames * model.tokens_per_frame(shapes.latent_height, shapes.latent_width)
     context_tokens = shapes.window_frames * model.tokens_per_frame(shapes.latent_height, shapes.latent_width)
     # each chunk: one forward per denoising step and one cache write
     flops = (len(shapes.steps) + 1) * chunk_flops(model, tokens, context_tokens, shapes.text_len)
     return {
         "decode": vae_dir is not None,
+        "frames": "video frames"
+        + ("" if vae_dir is not None else " (4 per latent frame, as the Wan VAE decodes)"),
         "chunks_timed": shapes.stream_chunks,
+        "chunks_before_timing": fill,
         "frames_per_second": steady_frames / steady,
         "first_chunk_latency_s": times[0],
         "seconds_per_chunk": steady / shapes.stream_chunks,
@@ -435,12 +491,29 @@ def _section(name: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         result = {"ok": True, **work()}
     except Exception as error:  # reported in the JSON and the table; the other parts still run
         result = {"ok": False, "error": f"{type(error).__name__}: {error}"}
+    # A section's networks (a trainer and its module refer to each other) go before the next one
+    # starts, so that its peak memory is its own.
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     result["section_seconds"] = time.perf_counter() - began
     return result
 
 
-def run_check(rehearsal: bool, root: Path, skip_tests: bool = False) -> dict[str, Any]:
-    """Run every part; return the JSON's content."""
+def _write(report: dict[str, Any], out: Path | None) -> None:
+    """Write the report so far (after every section: a run cut short keeps what it measured)."""
+    if out is None:
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".part")
+    partial.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    partial.replace(out)
+
+
+def run_check(
+    rehearsal: bool, root: Path, skip_tests: bool = False, out: Path | None = None
+) -> dict[str, Any]:
+    """Run every part; return the JSON's content, written to ``out`` after every section."""
     shapes = SHAPES["rehearsal" if rehearsal else "full"]
     device = torch.device("cpu" if rehearsal or not torch.cuda.is_available() else "cuda")
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
@@ -455,35 +528,76 @@ def run_check(rehearsal: bool, root: Path, skip_tests: bool = False) -> dict[str
         "python": platform.python_version(),
         "shapes": asdict(shapes),
     }
+    report["versions"] = package_versions()
+    print(
+        "versions: " + ", ".join(f"{name} {version}" for name, version in report["versions"].items()),
+        flush=True,
+    )
+    _write(report, out)
     if not rehearsal and device.type != "cuda":
         report["error"] = "no CUDA device: run with --rehearsal on a CPU"
+        _write(report, out)
         return report
     report["gpu_tests"] = (
         {"skipped_by_request": True} if skip_tests else _section("gpu tests", lambda: run_gpu_tests(root))
     )
+    _write(report, out)
     report["matmul"] = _section(
         "bf16 matrix product",
         lambda: {
             "size": shapes.matmul_size,
             "dtype": str(dtype).replace("torch.", ""),
-            "tflops": matmul_tflops(device, shapes.matmul_size, dtype),
+            "tflops": matmul_tflops(device, shapes.matmul_size, dtype, min_seconds=0.2 if rehearsal else 2.0),
         },
     )
-    report["dmd"] = _section(
-        "DMD updates (FSDP2, activation checkpointing)", lambda: dmd_updates(shapes, device)
-    )
+    _write(report, out)
+    # The streaming sections run before the DMD updates, whose four networks need the most memory.
     with tempfile.TemporaryDirectory() as workdir:
         vae_dir = Path(workdir) / "vae"
         report["stream"] = _section("streaming, no decode", lambda: stream_speed(shapes, device, dtype, None))
+        _write(report, out)
         report["stream_decode"] = _section(
             "streaming with the Wan VAE decode",
             lambda: stream_speed(shapes, device, dtype, _save_vae(shapes, vae_dir, dtype)),
         )
+        _write(report, out)
+    report["dmd"] = _section(
+        "DMD updates (FSDP2, activation checkpointing)", lambda: dmd_updates(shapes, device)
+    )
     peak = report["matmul"].get("tflops")
     for key in ("stream", "stream_decode"):
         if report[key].get("ok") and peak:
             report[key]["ratio_to_matmul_peak"] = report[key]["model_tflops_per_second"] / peak
+    _write(report, out)
     return report
+
+
+#: What the check imports, by distribution name; their versions open the report.
+CHECKED_PACKAGES = (
+    "torch",
+    "lightning",
+    "diffusers",
+    "transformers",
+    "peft",
+    "einops",
+    "safetensors",
+    "pytest",
+    "triton",
+    "flash-attn",
+)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages the check imports (``"missing"`` for those not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for name in CHECKED_PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "missing"
+    return versions
 
 
 def _commit(root: Path) -> str | None:
@@ -551,9 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-tests", action="store_true", help="do not run the gpu-marked tests")
     args = parser.parse_args(argv)
     root = Path(__file__).resolve().parents[3]
-    report = run_check(args.rehearsal, root, args.skip_tests)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    report = run_check(args.rehearsal, root, args.skip_tests, out=args.out)
     print(table(report))
     print(f"written: {args.out}")
     failed = [k for k, v in report.items() if isinstance(v, dict) and v.get("ok") is False]

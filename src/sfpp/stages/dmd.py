@@ -485,6 +485,8 @@ class DMDModule(StudentStage):
         if micro == accumulate - 1:
             self._clip(network, kind, self.hparams.grad_clip_norm, batch_size)
             optimizer.step()
+            # Free the gradients now: the next updates (of the other network) need the memory.
+            optimizer.zero_grad(set_to_none=True)
             if kind == "generator":
                 self.ema.update(self.generator, self._generator_updates(step))
         self.log(f"train/{kind}_loss", loss, prog_bar=True, batch_size=batch_size)
