@@ -24,7 +24,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 
-.PHONY: help install test test-full browser bench bench-publish demo study study-ablations study-ablation-init serve docs gpu-wheels gpu-check gpu-check-cpu lint format clean distclean
+.PHONY: help install test test-full browser bench bench-publish demo demo-full study study-ablations study-ablation-init serve docs gpu-wheels gpu-check gpu-check-cpu lint format clean distclean
 
 help: ## Show this list of targets
 	@echo "Usage: make <target> [PY=python3]"
@@ -79,8 +79,11 @@ bench: install ## Run every tests/benchmarks/bench_*.py, print its table and wri
 bench-publish: ## Merge artifacts/bench/*.json (from make bench) into docs/results/benchmarks.json and regenerate the page
 	$(PYTHON) -m sfpp.apps.results_pages --benchmarks artifacts/bench
 
-demo: install ## Train teacher, ODE init and Self-Forcing++ on the built-in world (~25 min), then a 20-horizon video, curves and summary in artifacts/demo
+demo: install ## The shipped teacher, then ODE init and Self-Forcing++ on the built-in world, a 20-horizon video, curves and summary in artifacts/demo
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.apps.demo
+
+demo-full: install ## make demo with the teacher trained here too (about an hour on a CPU without native bf16)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.apps.demo --train-teacher
 
 serve: install ## Stream the demo's student live on a local page (trains the demo's stages first if missing); prints the URL
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.apps.demo --train-only

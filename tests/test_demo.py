@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from sfpp.apps.demo import DEMO_PROMPTS, publish, run_demo
@@ -21,6 +22,8 @@ def test_demo_reuses_finished_stages_and_writes_videos_curves_and_summary(tmp_pa
         StageRun("teacher", "sfpp.train", [], teacher_ckpt),
         StageRun("student", "sfpp.train", [], student_ckpt),
     ]
+    for stage in stages:  # both finished: their records say so
+        stage.record_file.write_text(json.dumps({"overrides": [], "finished": True, "step": 1}))
 
     reports = run_demo(tmp_path / "demo", horizons=2, stages=stages)
 
@@ -47,8 +50,14 @@ def test_demo_reuses_finished_stages_and_writes_videos_curves_and_summary(tmp_pa
 
 
 def test_demo_pipeline_chains_the_toy_stages():
-    stages = toy_stages()
+    stages = toy_stages(teacher="train")
     assert [s.name for s in stages] == ["teacher", "ode_pairs", "ode_init", "self_forcing_pp"]
     assert str(stages[-1].done_file).endswith("checkpoints/toy_extend/last.ckpt")
     assert all(s.module in ("sfpp.train", "sfpp.ode_pairs") for s in stages)
     assert stages[0].overrides == ["experiment=toy_teacher"]  # the default teacher recipe, not a shorter one
+    # make demo installs the shipped teacher instead, and takes a teacher trained here as done
+    shipped = toy_stages()
+    assert shipped[0].module == "sfpp.world.pretrained" and shipped[0].done_file == stages[0].done_file
+    assert list(shipped[0].accepts) == [stages[0].overrides] and shipped[1:] == stages[1:]
+    with pytest.raises(ValueError, match="shipped' or 'train'"):
+        toy_stages(teacher="download")

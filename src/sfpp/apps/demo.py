@@ -31,7 +31,15 @@ import torch
 from rich.console import Console
 
 from sfpp.apps.evaluation import LongVideoReport, evaluate_long_videos, plot_curves
-from sfpp.apps.pipeline import StageRun, StageTiming, git_commit, machine, run_stages, toy_stages
+from sfpp.apps.pipeline import (
+    StageInterruptedError,
+    StageRun,
+    StageTiming,
+    git_commit,
+    machine,
+    run_stages,
+    toy_stages,
+)
 from sfpp.io.video import write_video
 from sfpp.world import HORIZON, ground_truth, heldout_prompts
 
@@ -117,6 +125,7 @@ def run_demo(
     force: Sequence[str] = (),
     root: Path = Path("."),
     stages: list[StageRun] | None = None,
+    teacher: str = "shipped",
 ) -> dict[str, LongVideoReport]:
     """Train what is missing, generate ``horizons`` teacher horizons per demo prompt, evaluate, plot.
 
@@ -126,12 +135,13 @@ def run_demo(
         force: Stages to retrain even if their checkpoint exists.
         root: Repository root.
         stages: The pipeline (default: :func:`~sfpp.apps.pipeline.toy_stages`).
+        teacher: ``shipped`` (the teacher shipped with the package) or ``train`` (``make demo-full``).
 
     Returns:
         The reports of the student and of the real videos.
     """
     began = time.perf_counter()
-    stages = stages if stages is not None else toy_stages(root)
+    stages = stages if stages is not None else toy_stages(root, teacher)
     timings = run_stages(stages, force=force, cwd=root)
     teacher_ckpt, student_ckpt = stages[0].done_file, stages[-1].done_file
     num_frames = horizons * HORIZON
@@ -194,6 +204,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--train-only", action="store_true", help="train the missing stages, then stop (make serve)"
     )
     parser.add_argument(
+        "--train-teacher",
+        action="store_true",
+        help="train the teacher too instead of installing the shipped one (make demo-full)",
+    )
+    parser.add_argument(
         "--publish",
         action="store_true",
         help="then write docs/results/demo.json (with the date, commit and machine) and regenerate the pages",
@@ -201,10 +216,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.horizons < 2:
         parser.error("--horizons must be >= 2 (the curves compare windows with the first one)")
-    if args.train_only:
-        run_stages(toy_stages(Path(".")), force=args.force, cwd=Path("."))
-        return
-    run_demo(args.out, args.horizons, args.force)
+    try:
+        teacher = "train" if args.train_teacher else "shipped"
+        if args.train_only:
+            run_stages(toy_stages(Path("."), teacher), force=args.force, cwd=Path("."))
+            return
+        run_demo(args.out, args.horizons, args.force, teacher=teacher)
+    except StageInterruptedError as error:
+        console.print(f"[bold]stopped[/]: {error}. Run `make demo` again to continue.")
+        raise SystemExit(130) from None
+    except KeyboardInterrupt:
+        console.print(
+            "[bold]stopped[/] after training: the trained stages are kept; `make demo` again reuses them "
+            "and makes the video and the curves."
+        )
+        raise SystemExit(130) from None
     if args.publish:
         given = list(sys.argv[1:] if argv is None else argv)
         publish(args.out, Path("."), " ".join(["python -m sfpp.apps.demo", *given]))

@@ -280,7 +280,8 @@ def teacher_page(data: Mapping[str, Any]) -> str:
         "",
         _provenance(data) + " The teacher's clips (32 Euler steps with CFG, one horizon) and real clips of "
         "the same held-out prompts, scored by the world's object score. The "
-        "[development history](teacher-history.md) tells how the recipe came about.",
+        "[development history](teacher-history.md) tells how the recipe came about."
+        + (f" {data['note']}" if data.get("note") else ""),
         "",
         "| clips | " + " | ".join(k.replace("_", " ") for k in keys) + " |",
         "|---|" + "---|" * len(keys),
