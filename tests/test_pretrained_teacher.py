@@ -29,7 +29,9 @@ def test_the_shipped_teacher_is_what_its_provenance_says():
 
 def _fake_teacher_checkpoint(path: Path) -> Path:
     state = {"ema.module.w": torch.ones(2), "text_encoder.e": torch.zeros(3), "model.w": torch.ones(2)}
-    torch.save({"state_dict": state, "optimizer_states": [{}], "global_step": 7, "hyper_parameters": {"a": 1}}, path)
+    torch.save(
+        {"state_dict": state, "optimizer_states": [{}], "global_step": 7, "hyper_parameters": {"a": 1}}, path
+    )
     return path
 
 
@@ -62,9 +64,13 @@ def test_make_demo_installs_the_shipped_teacher_and_keeps_a_trained_one(tmp_path
     assert run_stages([stage], cwd=Path.cwd())[0].reused
     # A teacher the pipeline trained (make demo-full) counts as done for make demo ...
     trained = toy_stages(tmp_path, teacher="train")[0]
-    trained.record_file.write_text(json.dumps({"overrides": list(trained.overrides), "finished": True, "step": 9200}))
+    trained.record_file.write_text(
+        json.dumps({"overrides": list(trained.overrides), "finished": True, "step": 9200})
+    )
     stage.done_file.write_bytes(b"a trained teacher")
-    assert run_stages([stage], cwd=Path.cwd())[0].reused and stage.done_file.read_bytes() == b"a trained teacher"
+    assert (
+        run_stages([stage], cwd=Path.cwd())[0].reused and stage.done_file.read_bytes() == b"a trained teacher"
+    )
     # ... and make demo-full does not take the shipped one for a trained one: it trains
     run_stages([stage], force=["teacher"], cwd=Path.cwd())
     action, why, _ = _plan(trained, forced=False)

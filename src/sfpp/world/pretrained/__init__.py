@@ -21,7 +21,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["TEACHER_CHECKPOINT", "TEACHER_PROVENANCE", "install_teacher", "provenance", "slim_checkpoint", "sha256"]
+__all__ = [
+    "TEACHER_CHECKPOINT",
+    "TEACHER_PROVENANCE",
+    "install_teacher",
+    "provenance",
+    "slim_checkpoint",
+    "sha256",
+]
 
 _HERE = Path(__file__).parent
 #: The shipped teacher checkpoint.
@@ -79,7 +86,9 @@ def install_teacher(target: Path) -> Path:
         ValueError: If the file's hash is not the recorded one (a damaged or replaced file).
     """
     if not TEACHER_CHECKPOINT.is_file():
-        raise FileNotFoundError(f"the shipped teacher {TEACHER_CHECKPOINT} is missing; `make demo-full` trains one")
+        raise FileNotFoundError(
+            f"the shipped teacher {TEACHER_CHECKPOINT} is missing; `make demo-full` trains one"
+        )
     recorded = provenance()["sha256"]
     actual = sha256(TEACHER_CHECKPOINT)
     if actual != recorded:
