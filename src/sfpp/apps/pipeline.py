@@ -296,13 +296,14 @@ def machine() -> str:
     return f"{name}, {os.cpu_count()} cores, {bf16}"
 
 
-#: Minutes of each toy stage measured by ``make demo`` runs that trained every stage, by whether the
-#: CPU computes bf16 natively: a 2-core Xeon with AMX (2026-12-02, commit 73da120, published then)
-#: and a 2-core Xeon without AVX512-BF16 (2026-12-07, commit 8eb057a; its teacher stage shared the
-#: CPU with test runs for 12 of its 34 minutes); the expected-time messages print them.
+#: Minutes of each toy stage measured by published runs, by whether the CPU computes bf16 natively:
+#: a 2-core Xeon with AMX (``make demo``, 2026-12-02, commit 73da120) and a 2-core Xeon without
+#: AVX512-BF16 (2026-12-07: the teacher from ``make demo-full`` at 8eb057a, whose teacher stage
+#: shared the CPU with test runs for 12 of its 34 minutes; the other stages from ``make demo`` at
+#: ddcc0b4, alone); the expected-time messages print them.
 MEASURED_MINUTES: dict[bool, dict[str, float]] = {
     True: {"teacher": 13.6, "ode_pairs": 1.4, "ode_init": 2.1, "self_forcing_pp": 5.2},
-    False: {"teacher": 34.4, "ode_pairs": 1.2, "ode_init": 2.1, "self_forcing_pp": 6.5},
+    False: {"teacher": 34.4, "ode_pairs": 1.1, "ode_init": 2.2, "self_forcing_pp": 7.9},
 }
 
 #: The default teacher recipe's stage (``make demo-full``; the shipped teacher was trained by it).
