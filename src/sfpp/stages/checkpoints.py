@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from sfpp.models.lora import LoraSettings, merged_state_dict
+from sfpp.models.wan.keys import WanWeightsError
 from sfpp.models.wan.released import read_released_state
 
 __all__ = ["checkpoint_prefixes", "load_submodule"]
@@ -156,7 +157,14 @@ def _load_released(
 ) -> nn.Module:
     """Load one network of a released (Self-Forcing / CausVid / LongLive) checkpoint into ``module``."""
     role = "critic" if prefix.startswith("critic.") else "student"
-    state, chosen = read_released_state(checkpoint, role=role, entry=entry, lora=lora, lora_alpha=lora_alpha)
+    try:
+        state, chosen = read_released_state(
+            checkpoint, role=role, entry=entry, lora=lora, lora_alpha=lora_alpha
+        )
+    except WanWeightsError as error:
+        raise WanWeightsError(
+            f"{checkpoint} is not a Lightning checkpoint (no 'state_dict' entry), nor a released one: {error}"
+        ) from error
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as error:
