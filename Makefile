@@ -24,7 +24,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 
-.PHONY: help install test test-full browser bench bench-publish demo demo-full study study-ablations study-ablation-init serve docs gpu-wheels gpu-check gpu-check-cpu lint format clean distclean
+.PHONY: help install test test-full browser bench bench-publish demo demo-full study study-ablations study-ablation-init serve docs gpu-wheels gpu-check gpu-check-cpu gpu-rehearsal lint format clean distclean
 
 help: ## Show this list of targets
 	@echo "Usage: make <target> [PY=python3]"
@@ -112,14 +112,17 @@ GPU_SITE ?= /tmp/sfpp-gpu-site
 GPU_CHECK_OUT ?= artifacts/gpu_check.json
 GPU_PYTHON_VERSION ?= 3.12
 GPU_PLATFORM ?= manylinux_2_28_x86_64
-GPU_PACKAGES := diffusers==0.42.1 hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 \
-	importlib_metadata==10.2.0 zipp pillow requests urllib3 idna certifi charset-normalizer \
-	pytest pluggy iniconfig packaging
+# Pure-Python packages (built into py3-none-any wheels here; antlr4 4.9.3 has no wheel on PyPI) and
+# compiled ones (downloaded for the image's Python and platform).
+GPU_PURE_PACKAGES := diffusers==0.42.1 hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 \
+	importlib_metadata==10.2.0 zipp requests urllib3 idna certifi pytest pluggy iniconfig packaging
+GPU_BINARY_PACKAGES := pillow charset-normalizer
 
 gpu-wheels: install ## Download here the wheels the GPU check needs beyond the GPU image (into .gpu-wheels/)
 	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	$(PIP) wheel $(PIP_FLAGS) --no-deps -w $(GPU_WHEELS) $(GPU_PURE_PACKAGES) $(PIP_NOISE)
 	$(PIP) download $(PIP_FLAGS) --no-deps --only-binary=:all: --python-version $(GPU_PYTHON_VERSION) \
-		--platform $(GPU_PLATFORM) -d $(GPU_WHEELS) $(GPU_PACKAGES) $(PIP_NOISE)
+		--platform $(GPU_PLATFORM) -d $(GPU_WHEELS) $(GPU_BINARY_PACKAGES) $(PIP_NOISE)
 	@ls -la $(GPU_WHEELS)
 
 gpu-check: ## On a CUDA machine: gpu tests, 1.3B-shaped DMD updates under FSDP2, streaming FPS; JSON in GPU_CHECK_OUT
@@ -129,7 +132,22 @@ gpu-check: ## On a CUDA machine: gpu tests, 1.3B-shaped DMD updates under FSDP2,
 	else \
 		echo "WARNING: no wheels in $(GPU_WHEELS) (make gpu-wheels on a machine with network); the check uses what the image has" >&2; \
 	fi
-	PYTHONPATH=src:$(GPU_SITE) PYTHONUNBUFFERED=1 $(GPU_PY) -m sfpp.apps.gpu_check --out $(GPU_CHECK_OUT)
+	PYTHONPATH=src:$(GPU_SITE) PYTHONUNBUFFERED=1 $(GPU_PY) -m sfpp.apps.gpu_check --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
+
+# The rehearsal of the GPU run: a venv holding only what the GPU image holds (GPU_IMAGE_PACKAGES,
+# from the package registry) gets the carried wheels (built for its own Python) through make
+# gpu-check's unpacking, then runs the check with tiny shapes on the CPU.
+GPU_REHEARSAL_DIR ?= /tmp/sfpp-gpu-rehearsal
+GPU_IMAGE_PACKAGES := torch==$(TORCH_VERSION) lightning peft transformers einops torchmetrics
+GPU_REHEARSAL_PY = $(GPU_REHEARSAL_DIR)/venv/bin/python
+
+gpu-rehearsal: install ## make gpu-check-cpu in a venv of the GPU image's packages plus the carried wheels only
+	rm -rf $(GPU_REHEARSAL_DIR) && $(PY) -m venv $(GPU_REHEARSAL_DIR)/venv
+	$(GPU_REHEARSAL_PY) -m pip install $(PIP_FLAGS) $(GPU_IMAGE_PACKAGES) $(PIP_NOISE)
+	$(MAKE) --no-print-directory gpu-wheels GPU_WHEELS=$(GPU_REHEARSAL_DIR)/wheels \
+		GPU_PYTHON_VERSION=$$($(GPU_REHEARSAL_PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+	$(MAKE) --no-print-directory gpu-check GPU_PY=$(GPU_REHEARSAL_PY) GPU_WHEELS=$(GPU_REHEARSAL_DIR)/wheels \
+		GPU_SITE=$(GPU_REHEARSAL_DIR)/site GPU_CHECK_OUT=$(GPU_REHEARSAL_DIR)/gpu_check.json GPU_CHECK_ARGS=--rehearsal
 
 gpu-check-cpu: install ## The GPU check's rehearsal: the same script with tiny shapes on this CPU
 	$(PYTHON) -m sfpp.apps.gpu_check --rehearsal --out artifacts/gpu_check_rehearsal.json

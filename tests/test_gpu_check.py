@@ -118,3 +118,26 @@ def test_a_failed_part_shows_in_the_table() -> None:
         "matmul": {"ok": False, "error": "RuntimeError: CUDA out of memory"},
     }
     assert "failed: RuntimeError: CUDA out of memory" in table(report)
+
+
+@pytest.mark.slow
+def test_the_rehearsal_runs_with_only_the_gpu_images_packages_and_the_wheels(tmp_path: Path) -> None:
+    """make gpu-rehearsal: a venv of the image's packages, the carried wheels unpacked, the check on the CPU."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        ["make", "--no-print-directory", "gpu-rehearsal", f"GPU_REHEARSAL_DIR={tmp_path}"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "unpacked" in output and "versions: python" in output
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert all(report[section]["ok"] for section in SECTIONS), report
+    assert report["gpu_tests"]["errors"] == 0 and report["gpu_tests"]["skipped"] > 0
+    assert report["versions"]["diffusers"] == "0.42.1" and report["versions"]["pytest"] != "missing"
