@@ -141,3 +141,27 @@ def test_the_rehearsal_runs_with_only_the_gpu_images_packages_and_the_wheels(tmp
     assert all(report[section]["ok"] for section in SECTIONS), report
     assert report["gpu_tests"]["errors"] == 0 and report["gpu_tests"]["skipped"] > 0
     assert report["versions"]["diffusers"] == "0.42.1" and report["versions"]["pytest"] != "missing"
+
+
+def test_a_failed_dmd_part_keeps_the_updates_it_timed(monkeypatch) -> None:
+    import lightning as L
+
+    import sfpp.apps.gpu_check as gpu_check
+
+    fit = L.Trainer.fit
+
+    def out_of_memory_at_step_3(self, *args, **kwargs):
+        class Stop(L.Callback):
+            def on_train_batch_start(self, trainer, module, batch, batch_idx):
+                if batch_idx == 3:
+                    raise RuntimeError("CUDA out of memory (simulated)")
+
+        self.callbacks.append(Stop())
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(L.Trainer, "fit", out_of_memory_at_step_3)
+    with pytest.raises(
+        RuntimeError, match=r"out of memory \(simulated\) \(after 3 timed updates, \(step, seconds\): \[\(0, "
+    ):
+        gpu_check.dmd_updates(SHAPES["rehearsal"], torch.device("cpu"))
+    assert not torch.distributed.is_initialized()

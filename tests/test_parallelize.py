@@ -9,6 +9,7 @@ so the test process never joins a process group of its own.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import socket
 import subprocess
@@ -477,3 +478,58 @@ def test_the_bf16_policy_keeps_timesteps_in_float32(mesh: DeviceMesh, monkeypatc
     assert all(
         dtype == torch.float32 for dtype in seen if isinstance(dtype, torch.dtype)
     )  # into the fp32 unit
+
+
+BF16_TIMESTEP_SCRIPT = """
+import json, sys
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+import sfpp.models.causal_wan as causal_wan
+from sfpp.models import build_model
+from sfpp.models.parallelize import bf16_policies, shard_units
+
+rank, store, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+seen = []
+original = causal_wan.sinusoidal_embedding
+def recording(timesteps, dim, *args, **kwargs):
+    seen.append([str(timesteps.dtype), timesteps.flatten().tolist()])
+    return original(timesteps, dim, *args, **kwargs)
+causal_wan.sinusoidal_embedding = recording
+torch.manual_seed(0)
+model = build_model("tiny", causal=True, num_frames_per_chunk=2, in_channels=3, out_channels=3,
+                    patch_size=(1, 4, 4), attention_backend="sdpa")
+shard_units(model, init_device_mesh("cpu", (2,)), *bf16_policies(), reshard_after_forward=True)
+with torch.no_grad():
+    model(torch.randn(1, 3, 2, 16, 16), torch.tensor([937.5]), torch.randn(1, 5, model.text_dim))
+dist.destroy_process_group()
+with open(out, "w") as f:
+    json.dump(seen, f)
+"""
+
+
+def test_two_processes_under_the_bf16_policy_see_float32_timesteps(tmp_path: Path) -> None:
+    """The same check with two gloo processes (the FSDP2 all-gathers between them)."""
+    script = tmp_path / "bf16_timestep.py"
+    script.write_text(BF16_TIMESTEP_SCRIPT)
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_PORT")
+    }
+    store = tmp_path / "store"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(rank), str(store), str(tmp_path / f"rank{rank}.json")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    for process in processes:
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, output
+    for rank in range(2):
+        seen = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert seen == [["torch.float32", [937.5, 937.5]]]

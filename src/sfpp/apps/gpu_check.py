@@ -277,6 +277,12 @@ def dmd_updates(shapes: CheckShapes, device: torch.device) -> dict[str, Any]:
     was_initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
     try:
         trainer.fit(module, datamodule=_PromptData(batch_size=1))
+    except Exception as error:  # keep what was measured before the failure (e.g. out of memory)
+        done = [(int(step), round(seconds, 3)) for step, seconds in timer.seconds]
+        raise RuntimeError(
+            f"{type(error).__name__}: {error} (after {len(done)} timed updates, (step, seconds): {done}; "
+            f"peak memory {_peak_gib(device):.1f} GiB)"
+        ) from error
     finally:  # the strategy's one-process group must not outlive the check (later work would sync over it)
         if not was_initialized and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
