@@ -286,7 +286,7 @@ class CausalWanDiT(nn.Module):
         Returns:
             ``tokens (B, L, dim)``, ``rope (1, L, 1, head_dim // 2)`` complex, ``time_emb (B, F, dim)``,
             ``time_mod (B, F, 6, dim)`` and the embedded text ``(B, L_text, dim)`` (``None`` when
-            every layer's text keys/values are cached already).
+            every layer's text keys/values are cached already and gradients are off).
         """
         _, _, num_frames, height, width = x.shape
         grid = (num_frames, height // self.patch_size[1], width // self.patch_size[2])
