@@ -1,7 +1,7 @@
 """The built-in world's teacher, trained by the project's own pipeline and shipped with the package.
 
-``make demo`` starts from it instead of training the teacher (the longest stage: about an hour on a
-2-core CPU without native bf16); ``make demo-full`` trains everything from scratch. The file is the
+``make demo`` starts from it instead of training the teacher (the longest stage: 34 minutes on a
+2-core CPU without native bf16, 14 with); ``make demo-full`` trains everything from scratch. The file is the
 teacher stage's Lightning checkpoint without the optimiser's state and the raw (non-averaged)
 weights: what the later stages read from it, the EMA weights (``ema.module.``) and the world's text
 encoder (``text_encoder.``). ``toy_teacher.json`` beside it records where it comes from (commit,
