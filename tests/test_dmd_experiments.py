@@ -88,6 +88,20 @@ def test_paper_dmd_experiments_need_local_weights(compose_train, experiment):
         train(cfg)
 
 
+def tiny_parts_overrides(root, z) -> list[str]:
+    """Overrides that point a paper-scale experiment at the tiny parts of :func:`tiny_wan_dir`."""
+    return [
+        f"wan_dir={root}",
+        "model=tiny",
+        f"++model.in_channels={z}",
+        f"++model.out_channels={z}",
+        "++model.text_dim=32",
+        f"stage.latent_shape=[{z},8,8]",
+        "codec.dtype=float32",
+        "text.dtype=float32",
+    ]
+
+
 @pytest.fixture(scope="module")
 def tiny_wan_dir(tmp_path_factory):
     """A diffusers-style Wan directory with tiny random parts: transformer/, vae/, text_encoder/, tokenizer/."""
@@ -125,18 +139,7 @@ def test_paper_dmd_experiments_instantiate_with_tiny_parts(
 
     root, z = tiny_wan_dir
     cfg = compose_train(
-        [
-            f"experiment={experiment}",
-            f"wan_dir={root}",
-            f"student_ckpt={root / 'student.ckpt'}",
-            "model=tiny",
-            f"++model.in_channels={z}",
-            f"++model.out_channels={z}",
-            "++model.text_dim=32",
-            f"stage.latent_shape=[{z},8,8]",
-            "codec.dtype=float32",
-            "text.dtype=float32",
-        ]
+        [f"experiment={experiment}", f"student_ckpt={root / 'student.ckpt'}", *tiny_parts_overrides(root, z)]
     )
     module = hydra.utils.instantiate(cfg.stage)
     assert isinstance(module, DMDModule)

@@ -11,7 +11,7 @@ from sfpp.diffusion.policy import StepTransition
 from sfpp.rewards import FlowContinuityReward
 from sfpp.stages.grpo import GRPOModule
 from sfpp.train import train
-from test_dmd_experiments import tiny_checkpoints, tiny_wan_dir  # noqa: F401  (fixtures)
+from test_dmd_experiments import tiny_checkpoints, tiny_parts_overrides, tiny_wan_dir  # noqa: F401  (fixtures)
 
 TINY_OVERRIDES = [
     "model=tiny",
@@ -67,20 +67,7 @@ def test_paper_grpo_experiment_instantiates_with_tiny_parts(compose_train, tiny_
     torch.save(
         {"state_dict": {k.replace("generator.", "ema.module."): v for k, v in state.items()}}, ema_ckpt
     )
-    cfg = compose_train(
-        [
-            "experiment=grpo_100s",
-            f"wan_dir={root}",
-            f"student_ckpt={ema_ckpt}",
-            "model=tiny",
-            f"++model.in_channels={z}",
-            f"++model.out_channels={z}",
-            "++model.text_dim=32",
-            f"stage.latent_shape=[{z},8,8]",
-            "codec.dtype=float32",
-            "text.dtype=float32",
-        ]
-    )
+    cfg = compose_train(["experiment=grpo_100s", f"student_ckpt={ema_ckpt}", *tiny_parts_overrides(root, z)])
     module = hydra.utils.instantiate(cfg.stage)
     assert isinstance(module, GRPOModule)
     assert module.rollout_frames == 21 and module.val_rollout_frames == 399  # 5 s and 100 s in chunks of 3

@@ -10,7 +10,7 @@ import torch
 from sfpp.models import build_model
 from sfpp.models.wan import WanWeightsError, merge_lora_adapters, read_released_state
 from sfpp.stages.checkpoints import load_submodule
-from test_dmd_experiments import tiny_wan_dir  # noqa: F401  (fixture)
+from test_dmd_experiments import tiny_parts_overrides, tiny_wan_dir  # noqa: F401  (fixture)
 
 
 def _student(seed: int, **kw) -> torch.nn.Module:
@@ -165,16 +165,9 @@ def test_the_paper_experiment_starts_from_a_released_student_and_critic(
     cfg = compose_train(
         [
             "experiment=self_forcing_1_3b",
-            f"wan_dir={root}",
             f"student_ckpt={released}",
             f"critic_ckpt={released}",
-            "model=tiny",
-            f"++model.in_channels={z}",
-            f"++model.out_channels={z}",
-            "++model.text_dim=32",
-            f"stage.latent_shape=[{z},8,8]",
-            "codec.dtype=float32",
-            "text.dtype=float32",
+            *tiny_parts_overrides(root, z),
         ]
     )
     module = hydra.utils.instantiate(cfg.stage)

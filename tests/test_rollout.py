@@ -144,23 +144,26 @@ def test_exit_steps_stop_each_chunk_early():
         )
 
 
-def test_gradient_only_reaches_chunks_in_the_window():
-    model, context = _model(2), _context()
-    model.train()
+def _window_rollout(model, exit_steps):
+    """An 8-frame training rollout whose last two chunks (from frame 4) keep the graph of their exit step."""
     cache = model.new_kv_cache(2, 8, 8, window_frames=4)
-    chunks = list(
-        stream_rollout(
-            model,
-            context,
-            cache,
-            8,
-            (4, 8, 8),
-            SAMPLER,
-            torch.Generator().manual_seed(0),
-            exit_steps=[3, 1, 2, 0],
-            grad_from_frame=4,
-        )
+    chunks = stream_rollout(
+        model,
+        _context(),
+        cache,
+        8,
+        (4, 8, 8),
+        SAMPLER,
+        torch.Generator().manual_seed(0),
+        exit_steps=exit_steps,
+        grad_from_frame=4,
     )
+    return list(chunks), cache
+
+
+def test_gradient_only_reaches_chunks_in_the_window():
+    model = _model(2).train()
+    chunks, cache = _window_rollout(model, [3, 1, 2, 0])
     assert [c.latents.requires_grad for c in chunks] == [False, False, True, True]
     torch.cat([c.latents for c in chunks[2:]], dim=2).square().mean().backward()
     grad = model.patch_embedding.weight.grad
@@ -176,22 +179,8 @@ def _text_path(name: str) -> bool:
 
 def test_training_rollout_gives_every_weight_a_gradient_text_path_included():
     """A rollout's no-grad steps fill the cache's text keys/values; the exit steps still train the text path."""
-    model, context = _model(2), _context()
-    model.train()
-    cache = model.new_kv_cache(2, 8, 8, window_frames=4)
-    chunks = list(
-        stream_rollout(
-            model,
-            context,
-            cache,
-            8,
-            (4, 8, 8),
-            SAMPLER,
-            torch.Generator().manual_seed(0),
-            exit_steps=[3, 1, 2, 2],
-            grad_from_frame=4,
-        )
-    )
+    model = _model(2).train()
+    chunks, cache = _window_rollout(model, [3, 1, 2, 2])
     torch.cat([c.latents for c in chunks[2:]], dim=2).square().mean().backward()
     names = [name for name, _ in model.named_parameters()]
     # text_embedding: two linears (weight, bias); per block: k, v (weight, bias) and norm_k (weight)

@@ -118,7 +118,7 @@ def load_submodule(
     """
     payload = _payload(checkpoint, lightning_only=False)
     if not isinstance(payload, dict) or "state_dict" not in payload:
-        return _load_released(module, checkpoint, prefix, entry, lora, lora_alpha)
+        return _load_released(module, checkpoint, payload, prefix, entry, lora, lora_alpha)
     if entry is not None or lora is not None:
         raise ValueError(
             f"{checkpoint} is a Lightning checkpoint of sfpp: entry= and lora= apply to released "
@@ -150,6 +150,7 @@ def load_submodule(
 def _load_released(
     module: nn.Module,
     checkpoint: str | Path,
+    payload: object,
     prefix: str,
     entry: str | None,
     lora: str | Path | None,
@@ -159,7 +160,7 @@ def _load_released(
     role = "critic" if prefix.startswith("critic.") else "student"
     try:
         state, chosen = read_released_state(
-            checkpoint, role=role, entry=entry, lora=lora, lora_alpha=lora_alpha
+            checkpoint, role=role, entry=entry, lora=lora, lora_alpha=lora_alpha, payload=payload
         )
     except WanWeightsError as error:
         raise WanWeightsError(

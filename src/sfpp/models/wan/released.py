@@ -127,6 +127,7 @@ def read_released_state(
     entry: str | None = None,
     lora: PathLike | None = None,
     lora_alpha: float | None = None,
+    payload: Any = None,
 ) -> tuple[StateDict, str]:
     """The bare Wan state dict of one network of a released checkpoint.
 
@@ -138,6 +139,7 @@ def read_released_state(
         lora: Optional LongLive adapter file merged into the weights (its ``generator_lora`` or
             ``critic_lora`` entry by ``role``, or the whole file when it is a flat adapter dict).
         lora_alpha: The adapters' ``lora_alpha`` (``None``: their rank).
+        payload: ``path``'s content when the caller has loaded it already (read once, not twice).
 
     Returns:
         ``(state dict with sfpp's names, the entry read)``; the entry is ``""`` for a flat file.
@@ -147,7 +149,8 @@ def read_released_state(
         WanWeightsError: No entry of the role (the message names the entries found), an unknown
             ``entry``, or weights that are not a Wan2.1 transformer.
     """
-    payload = _load(path)
+    if payload is None:
+        payload = _load(path)
     if not isinstance(payload, Mapping):
         raise WanWeightsError(f"{path} holds a {type(payload).__name__}, not a checkpoint dict")
     found = released_entries(payload)
