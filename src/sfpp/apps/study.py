@@ -68,6 +68,8 @@ from sfpp.apps.study_stages import (
     StudyModel,
     ablation_stages,
     continuation_stages,
+    scaling_points,
+    scaling_stages,
     shared_stages,
 )
 from sfpp.diffusion.rollout import rollout_from_seed
@@ -289,7 +291,9 @@ def run_study(
     horizons: Sequence[int] = HORIZONS,
     command: str = "python -m sfpp.apps.study",
     ablations: Sequence[str] = (),
-) -> dict[str, Any]:
+    scaling_budgets: Sequence[int] = (),
+    train_only: bool = False,
+) -> dict[str, Any] | None:
     """Train what is missing (:func:`shared_stages`, then :func:`continuation_stages`), then :func:`evaluate_study`.
 
     Args:
@@ -305,6 +309,11 @@ def run_study(
         command: The command line recorded in the results.
         ablations: Ablations of :data:`ABLATIONS` trained with the first training seed, each a row
             of its own beside that seed's continuations.
+        scaling_budgets: Extra-step budgets of the compute-scaling curve (empty: no curve): the
+            first seed's continuations keep a checkpoint at each, :func:`scaling_stages` carry them
+            on to the largest, and :func:`sfpp.apps.scaling.evaluate_scaling` scores every point
+            into ``<out>/scaling``.
+        train_only: Train every stage and stop before the evaluation (returns ``None``).
     """
     out.mkdir(parents=True, exist_ok=True)
     if ablations:
@@ -313,10 +322,14 @@ def run_study(
     timings = run_stages(shared, force=force, cwd=root)
     base = DMDSchedule.from_checkpoint(shared[-1].done_file)
     base_step, updates = base.step, base.generator_updates(extra_steps)
-    continuations, models = continuation_stages(root, base_step, extra_steps, train_seeds, grpo_steps)
+    continuations, models = continuation_stages(
+        root, base_step, extra_steps, train_seeds, grpo_steps, scaling_budgets
+    )
     steps = {s.name: (base_step, extra_steps) for s in continuations if s.name != "study_sfpp_grpo"}
     extra, ablated, ablated_steps = ablation_stages(root, base_step, extra_steps, train_seeds[0], ablations)
-    timings += run_stages([*continuations, *extra], force=force, cwd=root)
+    scaling = scaling_stages(root, base_step, extra_steps, train_seeds[0], scaling_budgets)
+    steps |= {s.name: (base_step + extra_steps, max(scaling_budgets) - extra_steps) for s in scaling}
+    timings += run_stages([*continuations, *extra, *scaling], force=force, cwd=root)
     models += ablated
     steps |= ablated_steps
     protocol = {
@@ -331,10 +344,25 @@ def run_study(
     }
     training = _training_costs(out, timings, steps, base)
     # the stages' own minutes, kept in training.json, so that a rerun that reuses them counts them too
-    protocol["training_minutes"] = sum(training[t.name]["minutes"] for t in timings if t.name in training)
-    return evaluate_study(
+    scaling_names = {stage.name for stage in scaling}  # the curve's extra training is not the study's
+    protocol["training_minutes"] = sum(
+        training[t.name]["minutes"] for t in timings if t.name in training and t.name not in scaling_names
+    )
+    if train_only:
+        console.print("trained every stage; evaluate with the same command without --train-only")
+        return None
+    results = evaluate_study(
         out, shared[0].done_file, models, protocol, training, eval_seeds, num_prompts, horizons, command, root
     )
+    if scaling_budgets:
+        from sfpp.apps.scaling import evaluate_scaling
+
+        points = scaling_points(root, base_step, extra_steps, train_seeds[0], scaling_budgets)
+        evaluate_scaling(
+            out / "scaling", shared[0].done_file, points, training, eval_seeds, num_prompts, horizons, command, root
+        )
+    return results
+
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -351,6 +379,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--grpo-steps", type=int, default=60, help="GRPO steps (0: no GRPO row)")
     parser.add_argument("--force", nargs="*", default=[], help="stages to retrain even if finished")
+    parser.add_argument(
+        "--scaling-budgets",
+        type=int,
+        nargs="*",
+        default=[],
+        help="extra-step budgets of the compute-scaling curve (e.g. 250 500 1000): the first training "
+        "seed's continuations are carried on to the largest and every budget is evaluated into <out>/scaling",
+    )
+    parser.add_argument(
+        "--train-only", action="store_true", help="train every stage and stop before the evaluation"
+    )
     parser.add_argument(
         "--ablations",
         nargs="+",
@@ -390,8 +429,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.force,
         command=command,
         ablations=args.ablations,
+        scaling_budgets=args.scaling_budgets,
+        train_only=args.train_only,
     )
-    if args.publish:
+    if args.publish and not args.train_only:
         publish(args.out, Path("."), name=published_name(args.out / "results.json"))
 
 

@@ -10,6 +10,7 @@ comparison spends the same generator updates (or a stated multiple of them).
 from __future__ import annotations
 
 from collections.abc import Sequence
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +30,12 @@ __all__ = [
     "MAKE_ABLATIONS",
     "SFPP_HORIZONS",
     "StudyModel",
+    "ScalingPoint",
     "ablation_stages",
+    "budget_checkpoint",
     "continuation_stages",
+    "scaling_points",
+    "scaling_stages",
     "shared_stages",
 ]
 
@@ -164,8 +169,28 @@ class DMDSchedule:
         )
 
 
+#: The two continued methods: ``{key: (method, experiment, overrides)}``; ``key`` names the stages.
+CONTINUED_METHODS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "sf": (SF_CONTINUED, "toy_self_forcing", ()),
+    "sfpp": (SFPP_CONTINUED, "toy_extend", _SFPP_OVERRIDES),
+}
+
+
+def _checkpoint_interval(extra_steps: int, budgets: Sequence[int]) -> list[str]:
+    """Overrides that keep a checkpoint at every budget (every ``gcd`` of them), or one per run without budgets."""
+    if not budgets:
+        return [f"callbacks.model_checkpoint.every_n_train_steps={extra_steps}"]
+    interval = math.gcd(*budgets)
+    return [f"callbacks.model_checkpoint.every_n_train_steps={interval}", "callbacks.model_checkpoint.save_top_k=-1"]
+
+
 def continuation_stages(
-    root: Path, base_step: int, extra_steps: int, train_seeds: Sequence[int], grpo_steps: int
+    root: Path,
+    base_step: int,
+    extra_steps: int,
+    train_seeds: Sequence[int],
+    grpo_steps: int,
+    scaling_budgets: Sequence[int] = (),
 ) -> tuple[list[StageRun], list[StudyModel]]:
     """The continuations of the baseline and GRPO, with the students they leave.
 
@@ -176,18 +201,18 @@ def continuation_stages(
         extra_steps: Optimisation steps of every continuation.
         train_seeds: Training seeds of the continuations (``seed`` and ``stage.seed``).
         grpo_steps: GRPO steps after the Self-Forcing++ continuation of the first seed (0: none).
+        scaling_budgets: Budgets of the compute-scaling curve (:func:`scaling_stages`): the first
+            seed's continuations then keep a checkpoint at every budget up to ``extra_steps``
+            (saving a checkpoint changes nothing in the trajectory).
     """
     checkpoints = root / "checkpoints"
     base_ckpt = checkpoints / BASE_STAGE / "last.ckpt"
     stop = base_step + extra_steps
     stages: list[StageRun] = []
     models = [StudyModel("Self-Forcing (baseline)", "Self-Forcing (baseline)", base_ckpt, None)]
-    methods = {
-        "sf": (SF_CONTINUED, "toy_self_forcing", []),
-        "sfpp": (SFPP_CONTINUED, "toy_extend", list(_SFPP_OVERRIDES)),
-    }
     for seed in train_seeds:
-        for key, (method, experiment, extra) in methods.items():
+        budgets = scaling_budgets if seed == train_seeds[0] else ()
+        for key, (method, experiment, extra) in CONTINUED_METHODS.items():
             name = f"study_{key}_seed{seed}"
             stages.append(
                 StageRun(
@@ -200,7 +225,7 @@ def continuation_stages(
                         f"seed={seed}",
                         f"trainer.max_steps={stop}",
                         f"trainer.val_check_interval={extra_steps}",
-                        f"callbacks.model_checkpoint.every_n_train_steps={extra_steps}",
+                        *_checkpoint_interval(extra_steps, budgets),
                         f"callbacks.video_samples.every_n_steps={stop}",
                         *extra,
                     ],
@@ -287,3 +312,82 @@ def ablation_stages(
             StudyModel(f"{ablation.label}, training seed {seed}", ablation.label, stages[-1].done_file, seed)
         )
     return stages, models, steps
+
+
+@dataclass(frozen=True)
+class ScalingPoint:
+    """One point of the compute-scaling curve: a method after a number of extra optimisation steps.
+
+    Attributes:
+        method: :data:`SF_CONTINUED` or :data:`SFPP_CONTINUED` (``Self-Forcing (baseline)`` at 0 steps).
+        budget: Extra optimisation steps after the baseline.
+        checkpoint: The checkpoint written at that step.
+        stage: The stage that wrote it (its record and log give the CPU minutes).
+    """
+
+    method: str
+    budget: int
+    checkpoint: Path
+    stage: str
+
+
+def budget_checkpoint(root: Path, stage: str, step: int) -> Path:
+    """The checkpoint a stage kept at a global step (``callbacks.model_checkpoint.filename``)."""
+    return root / "checkpoints" / stage / f"step_{step:08d}.ckpt"
+
+
+def scaling_stages(
+    root: Path, base_step: int, extra_steps: int, seed: int, budgets: Sequence[int]
+) -> list[StageRun]:
+    """The continuations of the first seed carried on past ``extra_steps`` up to the largest budget.
+
+    Each resumes its method's continuation (``study_<key>_seed<seed>``, which stops at
+    ``base_step + extra_steps``) and trains on to ``base_step + max(budgets)``, keeping a checkpoint
+    at every budget: the same trajectory as one run of ``max(budgets)`` steps, since a run resumes
+    exactly. Nothing to do when no budget exceeds ``extra_steps``.
+
+    Raises:
+        ValueError: For a budget that is not positive.
+    """
+    if any(b <= 0 for b in budgets):
+        raise ValueError(f"scaling budgets must be positive, got {list(budgets)}")
+    if not budgets or max(budgets) <= extra_steps:
+        return []
+    checkpoints = root / "checkpoints"
+    stop = base_step + max(budgets)
+    stages = []
+    for key, (_, experiment, extra) in CONTINUED_METHODS.items():
+        source = checkpoints / f"study_{key}_seed{seed}" / "last.ckpt"
+        name = f"study_{key}_seed{seed}_scaling"
+        stages.append(
+            StageRun(
+                name,
+                "sfpp.train",
+                [
+                    f"experiment={experiment}",
+                    f"task_name={name}",
+                    f"ckpt_path={source}",
+                    f"seed={seed}",
+                    f"trainer.max_steps={stop}",
+                    f"trainer.val_check_interval={max(budgets) - extra_steps}",
+                    *_checkpoint_interval(extra_steps, budgets),
+                    f"callbacks.video_samples.every_n_steps={stop}",
+                    *extra,
+                ],
+                checkpoints / name / "last.ckpt",
+                ignored_warnings=(RESUMED_WITH_OTHER_CALLBACKS,),
+            )
+        )
+    return stages
+
+
+def scaling_points(
+    root: Path, base_step: int, extra_steps: int, seed: int, budgets: Sequence[int]
+) -> list[ScalingPoint]:
+    """Every point of the curve: the baseline at 0 steps, then each method at each budget (sorted)."""
+    points = [ScalingPoint("Self-Forcing (baseline)", 0, root / "checkpoints" / BASE_STAGE / "last.ckpt", BASE_STAGE)]
+    for key, (method, _, _) in CONTINUED_METHODS.items():
+        for budget in sorted(set(budgets)):
+            stage = f"study_{key}_seed{seed}" + ("" if budget <= extra_steps else "_scaling")
+            points.append(ScalingPoint(method, budget, budget_checkpoint(root, stage, base_step + budget), stage))
+    return points
