@@ -22,6 +22,7 @@ from sfpp.metrics.stability import (
     DEFAULT_TOLERANCES,
     DriftTolerance,
     VisualStability,
+    stability_breakdown,
     stability_curve,
     stability_scores,
 )
@@ -105,6 +106,43 @@ DEGRADATIONS: dict[str, tuple[Degrade, tuple[float, ...]]] = {
 }
 
 
+# -- temporal failures that window means cannot see, from an onset on (none before it) ------------
+
+
+def pulse(video: np.ndarray, strength: float, period: int, phase: int, colour=(1.0, 1.0, 1.0), length=1):
+    """Every ``period`` frames from ``phase`` on, ``length`` frames pushed by ``strength`` towards ``colour``."""
+    out = video.copy()
+    push = strength * np.asarray(colour, dtype=np.float32)[:, None, None, None]  # (3, 1, 1, 1)
+    for start in range(phase, video.shape[1], period):
+        out[:, start : start + length] = np.clip(out[:, start : start + length] + push, -1.0, 1.0)
+    return out
+
+
+def back_and_forth(video: np.ndarray, strength: float) -> np.ndarray:
+    """The whole frame moved ``strength`` pixels right for 2 frames, back for 2, and so on."""
+    out = video.copy()
+    for frame in range(2, video.shape[1], 4):
+        out[:, frame : frame + 2] = np.roll(video[:, frame : frame + 2], int(strength), axis=3)
+    return out
+
+
+def repeated(video: np.ndarray, strength: float, onset: int = 32) -> np.ndarray:
+    """From ``onset`` on, every frame shown ``strength`` times (the video slows down and stutters)."""
+    index = np.arange(video.shape[1])
+    index[onset:] = onset + (index[onset:] - onset) // int(strength)
+    return video[:, index]
+
+
+TEMPORAL_FAILURES: dict[str, tuple[Degrade, tuple[float, ...]]] = {
+    # one frame in 8 brighter, on each window's first frame (the old window-bound triples missed it)
+    "brightness_pulse": (lambda v, s: pulse(v, s, period=8, phase=0), (0.1, 0.2, 0.4)),
+    "colour_pulse": (lambda v, s: pulse(v, s, period=12, phase=3, colour=(1.0, -1.0, -1.0)), (0.1, 0.2, 0.4)),
+    "two_frame_pulse": (lambda v, s: pulse(v, s, period=16, phase=5, length=2), (0.1, 0.2, 0.4)),
+    "back_and_forth": (back_and_forth, (2.0, 3.0)),
+    "repetition": (repeated, (3.0, 4.0, 8.0)),
+}
+
+
 def _spec_of_kind(kind: str, first_seed: int):
     """The first sampled spec with the given background kind."""
     seed = first_seed
@@ -154,6 +192,33 @@ def test_degradation_lowers_score_monotonically(name: str, test_videos: list[np.
         assert scores[-1] < 60.0, (name, scores)
 
 
+@pytest.fixture(scope="module")
+def other_videos() -> list[np.ndarray]:
+    """Six videos the other tests do not use, 128 frames."""
+    return [render(sample_spec(derive_seed(321, index)), 128) for index in range(6)]
+
+
+@pytest.mark.parametrize("name", list(TEMPORAL_FAILURES))
+def test_temporal_failure_lowers_score_monotonically(name: str, other_videos: list[np.ndarray]) -> None:
+    degrade, strengths = TEMPORAL_FAILURES[name]
+    for video in other_videos:
+        scores = [stability_scores(video)["score"]]
+        scores += [stability_scores(degrade(video, strength))["score"] for strength in strengths]
+        assert scores[0] >= 99.0, (name, scores)
+        assert all(a > b for a, b in zip(scores, scores[1:], strict=False)), (name, scores)
+        assert scores[-1] < 60.0, (name, scores)
+
+
+def test_temporal_components_name_the_failure(other_videos: list[np.ndarray]) -> None:
+    video = other_videos[0]
+    assert stability_scores(pulse(video, 0.4, period=8, phase=7))["pulse"] < 20.0
+    assert stability_scores(back_and_forth(video, 3.0))["shake"] < 60.0
+    assert stability_scores(repeated(video, 8.0))["motion"] < 60.0
+    # a pulse on a window's last frame costs as much as one on its first
+    first, last = (stability_scores(pulse(video, 0.2, period=8, phase=p))["score"] for p in (0, 7))
+    assert first == pytest.approx(last, abs=5.0)
+
+
 def test_components_name_the_failure(test_videos: list[np.ndarray]) -> None:
     video = test_videos[1]
     assert stability_scores(freeze(video, 0.5))["motion"] < 60.0
@@ -174,6 +239,19 @@ def test_temporal_components_see_what_window_means_hide(test_videos: list[np.nda
         assert min(scores[name] for name in ("exposure", "colour", "detail")) >= 95.0, (component, scores)
     # a still video has no jitter, a steady change (a brightness ramp) none either
     assert stability_scores(over_expose(video, 0.25))["jitter"] == pytest.approx(100.0)
+
+
+def test_breakdown_multiplies_to_the_score_and_scores_one_window(test_videos: list[np.ndarray]) -> None:
+    video = pulse(test_videos[0][:, :32], 0.3, period=8, phase=2)
+    parts = stability_breakdown(video)
+    assert set(parts) == {"score", *COMPONENTS} and parts["score"].shape == (4,)
+    product = torch.stack([parts[name] / 100.0 for name in COMPONENTS]).prod(dim=0) * 100.0
+    torch.testing.assert_close(parts["score"], product)
+    assert float(parts["score"][1]) < 80.0 and float(parts["pulse"][1]) < 80.0
+    one = stability_breakdown(torch.from_numpy(video[None, :, :8]))  # one window: its own reference
+    assert one["score"].shape == (1, 1)
+    assert float(one["score"][0, 0]) == pytest.approx(float(parts["score"][0]), abs=15.0)
+    assert float(stability_breakdown(test_videos[0][:, :8])["score"][0]) == pytest.approx(100.0)
 
 
 def test_frozen_from_the_start_scores_zero(test_videos: list[np.ndarray]) -> None:

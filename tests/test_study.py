@@ -17,7 +17,7 @@ from sfpp.apps.study import (
     evaluate_study,
     shared_stages,
 )
-from sfpp.apps.study_metrics import FD_PARTS, METRICS, shift_metric
+from sfpp.apps.study_metrics import FD_PARTS, METRICS, STABILITY_PARTS, shift_metric
 from sfpp.apps.study_report import (
     REAL_LABEL,
     SF_CONTINUED,
@@ -79,9 +79,10 @@ def test_study_results_layout_table_plot_frames_and_videos(tmp_path):
     scores = results["scores"]
     assert list(scores) == [REAL_LABEL, TEACHER_LABEL] + [m.label for m in models]
     assert list(scores[TEACHER_LABEL]) == ["1"]  # the teacher only makes clips of its horizon
+    assert set(STABILITY_PARTS) <= set(scores[TEACHER_LABEL]["1"])  # what lowers its stability
     for label in [REAL_LABEL] + [m.label for m in models]:
         assert list(scores[label]) == ["1", "3"]
-        assert set(scores[label]["3"]) == set(METRICS) | set(FD_PARTS)
+        assert set(scores[label]["3"]) == set(METRICS) | set(FD_PARTS) | set(STABILITY_PARTS)
         assert "stability_prefix" not in scores[label]["1"]
         assert all(len(values) == 2 for values in scores[label]["3"].values())  # one value per eval seed
         # the distance's two terms sum to it; the squared shifts sum to the mean term

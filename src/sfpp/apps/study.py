@@ -359,10 +359,17 @@ def run_study(
 
         points = scaling_points(root, base_step, extra_steps, train_seeds[0], scaling_budgets)
         evaluate_scaling(
-            out / "scaling", shared[0].done_file, points, training, eval_seeds, num_prompts, horizons, command, root
+            out / "scaling",
+            shared[0].done_file,
+            points,
+            training,
+            eval_seeds,
+            num_prompts,
+            horizons,
+            command,
+            root,
         )
     return results
-
 
 
 def main(argv: Sequence[str] | None = None) -> None:

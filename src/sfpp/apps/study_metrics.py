@@ -7,8 +7,10 @@ horizons long, so that a late failure is not averaged away by a good start. At e
 * ``quality_fd``: the Frechet distance of the window's frame features to real clips
   (:class:`~sfpp.metrics.quality_curve.WindowQuality`, fitted on all prompts' frames of the window);
 * ``stability``: the visual stability ``s_k`` of the window against the video's own first window,
-  temporal components included (:func:`~sfpp.metrics.stability.stability_curve`; at 1x the window
-  is its own reference, so only the frozen-motion and temporal components can lower it), and
+  temporal components included (:func:`~sfpp.metrics.stability.stability_breakdown`; at 1x the
+  first window is scored alone, as the teacher's one-horizon clips are, so only the frozen-motion
+  and temporal components can lower it), its parts ``stability:<component>`` (:data:`STABILITY_PARTS`,
+  not rows of the table: each component's ``100 (1 - penalty)``, whose product is the score), and
   ``stability_prefix``: the mean of ``s_k`` over the windows after the first up to ``h`` (the
   whole-video score of the first ``h`` horizons; from 2x on);
 * the world's object score on the window: ``clean_frames``, ``detected``, ``shape_accuracy``
@@ -32,10 +34,20 @@ import numpy as np
 import torch
 
 from sfpp.metrics.quality_curve import FEATURE_NAMES, DynamicDegree, WindowQuality
-from sfpp.metrics.stability import stability_curve
+from sfpp.metrics.stability import COMPONENTS, stability_breakdown
 from sfpp.world import HORIZON, WorldObjectScore, world_feature_statistics
 
-__all__ = ["FD_PARTS", "METRICS", "Scores", "better", "mean_and_spread", "score_horizons", "shift_metric"]
+__all__ = [
+    "FD_PARTS",
+    "METRICS",
+    "STABILITY_PARTS",
+    "Scores",
+    "better",
+    "mean_and_spread",
+    "score_horizons",
+    "shift_metric",
+    "stability_part",
+]
 
 #: ``{metric: (title, higher is better)}`` in the order of the table; ``None`` for a measurement
 #: that is neither (motion: real videos' value is the reference, ``motion_gap`` the distance to it).
@@ -58,6 +70,15 @@ def shift_metric(feature: str) -> str:
 
 #: The parts of ``quality_fd`` recorded beside the metrics: its two terms, then every feature's shift.
 FD_PARTS: tuple[str, ...] = ("fd_mean_term", "fd_cov_term", *(shift_metric(f) for f in FEATURE_NAMES))
+
+
+def stability_part(component: str) -> str:
+    """The name of a stability component's score in the scores (``stability:<component>``)."""
+    return f"stability:{component}"
+
+
+#: The parts of ``stability`` recorded beside the metrics, one per component.
+STABILITY_PARTS: tuple[str, ...] = tuple(stability_part(c) for c in COMPONENTS)
 
 
 def better(metric: str) -> str:
@@ -101,7 +122,8 @@ def score_horizons(
 
     Returns:
         ``{horizon: {metric: [value per seed]}}`` with the metrics of :data:`METRICS`
-        (``stability_prefix`` from 2x on) and the parts of :data:`FD_PARTS`.
+        (``stability_prefix`` from 2x on) and the parts of :data:`FD_PARTS` and
+        :data:`STABILITY_PARTS`.
 
     Raises:
         ValueError: If a video is shorter than the longest horizon or a seed has no real videos.
@@ -115,22 +137,25 @@ def score_horizons(
         if seed not in real_by_seed:
             raise ValueError(f"no real videos for evaluation seed {seed}")
         length = max(horizons) * HORIZON
-        curve = stability_curve(videos[:, :, :length], window_frames=HORIZON) if max(horizons) > 1 else None
+        # (B, K) per part; 1x is the first window scored alone, like a one-horizon clip
+        along = stability_breakdown(videos[:, :, :length], window_frames=HORIZON)
+        alone = stability_breakdown(videos[:, :, :HORIZON], window_frames=HORIZON)
         for horizon in horizons:
             window = _window(videos, horizon)
             quality = WindowQuality(world_feature_statistics, window_frames=HORIZON)
             quality.update(window)
-            if curve is None:  # one window only: it is its own reference
-                stability = float(stability_curve(torch.cat([window, window], dim=2), HORIZON)[:, 0].mean())
-            else:
-                stability = float(curve[:, horizon - 1].mean())
+            breakdown = (
+                {name: part[:, 0] for name, part in alone.items()}
+                if horizon == 1
+                else {name: part[:, horizon - 1] for name, part in along.items()}
+            )
             world = objects(window, list(prompts))
             motion = _motion(window)
             real_motion = _motion(_window(real_by_seed[seed].float(), horizon))
             parts = quality.parts()
             values = {
                 "quality_fd": float(parts.distance[0]),
-                "stability": stability,
+                "stability": float(breakdown["score"].mean()),
                 "clean_frames": world["clean_frame_fraction"],
                 "detected": world["detected_fraction"],
                 "shape_accuracy": world["shape_accuracy"],
@@ -142,8 +167,9 @@ def score_horizons(
             values |= {
                 shift_metric(f): float(v) for f, v in zip(FEATURE_NAMES, parts.mean_shift[0], strict=True)
             }
-            if horizon > 1 and curve is not None:
-                values["stability_prefix"] = float(curve[:, 1:horizon].mean())
+            values |= {stability_part(c): float(breakdown[c].mean()) for c in COMPONENTS}
+            if horizon > 1:
+                values["stability_prefix"] = float(along["score"][:, 1:horizon].mean())
             for name, value in values.items():
                 scores[horizon].setdefault(name, []).append(float(value))
     return scores

@@ -9,8 +9,8 @@ comparison spends the same generator updates (or a stated multiple of them).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,7 +181,10 @@ def _checkpoint_interval(extra_steps: int, budgets: Sequence[int]) -> list[str]:
     if not budgets:
         return [f"callbacks.model_checkpoint.every_n_train_steps={extra_steps}"]
     interval = math.gcd(*budgets)
-    return [f"callbacks.model_checkpoint.every_n_train_steps={interval}", "callbacks.model_checkpoint.save_top_k=-1"]
+    return [
+        f"callbacks.model_checkpoint.every_n_train_steps={interval}",
+        "callbacks.model_checkpoint.save_top_k=-1",
+    ]
 
 
 def continuation_stages(
@@ -385,9 +388,15 @@ def scaling_points(
     root: Path, base_step: int, extra_steps: int, seed: int, budgets: Sequence[int]
 ) -> list[ScalingPoint]:
     """Every point of the curve: the baseline at 0 steps, then each method at each budget (sorted)."""
-    points = [ScalingPoint("Self-Forcing (baseline)", 0, root / "checkpoints" / BASE_STAGE / "last.ckpt", BASE_STAGE)]
+    points = [
+        ScalingPoint(
+            "Self-Forcing (baseline)", 0, root / "checkpoints" / BASE_STAGE / "last.ckpt", BASE_STAGE
+        )
+    ]
     for key, (method, _, _) in CONTINUED_METHODS.items():
         for budget in sorted(set(budgets)):
             stage = f"study_{key}_seed{seed}" + ("" if budget <= extra_steps else "_scaling")
-            points.append(ScalingPoint(method, budget, budget_checkpoint(root, stage, base_step + budget), stage))
+            points.append(
+                ScalingPoint(method, budget, budget_checkpoint(root, stage, base_step + budget), stage)
+            )
     return points

@@ -16,6 +16,7 @@ from sfpp.metrics.stability import (
     DEFAULT_TOLERANCES,
     DriftTolerance,
     VisualStability,
+    stability_breakdown,
     stability_curve,
     stability_scores,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "WindowQuality",
     "frechet_distance",
     "feature_statistics",
+    "stability_breakdown",
     "stability_curve",
     "stability_scores",
 ]

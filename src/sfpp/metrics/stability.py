@@ -28,25 +28,38 @@ taken (means over the window's frames, or over its ``window_frames - 1`` frame p
   (:func:`motion_magnitudes`, px/frame, on a colour-contrast image so that it ignores exposure);
   ``d = max(0, 1 - V_k / max(V_0, motion_floor))``.
 
-Two temporal components look inside the windows, at consecutive frames, and are absolute (a real
-video's level is the tolerance, whatever the video's first window does):
+Four temporal components look at consecutive frames (:mod:`sfpp.metrics.temporal`); each value
+belongs to the window of its centre frame but uses the neighbouring frames wherever they are, so a
+failure on a window's first or last frame counts like any other. They are absolute (a real video's
+level is the tolerance, whatever the video's first window does):
 
-- ``flicker``: the mean over the window's frame triples of ``||M_{t+1} - 2 M_t + M_{t-1}||_2``, the
-  second difference of the frames' mean RGB colours ``M_t``: brightness or colour oscillating from
-  frame to frame (steady drifts and moving objects change ``M_t`` smoothly and cost little);
-  ``d = F_k``.
+- ``flicker``: the window mean of ``||M_{t+1} - 2 M_t + M_{t-1}||_2``, the second difference of the
+  frames' mean RGB colours ``M_t``: brightness or colour oscillating from frame to frame (steady
+  drifts and moving objects change ``M_t`` smoothly and cost little); ``d = F_k``.
+- ``pulse``: the window's largest amount by which a frame, or a run of two frames, stands out in
+  mean colour from both neighbours in the same direction: a brightness or colour pulse, however
+  rarely it comes (one frame in eight weighs as much as every other frame); ``d = P_k``.
 - ``jitter``: the change that comes back, ``J_k = mean_t (D(t-1, t) + D(t, t+1) - D(t-1, t+1)) / 2``
-  over the window's frame triples, with ``D`` the mean absolute difference of two frames (``[0, 1]``
+  over the window's centre frames, with ``D`` the mean absolute difference of two frames (``[0, 1]``
   RGB): zero when the video keeps changing the same way (motion that goes on, a steady drift),
-  as large as the change itself when frames go back and forth (shaking, alternating content);
-  ``d = J_k``.
+  as large as the change itself when frames go back and forth (random shaking, alternating content,
+  grain that changes every frame); ``d = J_k``.
+- ``shake``: the window mean of the back-and-forth of the whole frame: the integer translation that
+  best maps each frame onto the next, and around each frame pair (4 pairs each side) the path of
+  those translations minus their net displacement, halved, per pair; ``d = S_k`` (px per pair).
+  A frame moved back and forth every few frames walks a path without getting anywhere; objects
+  moving on walk as far as their path.
 
-Window means cannot see either: a video can flicker or shake while every window average stays put.
+Window means cannot see any of them: a video can flicker, pulse or shake while every window average
+stays put. Consecutive identical frames are not penalised as such: in the built-in world they are
+part of real videos (an object slower than 1 px/frame moves one pixel every few frames; up to 66 %
+of a real video's frame pairs are identical), so a repetition is seen when it slows the motion
+(``motion``) and a freeze when it lasts (``motion`` again).
 
 ``exposure`` and ``saturation`` detect over-exposure; ``detail``, ``noise``, ``colour`` and ``hue``
 detect error accumulation (loss of detail, noise, colour drift); ``motion`` detects frozen motion
-(the floor makes a video frozen from its first window score 0); ``flicker`` and ``jitter`` detect
-temporal inconsistency. Each drift becomes a penalty
+(the floor makes a video frozen from its first window score 0); ``flicker``, ``pulse``, ``jitter``
+and ``shake`` detect temporal inconsistency. Each drift becomes a penalty
 
     ``p_c,k = clip((d_c,k - tolerance_c) / scale_c, 0, 1)``
 
@@ -85,6 +98,15 @@ from sfpp.metrics.frame_stats import (
     noise_level,
     to_unit_rgb,
 )
+from sfpp.metrics.temporal import (
+    back_and_forth,
+    colour_flicker,
+    colour_pulses,
+    frame_colours,
+    frame_returns,
+    global_shifts,
+    per_window,
+)
 
 __all__ = [
     "COMPONENTS",
@@ -94,7 +116,7 @@ __all__ = [
     "WindowStatistics",
     "component_drifts",
     "component_penalties",
-    "frame_returns",
+    "stability_breakdown",
     "stability_curve",
     "stability_scores",
     "window_statistics",
@@ -110,7 +132,9 @@ COMPONENTS: tuple[str, ...] = (
     "hue",
     "motion",
     "flicker",
+    "pulse",
     "jitter",
+    "shake",
 )
 
 _HUE_BINS = 36
@@ -152,11 +176,14 @@ class DriftTolerance:
 #: occlusions), hue 0, motion 0.686 (pixel-rounded motion, bounces). The scales put a total failure
 #: at: exposure +-0.45 mean luma, saturation -0.43 chroma, edges down 85 %, noise sigma 0.11 (0.22 in
 #: ``[-1, 1]`` units), mean colour moved by 0.75, all coloured mass 43 degrees off, motion stopped.
-#: The temporal components are absolute; on 100 real videos (200 frames, 8-frame windows) the
-#: largest window values were flicker 0.046 (an object entering or leaving the frame) and jitter
-#: 0.014 (99th percentile 0.009; a bounce or an occlusion inside the window); the penalty is total
-#: at flicker 0.65 (a whole-frame brightness alternating by +-0.19 in ``[-1, 1]`` units) and jitter
-#: 0.065 (frames shaken at random by 1 px measure 0.016-0.028, by 3 px 0.03-0.054).
+#: The temporal components are absolute; on 100 real videos (200 frames, 8-frame windows, both
+#: background kinds; centre frames taken across window borders) the largest window values were
+#: flicker 0.045 (an object entering or leaving the frame), pulse 0.043, jitter 0.0153 (a bounce or
+#: an occlusion) and shake 0.31 (pixel-rounded motion of several objects); the penalty is total at
+#: flicker 0.65 (a whole-frame brightness alternating by +-0.19 in ``[-1, 1]`` units), pulse 0.35
+#: (one frame brighter by 0.35 in ``[-1, 1]`` units), jitter 0.068 (frames shaken at random by 1 px
+#: measure 0.016-0.028, by 3 px 0.03-0.054) and shake 0.93 (the whole frame moved 3 px back and
+#: forth every 2 frames measures about 0.8).
 DEFAULT_TOLERANCES: Mapping[str, DriftTolerance] = MappingProxyType(
     {
         "exposure": DriftTolerance(tolerance=0.15, scale=0.3),
@@ -167,7 +194,9 @@ DEFAULT_TOLERANCES: Mapping[str, DriftTolerance] = MappingProxyType(
         "hue": DriftTolerance(tolerance=0.02, scale=0.1),
         "motion": DriftTolerance(tolerance=0.7, scale=0.3),
         "flicker": DriftTolerance(tolerance=0.05, scale=0.6),
-        "jitter": DriftTolerance(tolerance=0.015, scale=0.05),
+        "pulse": DriftTolerance(tolerance=0.05, scale=0.3),
+        "jitter": DriftTolerance(tolerance=0.018, scale=0.05),
+        "shake": DriftTolerance(tolerance=0.33, scale=0.6),
     }
 )
 
@@ -188,7 +217,10 @@ class WindowStatistics:
         hue: ``(K, 36)`` chroma-weighted hue histograms (each sums to 1, or to 0 without colour).
         motion: ``(K,)`` mean top flow magnitude in pixels per frame.
         flicker: ``(K,)`` mean norm of the second temporal difference of the frames' mean colour.
+        pulse: ``(K,)`` largest amount by which a frame (or a two-frame run) stands out from both
+            neighbours in mean colour.
         jitter: ``(K,)`` mean frame change that comes back within a frame triple.
+        shake: ``(K,)`` mean back-and-forth of the whole frame's translation, px per frame pair.
     """
 
     exposure: np.ndarray
@@ -199,7 +231,9 @@ class WindowStatistics:
     hue: np.ndarray
     motion: np.ndarray
     flicker: np.ndarray
+    pulse: np.ndarray
     jitter: np.ndarray
+    shake: np.ndarray
 
     @property
     def num_windows(self) -> int:
@@ -251,10 +285,9 @@ def window_statistics(
     chroma_windows = chroma.reshape(num_windows, -1)  # (K, W*H*W)
     motion = motion_magnitudes(video[:, :used], method=flow_method, upscale=flow_upscale)  # (K*W - 1,)
     motion = np.append(motion, 0.0).reshape(num_windows, window_frames)[:, :-1]  # (K, W-1): pairs inside
-    frame_colours = rgb.reshape(3, used, -1).mean(axis=2)  # (3, K*W)
-    second = frame_colours[:, 2:] - 2.0 * frame_colours[:, 1:-1] + frame_colours[:, :-2]  # (3, K*W - 2)
-    flicker = np.linalg.norm(second, axis=0).reshape(-1)  # (K*W - 2,): triple starting at frame t
-    return_ratio = frame_returns(rgb, num_windows, window_frames)
+    # temporal statistics: per centre frame (or pair), the neighbours taken wherever they are
+    colours = frame_colours(rgb)  # (3, K*W)
+    shifts = global_shifts(rgb) if min(rgb.shape[2:]) > 6 else np.zeros((used - 1, 2))  # (K*W - 1, 2)
     return WindowStatistics(
         exposure=luma.reshape(num_windows, -1).mean(axis=1),  # (K, W*H*W) -> (K,)
         saturation=np.quantile(chroma_windows, 0.97, axis=1),
@@ -263,37 +296,11 @@ def window_statistics(
         colour=pixels.mean(axis=2).T,  # (K, 3)
         hue=_hue_histograms(pixels, chroma_windows),
         motion=motion.mean(axis=1),
-        flicker=_per_window_triples(flicker, num_windows, window_frames).mean(axis=1),
-        jitter=return_ratio,
+        flicker=per_window(colour_flicker(colours), num_windows, window_frames),
+        pulse=per_window(colour_pulses(colours), num_windows, window_frames, reduce="max"),
+        jitter=per_window(frame_returns(rgb), num_windows, window_frames),
+        shake=per_window(back_and_forth(shifts), num_windows, window_frames),
     )
-
-
-def _per_window_triples(values: np.ndarray, num_windows: int, window_frames: int) -> np.ndarray:
-    """The values ``(K*W - 2,)`` of the frame triples starting at each frame, grouped by window: ``(K, W-2)``.
-
-    Only the triples inside a window are kept (those starting at its last two frames reach into the next).
-    """
-    padded = np.append(values, [0.0, 0.0]).reshape(num_windows, window_frames)  # (K, W)
-    return padded[:, : window_frames - 2]
-
-
-def frame_returns(rgb: np.ndarray, num_windows: int, window_frames: int) -> np.ndarray:
-    """Jitter ``J_k`` of every window (see the module docstring): ``(K,)``, in ``[0, 1]`` units of ``D``.
-
-    Args:
-        rgb: The windows' frames ``(3, K*W, H, W)`` in ``[0, 1]``.
-        num_windows: ``K``.
-        window_frames: ``W`` (``>= 3`` for a triple inside a window; smaller windows give 0).
-    """
-    if window_frames < 3:
-        return np.zeros(num_windows)
-
-    def distance(a: slice, b: slice) -> np.ndarray:
-        return np.abs(rgb[:, a] - rgb[:, b]).mean(axis=(0, 2, 3))  # (K*W - 2,)
-
-    path = distance(slice(1, -1), slice(None, -2)) + distance(slice(2, None), slice(1, -1))
-    returned = (path - distance(slice(2, None), slice(None, -2))) / 2.0  # >= 0: triangle inequality
-    return _per_window_triples(returned, num_windows, window_frames).mean(axis=1)
 
 
 def _circular_bin_distance(support: np.ndarray) -> np.ndarray:
@@ -355,7 +362,9 @@ def component_drifts(stats: WindowStatistics, motion_floor: float = 0.05) -> dic
         "hue": _hue_drift(stats.hue),
         "motion": np.maximum(0.0, 1.0 - stats.motion / reference_motion),
         "flicker": stats.flicker,
+        "pulse": stats.pulse,
         "jitter": stats.jitter,
+        "shake": stats.shake,
     }
 
 
@@ -415,17 +424,54 @@ def stability_scores(
     return scores
 
 
+def stability_breakdown(
+    video: np.ndarray | torch.Tensor,
+    window_frames: int = 8,
+    tolerances: Mapping[str, DriftTolerance] = DEFAULT_TOLERANCES,
+    motion_floor: float = 0.05,
+) -> dict[str, torch.Tensor]:
+    """Score ``s_k`` of every window along a video and every component's part of it.
+
+    Args:
+        video: One video ``(3, F, H, W)`` or a batch ``(B, 3, F, H, W)`` in ``[-1, 1]``, with
+            ``F >= window_frames`` (a video of one window is its own reference: only the temporal
+            components and a frozen first window can lower its score).
+        window_frames: Frames per window.
+        tolerances: Tolerance and scale per component.
+        motion_floor: Smallest reference motion in px/frame.
+
+    Returns:
+        ``{"score": s_k, component: 100 (1 - p_c,k), ...}``, each float32 ``(K,)`` for one video or
+        ``(B, K)`` for a batch, ``K = F // window_frames``.
+
+    Raises:
+        ValueError: For a bad shape or a video shorter than one window.
+    """
+    _check_window_frames(window_frames)
+    _check_tolerances(tolerances)
+    single = video.ndim == 4
+    batch = as_video_batch(video[None] if single else video, min_frames=window_frames)
+    rows: dict[str, list[np.ndarray]] = {name: [] for name in ("score", *COMPONENTS)}
+    for one in batch:
+        penalties = component_penalties(window_statistics(one, window_frames), tolerances, motion_floor)
+        rows["score"].append(_window_scores(penalties))
+        for name in COMPONENTS:
+            rows[name].append(100.0 * (1.0 - penalties[name]))
+    result = {name: torch.from_numpy(np.stack(values)).float() for name, values in rows.items()}  # (B, K)
+    return {name: values[0] for name, values in result.items()} if single else result
+
+
 def stability_curve(
     video: np.ndarray | torch.Tensor,
     window_frames: int = 8,
     tolerances: Mapping[str, DriftTolerance] = DEFAULT_TOLERANCES,
     motion_floor: float = 0.05,
 ) -> torch.Tensor:
-    """Stability score ``s_k`` of every window along a video, for plots (window 0 scores 100 unless frozen).
+    """Stability score ``s_k`` of every window along a video, for plots (window 0 is its own reference).
 
     Args:
         video: One video ``(3, F, H, W)`` or a batch ``(B, 3, F, H, W)`` in ``[-1, 1]``, with
-            ``F >= 2 * window_frames``.
+            ``F >= window_frames``.
         window_frames: Frames per window.
         tolerances: Tolerance and scale per component.
         motion_floor: Smallest reference motion in px/frame.
@@ -434,22 +480,9 @@ def stability_curve(
         Float32 ``(K,)`` for one video or ``(B, K)`` for a batch, ``K = F // window_frames``.
 
     Raises:
-        ValueError: For a bad shape or a video shorter than two windows.
+        ValueError: For a bad shape or a video shorter than one window.
     """
-    _check_window_frames(window_frames)
-    _check_tolerances(tolerances)
-    single = video.ndim == 4
-    batch = as_video_batch(video[None] if single else video, min_frames=2 * window_frames)
-    curves = np.stack(
-        [
-            _window_scores(
-                component_penalties(window_statistics(one, window_frames), tolerances, motion_floor)
-            )
-            for one in batch
-        ]
-    )  # (B, K)
-    result = torch.from_numpy(curves).float()
-    return result[0] if single else result
+    return stability_breakdown(video, window_frames, tolerances, motion_floor)["score"]
 
 
 class VisualStability(Metric):
