@@ -5,7 +5,10 @@ from a JSON file in ``docs/results/`` written by the command that measured it:
 
 * ``demo.json``: ``make demo`` (:mod:`sfpp.apps.demo`) -> ``docs/results/demo.md``;
 * ``study.json``: ``make study`` (:mod:`sfpp.apps.study`, its ``results.json``) -> ``docs/results/study.md``
-  and the README's table between ``<!-- results:begin -->`` and ``<!-- results:end -->``;
+  and the README's table between ``<!-- results:begin -->`` and ``<!-- results:end -->``; the run
+  before the text-path fix (``study_before_text_fix.json``) is shown on that page beside it;
+* ``scaling.json``: ``make study``'s compute-scaling curve (``<out>/scaling/results.json``) ->
+  ``docs/results/scaling.md`` (:func:`sfpp.apps.scaling.scaling_page`);
 * ``study_ablations.json``: ``make study-ablations`` (``python -m sfpp.apps.study --ablations ...
   --publish``) -> ``docs/results/study_ablations.md``; a run of another set of ablations publishes as
   ``study_ablations_<keys>.json`` (``sfpp.apps.study.published_name``) -> ``study_ablations_<keys>.md``;
@@ -30,7 +33,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sfpp.apps.study_analysis import distance_parts, where_quality_goes
+from sfpp.apps.scaling import scaling_page
+from sfpp.apps.study_analysis import (
+    before_and_after,
+    distance_parts,
+    pictures_section,
+    stability_at_first_horizon,
+    where_quality_goes,
+)
 from sfpp.apps.study_metrics import METRICS, better, mean_and_spread
 from sfpp.apps.study_report import REAL_LABEL, SF_CONTINUED, SFPP_CONTINUED, TEACHER_LABEL
 
@@ -42,6 +52,7 @@ __all__ = [
     "merge_benchmarks",
     "readme_table",
     "render_all",
+    "scaling_page",
     "study_page",
     "teacher_history_page",
     "teacher_page",
@@ -108,8 +119,12 @@ def _cell(entry: Mapping[str, float] | None, digits: int) -> str:
     return f"{entry['mean']:.{digits}f} ± {spread:.{digits}f}"
 
 
-def study_page(data: Mapping[str, Any]) -> str:
-    """``docs/results/study.md`` from ``study.json``."""
+#: The study run published before the text path got its gradient in cached rollouts.
+BEFORE_TEXT_FIX = "study_before_text_fix.json"
+
+
+def study_page(data: Mapping[str, Any], previous: Mapping[str, Any] | None = None) -> str:
+    """``docs/results/study.md`` from ``study.json`` (and the run before the text-path fix, if kept)."""
     protocol = data["protocol"]
     horizons = [str(h) for h in protocol["horizons"]]
     lines = [
@@ -160,7 +175,10 @@ def study_page(data: Mapping[str, Any]) -> str:
         for name, c in data["target"].items()
     ]
     lines += where_quality_goes(data)
+    lines += stability_at_first_horizon(data)
+    lines += pictures_section(data)
     lines += distance_parts(data)
+    lines += before_and_after(data, previous, "Before the text-path fix")
     return "\n".join(lines) + "\n"
 
 
@@ -485,7 +503,8 @@ def render_all(root: Path = Path(".")) -> dict[Path, str]:
     pages: dict[Path, str] = {}
     makers: dict[str, tuple[str, Callable[[Mapping[str, Any]], str]]] = {
         "demo.json": ("demo.md", demo_page),
-        "study.json": ("study.md", study_page),
+        "study.json": ("study.md", lambda data: study_page(data, _load(results / BEFORE_TEXT_FIX))),
+        "scaling.json": ("scaling.md", scaling_page),
         "study_ablations.json": ("study_ablations.md", ablations_page),
         "teacher.json": ("teacher.md", teacher_page),
         "teacher_history.json": ("teacher-history.md", teacher_history_page),

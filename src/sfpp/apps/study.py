@@ -21,12 +21,19 @@ training seed beside that seed's continuations; ``make study-ablations`` runs th
 ``docs/results/study_ablations.json``; another set publishes as ``study_ablations_<keys>.json``
 (:func:`published_name`).
 
+``--scaling-budgets 250 500 1000`` adds the compute-scaling curve: the first training seed's
+continuations keep a checkpoint at every budget and are carried on to the largest
+(:func:`scaling_stages`), and every point is scored into ``<out>/scaling``
+(:mod:`sfpp.apps.scaling`; ``--publish`` writes ``docs/results/scaling.json``). ``--train-only``
+trains every stage and stops before the evaluation.
+
 Every student streams videos of 50 horizons for held-out prompts with several evaluation seeds and
 is scored on the window that ends at 1, 5, 10, 20 and 50 horizons (:mod:`sfpp.apps.study_metrics`).
 Real videos of the same prompts (every horizon) and the teacher's own clips (its horizon) frame the
 numbers. Under ``--out`` (``artifacts/study``): ``results.json`` (every value per evaluation seed,
-the training costs, the target checks), ``table.md``, ``quality_vs_horizon.png``,
-``frames.png`` (each model at 1x / 20x / 50x) and ``side_by_side_seed<s>.mp4``.
+the training costs, the target checks, the pictures' choice), ``table.md``, ``quality_vs_horizon.png``,
+``frames.png`` and ``side_by_side.gif`` (the cases :mod:`sfpp.apps.study_pictures` chooses by rule)
+and ``side_by_side_seed<s>.mp4`` (every model on the first prompt).
 """
 
 from __future__ import annotations
@@ -47,6 +54,14 @@ from rich.console import Console
 from sfpp.apps.pipeline import StageTiming, git_commit, machine, run_stages
 from sfpp.apps.results_pages import study_page
 from sfpp.apps.study_metrics import Scores, score_horizons
+from sfpp.apps.study_pictures import (
+    case_numbers,
+    choose_cases,
+    feature_distance,
+    gap_horizon,
+    write_case_gif,
+    write_case_strip,
+)
 from sfpp.apps.study_report import (
     REAL_LABEL,
     SF_CONTINUED,
@@ -73,7 +88,7 @@ from sfpp.apps.study_stages import (
     shared_stages,
 )
 from sfpp.diffusion.rollout import rollout_from_seed
-from sfpp.io.video import write_gif, write_video
+from sfpp.io.video import write_video
 from sfpp.world import HORIZON, TeacherClipSampler, ground_truth, heldout_prompts
 
 __all__ = [
@@ -140,25 +155,54 @@ def real_videos(prompts: Sequence[str], num_frames: int, seeds: Sequence[int]) -
     return {seed: ground_truth(prompts, num_frames, seed=seed * len(prompts)) for seed in seeds}
 
 
-def _write_comparison_gif(
-    path: Path, models: Sequence[StudyModel], videos: Sequence[torch.Tensor], horizons: int
-) -> Path | None:
-    """The first Self-Forcing and Self-Forcing++ continuations and the real video side by side, as a GIF.
+def write_pictures(
+    out: Path,
+    results: dict[str, Any],
+    kept: dict[str, dict[int, torch.Tensor]],
+    real: dict[int, torch.Tensor],
+    prompts: Sequence[str],
+) -> dict[str, Any]:
+    """The frame strip and the animation, of the cases :mod:`sfpp.apps.study_pictures` chooses by rule.
 
-    ``videos`` are the first prompt's videos of ``models`` followed by the real one, ``(3, F, H, W)``
-    each; the GIF shows their first ``horizons`` teacher horizons. Nothing is written without both
-    continuations.
+    Writes ``frames.png`` and ``side_by_side.gif`` under ``out``.
+
+    Args:
+        out: Output directory.
+        results: The results so far (their methods' means give the horizon).
+        kept: ``{method: {seed: (B, 3, F, H, W)}}`` of the first Self-Forcing and Self-Forcing++ students.
+        real: ``{seed: (B, 3, F, H, W)}`` real videos of the same prompts.
+        prompts: The ``B`` prompts.
+
+    Returns:
+        What was chosen and why, for ``results.json``: the horizon, the rule, each case's seed,
+        prompt and numbers.
     """
-    first = {}
-    for model, video in zip(models, videos, strict=False):
-        first.setdefault(model.method, video)
-    if SF_CONTINUED not in first or SFPP_CONTINUED not in first:
-        return None
-    frames = horizons * HORIZON
-    row = [first[SF_CONTINUED], first[SFPP_CONTINUED], videos[-1]]
-    gap = torch.ones(3, frames, row[0].shape[2], 1)  # (3, F, H, 1): a white line between the videos
-    side_by_side = torch.cat([row[0][:, :frames], gap, row[1][:, :frames], gap, row[2][:, :frames]], dim=-1)
-    return write_gif(path, side_by_side, fps=8, upscale=5)
+    horizon = gap_horizon(results, SF_CONTINUED, SFPP_CONTINUED)
+    distances = {
+        method: {seed: feature_distance(videos, horizon) for seed, videos in by_seed.items()}
+        for method, by_seed in kept.items()
+    }
+    chosen = choose_cases(distances[SF_CONTINUED], distances[SFPP_CONTINUED])
+    cases = []
+    for name, case in chosen.items():
+        seed, index = case["seed"], case["prompt_index"]
+        videos = {
+            SF_CONTINUED: kept[SF_CONTINUED][seed][index],
+            SFPP_CONTINUED: kept[SFPP_CONTINUED][seed][index],
+            "real video": real[seed][index],
+        }
+        title = f"{name} difference: '{prompts[index]}', seed {seed}"
+        cases.append({"title": title, "videos": videos, "numbers": case_numbers(videos, horizon)})
+        case |= {"prompt": prompts[index], "numbers": cases[-1]["numbers"]}
+    write_case_strip(out / "frames.png", cases, horizon)
+    write_case_gif(out / "side_by_side.gif", cases, horizon)
+    return {
+        "horizon": horizon,
+        "rule": "the horizon after 1x with the largest Self-Forcing minus Self-Forcing++ FD; per (evaluation "
+        "seed, prompt) the feature distance (FD mean term of the video alone) on that window; the pairs "
+        "at the median and at the largest Self-Forcing minus Self-Forcing++ difference",
+        "cases": chosen,
+    }
 
 
 def _training_costs(
@@ -233,23 +277,24 @@ def evaluate_study(
         teacher_videos(teacher_ckpt, prompts, eval_seeds), prompts, (1,), real
     )
     first_prompt: dict[int, list[torch.Tensor]] = {seed: [] for seed in eval_seeds}
+    kept: dict[str, dict[int, torch.Tensor]] = {}  # the pictures' videos: each method's first student
     for model in models:
         console.rule(f"{model.label}: {len(eval_seeds)} seeds x {len(prompts)} prompts x {num_frames} frames")
         videos = generate_batch(model.checkpoint, teacher_ckpt, prompts, num_frames, eval_seeds)
         for seed in eval_seeds:
             first_prompt[seed].append(videos[seed][0])
         scores[model.label] = score_horizons(videos, prompts, horizons, real)
+        if model.method in (SF_CONTINUED, SFPP_CONTINUED) and model.method not in kept:
+            kept[model.method] = videos
     for seed in eval_seeds:
         first_prompt[seed].append(real[seed][0])
         write_video(
             out / f"side_by_side_seed{seed}.mp4", torch.cat(first_prompt[seed], dim=-1), fps=8, upscale=8
         )
     labels = [model.label for model in models] + [REAL_LABEL]
-    _write_comparison_gif(
-        out / "side_by_side.gif", models, first_prompt[eval_seeds[0]], min(max(horizons), 20)
-    )
-    shown = tuple(h for h in (1, 20, 50) if h <= max(horizons))
-    write_frames(dict(zip(labels, first_prompt[eval_seeds[0]], strict=True)), shown, out / "frames.png")
+    if len(kept) < 2:  # no pair of continuations to choose from: the first prompt's videos
+        shown = tuple(h for h in (1, 20, 50) if h <= max(horizons))
+        write_frames(dict(zip(labels, first_prompt[eval_seeds[0]], strict=True)), shown, out / "frames.png")
     evaluation_minutes = (time.perf_counter() - began) / 60
     results: dict[str, Any] = {
         "measured": date.today().isoformat(),
@@ -270,6 +315,8 @@ def evaluate_study(
     }
     results["methods"] = group_results(results["scores"], {model.label: model.method for model in models})
     results["target"] = check_target(results)
+    if len(kept) == 2:
+        results["pictures"] = write_pictures(out, results, kept, real, prompts)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     table = out / "table.md"
     table.write_text(study_page(results))
@@ -487,6 +534,11 @@ def publish(out: Path, root: Path, name: str = "study") -> None:
     ]
     if name == "study":
         copies.append(("side_by_side.gif", docs / "study_side_by_side.gif"))
+        if (out / "scaling" / "results.json").exists():
+            copies += [
+                ("scaling/results.json", docs / "results" / "scaling.json"),
+                ("scaling/scaling.png", docs / "results" / "scaling.png"),
+            ]
     for source, target in copies:
         shutil.copyfile(out / source, target)
         console.print(f"published {target}")

@@ -4,9 +4,12 @@
   by horizon, the share of its 1x-to-20x rise reached early, and whether its object score holds;
 * :func:`distance_parts`: when the scores hold the parts of the distance
   (:data:`~sfpp.apps.study_metrics.FD_PARTS`), its mean and covariance terms and every frame
-  feature's shift from real clips.
+  feature's shift from real clips;
+* :func:`stability_at_first_horizon`: which stability component lowers each row at 1x;
+* :func:`pictures_section`: how the pictures were chosen and their numbers;
+* :func:`before_and_after`: an earlier run's distances beside this run's.
 
-Both read a run's ``results.json`` and return Markdown lines (empty when they do not apply).
+All read a run's ``results.json`` and return Markdown lines (empty when they do not apply).
 """
 
 from __future__ import annotations
@@ -14,11 +17,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sfpp.apps.study_metrics import METRICS, mean_and_spread, shift_metric
+from sfpp.apps.study_metrics import METRICS, mean_and_spread, shift_metric, stability_part
 from sfpp.apps.study_report import REAL_LABEL, SF_CONTINUED, SFPP_CONTINUED, TEACHER_LABEL
 from sfpp.metrics.quality_curve import FEATURE_NAMES
+from sfpp.metrics.stability import COMPONENTS
 
-__all__ = ["distance_parts", "where_quality_goes"]
+__all__ = [
+    "before_and_after",
+    "distance_parts",
+    "pictures_section",
+    "stability_at_first_horizon",
+    "where_quality_goes",
+]
 
 
 def where_quality_goes(data: Mapping[str, Any]) -> list[str]:
@@ -147,4 +157,112 @@ def distance_parts(data: Mapping[str, Any]) -> list[str]:
             f"term. The features whose part of the mean term grew most (shift at 1x -> {late}x, change of "
             f"its square): {named}."
         )
+    return lines
+
+
+def stability_at_first_horizon(data: Mapping[str, Any]) -> list[str]:
+    """What lowers each row's stability at 1x: every component's score (``stability:<component>``).
+
+    At 1x a video is scored on its first window alone, so only the temporal components (flicker,
+    pulse, jitter, shake) and a frozen first window can lower it; the table shows which one does,
+    for the references and every method (means over students and evaluation seeds).
+    """
+    rows = [(m, e["horizons"].get("1", {})) for m, e in data["methods"].items()]
+    rows = [(m, cells) for m, cells in rows if stability_part("jitter") in cells]
+    if not rows:
+        return []
+    shown = [c for c in COMPONENTS if any(cells[stability_part(c)]["mean"] < 99.95 for _, cells in rows)]
+    lines = [
+        "",
+        "## What lowers stability at 1x",
+        "",
+        "Each component's score on the first window (100: no penalty; the stability score is their "
+        "product). The first window is its own reference, so only what happens from frame to frame counts.",
+        "",
+        "| row | stability | " + " | ".join(shown) + " |",
+        "|---|---|" + "---|" * len(shown),
+    ]
+    for method, cells in rows:
+        values = " | ".join(f"{cells[stability_part(c)]['mean']:.1f}" for c in shown)
+        lines.append(f"| {method} | {cells['stability']['mean']:.1f} | {values} |")
+    if TEACHER_LABEL in data["methods"] and shown:
+        teacher = dict(rows)[TEACHER_LABEL]
+        worst = min(shown, key=lambda c: teacher[stability_part(c)]["mean"])
+        students = [
+            (m, cells[stability_part(worst)]["mean"])
+            for m, cells in rows
+            if m not in (REAL_LABEL, TEACHER_LABEL)
+        ]
+        others = ", ".join(f"{m} {v:.1f}" for m, v in students)
+        lines += [
+            "",
+            f"The teacher's clips lose most on **{worst}** ({teacher[stability_part(worst)]['mean']:.1f}; "
+            f"{others}; real videos {dict(rows)[REAL_LABEL][stability_part(worst)]['mean']:.1f}).",
+        ]
+    return lines
+
+
+def pictures_section(data: Mapping[str, Any]) -> list[str]:
+    """How the study's pictures were chosen, and the numbers of the cases they show."""
+    pictures = data.get("pictures")
+    if not pictures:
+        return []
+    lines = [
+        "",
+        "## How the pictures were chosen",
+        "",
+        f"By rule, before looking: {pictures['rule']} (`sfpp.apps.study_pictures`). The horizon is "
+        f"{pictures['horizon']}x. The strip above and the README's animation show:",
+        "",
+    ]
+    for name, case in pictures["cases"].items():
+        numbers = "; ".join(
+            f"{label}: feature distance {v['feature_distance']:.1f}, stability {v['stability']:.0f}"
+            for label, v in case["numbers"].items()
+        )
+        lines.append(
+            f"- **{name}** difference ({case['difference']:+.1f}): '{case['prompt']}', evaluation seed "
+            f"{case['seed']}. {numbers}."
+        )
+    return lines
+
+
+def before_and_after(data: Mapping[str, Any], previous: Mapping[str, Any] | None, label: str) -> list[str]:
+    """An earlier run's Frechet distances beside this run's, with the differences (this minus earlier)."""
+    if previous is None:
+        return []
+    horizons = [
+        h
+        for h in (str(h) for h in data["protocol"]["horizons"])
+        if h in previous["protocol"]["horizons"] or int(h) in previous["protocol"]["horizons"]
+    ]
+    lines = [
+        "",
+        f"## {label}",
+        "",
+        f"The run of {previous['measured']} (commit `{previous['commit']}`), trained before the fix; "
+        "each cell: its FD to real, then this run's minus it (negative: closer to real now).",
+        "",
+        "| model | " + " | ".join(f"{h}x" for h in horizons) + " |",
+        "|---|" + "---|" * len(horizons),
+    ]
+    for method, entry in previous["methods"].items():
+        cells = []
+        for h in horizons:
+            old = entry["horizons"].get(h, {}).get("quality_fd")
+            new = data["methods"].get(method, {}).get("horizons", {}).get(h, {}).get("quality_fd")
+            if old is None:
+                cells.append("-")
+            elif new is None:
+                cells.append(f"{old['mean']:.1f}")
+            else:
+                cells.append(f"{old['mean']:.1f} ({new['mean'] - old['mean']:+.1f})")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    checks = previous.get("target", {})
+    if checks:
+        lines += [
+            "",
+            "Its target checks: "
+            + "; ".join(f"{'met' if c['passed'] else 'not met'}: {c['detail']}" for c in checks.values()),
+        ]
     return lines
