@@ -104,8 +104,16 @@ def test_study_results_layout_table_plot_frames_and_videos(tmp_path):
     assert sfpp["horizons"]["3"]["quality_fd"]["train_spread"] > 0
     assert results["methods"][SF_CONTINUED]["horizons"]["3"]["quality_fd"]["train_spread"] == 0
     table = (out / "table.md").read_text()
-    # a row per metric, and one in the table of the distance's two terms
-    assert table.count(f"| {SFPP_CONTINUED} |") == len(METRICS) + 1 and "| model | 1x | 3x |" in table
+    # a row per metric, one in the table of the distance's two terms, one in the stability at 1x
+    assert table.count(f"| {SFPP_CONTINUED} |") == len(METRICS) + 2 and "| model | 1x | 3x |" in table
+    assert "## What lowers stability at 1x" in table and "The teacher's clips lose most on" in table
+    # the pictures: chosen by rule at the horizon of the largest gap, their numbers on the page
+    pictures = results["pictures"]
+    assert pictures["horizon"] == 3 and set(pictures["cases"]) == {"median", "largest"}
+    largest = pictures["cases"]["largest"]
+    assert largest["difference"] >= pictures["cases"]["median"]["difference"]
+    assert set(largest["numbers"]) == {SF_CONTINUED, SFPP_CONTINUED, "real video"}
+    assert "## How the pictures were chosen" in table and f"evaluation seed {largest['seed']}" in table
     assert "sfpp_no_worse_at_1x" in table
     assert (out / "quality_vs_horizon.png").stat().st_size > 10_000
     assert (out / "frames.png").stat().st_size > 5_000
