@@ -203,6 +203,7 @@ def test_the_page_says_what_lowers_stability_at_1x_and_keeps_the_earlier_run():
     previous = {
         "measured": "2026-12-02",
         "commit": "old",
+        "command": "make study",
         "protocol": {"horizons": [1]},
         "methods": {SF_CONTINUED: {"horizons": {"1": {"quality_fd": {"mean": 9.5}}}}},
         "target": {"x": {"passed": False, "detail": "FD rose"}},

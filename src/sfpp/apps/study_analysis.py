@@ -240,8 +240,11 @@ def before_and_after(data: Mapping[str, Any], previous: Mapping[str, Any] | None
         "",
         f"## {label}",
         "",
-        f"The run of {previous['measured']} (commit `{previous['commit']}`), trained before the fix; "
-        "each cell: its FD to real, then this run's minus it (negative: closer to real now).",
+        f"The run of {previous['measured']} (commit `{previous['commit']}`, `{previous['command']}`), "
+        "trained before the fix; each cell: its FD to real, then this run's minus it (negative: "
+        "closer to real now).",
+        "",
+        "![the run before the fix: quality against horizon](study_before_text_fix_quality_vs_horizon.png)",
         "",
         "| model | " + " | ".join(f"{h}x" for h in horizons) + " |",
         "|---|" + "---|" * len(horizons),
