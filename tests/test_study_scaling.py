@@ -211,3 +211,33 @@ def test_the_page_says_what_lowers_stability_at_1x_and_keeps_the_earlier_run():
     before = "\n".join(before_and_after(data, previous, "Before the text-path fix"))
     assert f"| {SF_CONTINUED} | 9.5 (-1.5) |" in before and "not met: FD rose" in before
     assert before_and_after(data, None, "x") == [] and pictures_section(data) == []
+
+
+def test_the_study_is_evaluated_before_the_curve_trains(tmp_path, monkeypatch):
+    import sfpp.apps.scaling as scaling
+    import sfpp.apps.study as study
+    from sfpp.apps.pipeline import StageTiming
+    from sfpp.apps.study_stages import DMDSchedule
+
+    calls = []
+    monkeypatch.setattr(
+        study, "DMDSchedule", type("S", (), {"from_checkpoint": lambda path: DMDSchedule(40, 2, 0)})
+    )
+    monkeypatch.setattr(study, "evaluate_study", lambda *a, **k: calls.append("evaluate study") or {})
+    monkeypatch.setattr(
+        scaling, "evaluate_scaling", lambda out, teacher, points, *a, **k: calls.append(points)
+    )
+
+    def run_stages(stages, force=(), cwd=None):
+        calls.append([s.name for s in stages])
+        return [StageTiming(s.name, False, 60.0) for s in stages]
+
+    monkeypatch.setattr(study, "run_stages", run_stages)
+    study.run_study(
+        tmp_path / "study", train_seeds=(1,), grpo_steps=0, root=tmp_path, scaling_budgets=(250, 1000)
+    )
+    assert calls[1] == ["study_sf_seed1", "study_sfpp_seed1"] and calls[2] == "evaluate study"
+    assert calls[3] == ["study_sf_seed1_scaling", "study_sfpp_seed1_scaling"]
+    assert [(p.method, p.budget) for p in calls[4]][-1] == (SFPP_CONTINUED, 1000)
+    training = json.loads((tmp_path / "study" / "training.json").read_text())
+    assert training["study_sfpp_seed1_scaling"]["steps"] == 500  # carried on from 500 to 1000 extra steps

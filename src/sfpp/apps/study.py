@@ -357,9 +357,9 @@ def run_study(
         ablations: Ablations of :data:`ABLATIONS` trained with the first training seed, each a row
             of its own beside that seed's continuations.
         scaling_budgets: Extra-step budgets of the compute-scaling curve (empty: no curve): the
-            first seed's continuations keep a checkpoint at each, :func:`scaling_stages` carry them
-            on to the largest, and :func:`sfpp.apps.scaling.evaluate_scaling` scores every point
-            into ``<out>/scaling``.
+            first seed's continuations keep a checkpoint at each; after the study's evaluation,
+            :func:`scaling_stages` carry them on to the largest and
+            :func:`sfpp.apps.scaling.evaluate_scaling` scores every point into ``<out>/scaling``.
         train_only: Train every stage and stop before the evaluation (returns ``None``).
     """
     out.mkdir(parents=True, exist_ok=True)
@@ -374,9 +374,7 @@ def run_study(
     )
     steps = {s.name: (base_step, extra_steps) for s in continuations if s.name != "study_sfpp_grpo"}
     extra, ablated, ablated_steps = ablation_stages(root, base_step, extra_steps, train_seeds[0], ablations)
-    scaling = scaling_stages(root, base_step, extra_steps, train_seeds[0], scaling_budgets)
-    steps |= {s.name: (base_step + extra_steps, max(scaling_budgets) - extra_steps) for s in scaling}
-    timings += run_stages([*continuations, *extra, *scaling], force=force, cwd=root)
+    timings += run_stages([*continuations, *extra], force=force, cwd=root)
     models += ablated
     steps |= ablated_steps
     protocol = {
@@ -391,30 +389,41 @@ def run_study(
     }
     training = _training_costs(out, timings, steps, base)
     # the stages' own minutes, kept in training.json, so that a rerun that reuses them counts them too
-    scaling_names = {stage.name for stage in scaling}  # the curve's extra training is not the study's
-    protocol["training_minutes"] = sum(
-        training[t.name]["minutes"] for t in timings if t.name in training and t.name not in scaling_names
-    )
-    if train_only:
-        console.print("trained every stage; evaluate with the same command without --train-only")
-        return None
-    results = evaluate_study(
-        out, shared[0].done_file, models, protocol, training, eval_seeds, num_prompts, horizons, command, root
-    )
-    if scaling_budgets:
-        from sfpp.apps.scaling import evaluate_scaling
-
-        points = scaling_points(root, base_step, extra_steps, train_seeds[0], scaling_budgets)
-        evaluate_scaling(
-            out / "scaling",
+    protocol["training_minutes"] = sum(training[t.name]["minutes"] for t in timings if t.name in training)
+    results = None
+    if not train_only:
+        results = evaluate_study(
+            out,
             shared[0].done_file,
-            points,
+            models,
+            protocol,
             training,
             eval_seeds,
             num_prompts,
             horizons,
             command,
             root,
+        )
+    # the curve after the study: its extra training and evaluation do not delay the study's results
+    scaling = scaling_stages(root, base_step, extra_steps, train_seeds[0], scaling_budgets)
+    scaling_steps = {s.name: (base_step + extra_steps, max(scaling_budgets) - extra_steps) for s in scaling}
+    training = _training_costs(out, run_stages(scaling, force=force, cwd=root), scaling_steps, base)
+    if train_only:
+        console.print("trained every stage; evaluate with the same command without --train-only")
+    elif scaling_budgets:
+        from sfpp.apps.scaling import evaluate_scaling
+
+        evaluate_scaling(
+            out / "scaling",
+            shared[0].done_file,
+            scaling_points(root, base_step, extra_steps, train_seeds[0], scaling_budgets),
+            training,
+            eval_seeds,
+            num_prompts,
+            horizons,
+            command,
+            root,
+            train_seed=train_seeds[0],
         )
     return results
 
