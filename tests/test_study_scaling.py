@@ -195,11 +195,13 @@ def test_the_page_says_what_lowers_stability_at_1x_and_keeps_the_earlier_run():
         methods[label] = SF_CONTINUED if label.startswith(SF_CONTINUED) else label
         scores[label] = {"1": {"quality_fd": [8.0], "stability": [jitter]}}
         scores[label]["1"] |= {stability_part(c): [jitter if c == "jitter" else 100.0] for c in _components()}
+        scores[label]["1"]["fd_shift:noise_level"] = [(100.0 - jitter) / 10]
     data = {"methods": group_results(scores, methods), "protocol": {"horizons": [1]}}
     lines = "\n".join(stability_at_first_horizon(data))
     assert "| row | stability | jitter |" in lines  # only the components that cost anything
     assert f"| {TEACHER_LABEL} | 70.0 | 70.0 |" in lines
     assert f"lose most on **jitter** (70.0; {SF_CONTINUED} 90.0; real videos 100.0)" in lines
+    assert f"the teacher's clips +3.0; {SF_CONTINUED} +1.0." in lines
     previous = {
         "measured": "2026-12-02",
         "commit": "old",

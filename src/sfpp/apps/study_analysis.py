@@ -199,6 +199,18 @@ def stability_at_first_horizon(data: Mapping[str, Any]) -> list[str]:
             f"The teacher's clips lose most on **{worst}** ({teacher[stability_part(worst)]['mean']:.1f}; "
             f"{others}; real videos {dict(rows)[REAL_LABEL][stability_part(worst)]['mean']:.1f}).",
         ]
+        grain = shift_metric("noise_level")
+        if grain in teacher:
+            levels = ", ".join(
+                f"{m} {cells[grain]['mean']:+.1f}"
+                for m, cells in rows
+                if m not in (REAL_LABEL, TEACHER_LABEL)
+            )
+            lines[-1] += (
+                f" Beside it, the frames' noise level, as the distance's parts measure it (standardised "
+                f"shift from real clips at 1x): the teacher's clips {teacher[grain]['mean']:+.1f}; {levels}. "
+                "Grain that differs from frame to frame is change that comes back, which jitter counts."
+            )
     return lines
 
 
