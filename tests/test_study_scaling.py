@@ -123,7 +123,7 @@ def _scaling_data():
     return data
 
 
-def test_the_scaling_summary_and_findings_follow_the_numbers():
+def test_the_scaling_summary_and_findings_follow_the_numbers(tmp_path):
     data = _scaling_data()
     sfpp = data["summary"][SFPP_CONTINUED]
     assert [e["budget"] for e in sfpp] == [250, 500, 1000]
@@ -145,6 +145,9 @@ def test_the_scaling_summary_and_findings_follow_the_numbers():
     )
     assert f"| {SFPP_CONTINUED} | 500 | 100 | 18.0 | 8.5 ± 0.0 | 10.1 ± 0.1 |" in page
     assert "![FD against budget](scaling.png)" in page
+    from sfpp.apps.scaling import plot_scaling
+
+    assert plot_scaling(data, Path(tmp_path) / "scaling.png").stat().st_size > 20_000
 
 
 def test_pictures_are_chosen_by_rule():

@@ -99,52 +99,43 @@ def summarise_scaling(points: Sequence[Mapping[str, Any]], horizons: Sequence[in
 
 
 def plot_scaling(results: Mapping[str, Any], path: Path) -> Path:
-    """FD at 1x / 20x / 50x against generator updates, and the 20x/1x ratio against CPU minutes."""
+    """FD at 1x / 20x / 50x and the 20x/1x ratio, against generator updates (top) and CPU minutes (bottom)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     horizons = [h for h in (1, 20, 50) if h in results["protocol"]["horizons"]]
-    figure, axes = plt.subplots(
-        1, len(horizons) + 1, figsize=(4.2 * (len(horizons) + 1), 3.8), constrained_layout=True
-    )
+    columns = len(horizons) + 1
+    figure, axes = plt.subplots(2, columns, figsize=(4.2 * columns, 7.2), constrained_layout=True)
     baseline = results["summary"].get(BASELINE, [])
+    x_axes = (
+        ("generator_updates", "generator updates after the baseline"),
+        ("minutes", "CPU minutes after the baseline"),
+    )
     for method, curve in results["summary"].items():
         if method == BASELINE:
             continue
         curve = baseline + curve  # every method starts from the baseline at 0 steps
-        updates = [c["generator_updates"] for c in curve]
-        for axis, horizon in zip(axes, horizons, strict=False):
-            cells = [c[f"quality_fd@{horizon}"] for c in curve]
-            axis.errorbar(
-                updates,
-                [c["mean"] for c in cells],
-                yerr=[c["spread"] for c in cells],
-                marker="o",
-                capsize=3,
-                label=method,
-            )
-        if "fd_ratio_20x" in curve[0]:
-            axes[-1].errorbar(
-                [c["minutes"] for c in curve],
-                [c["fd_ratio_20x"]["mean"] for c in curve],
-                yerr=[c["fd_ratio_20x"]["spread"] for c in curve],
-                marker="o",
-                capsize=3,
-                label=method,
-            )
-    for axis, horizon in zip(axes, horizons, strict=False):
-        axis.set_title(f"FD to real, window ending at {horizon}x (lower is better)", fontsize=9)
-        axis.set_xlabel("generator updates after the baseline")
-        axis.grid(alpha=0.3)
-    axes[-1].axhline(1.0, color="0.4", linestyle="--", linewidth=1)
-    axes[-1].axhline(1.1, color="0.6", linestyle=":", linewidth=1)
-    axes[-1].set_title("FD at 20x / FD at 1x (target: within 1.1)", fontsize=9)
-    axes[-1].set_xlabel("CPU minutes of training after the baseline")
-    axes[-1].grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    figure.savefig(path, dpi=110)
+        for row, (key, _) in enumerate(x_axes):
+            x = [c[key] for c in curve]
+            cells = [[c[f"quality_fd@{h}"] for c in curve] for h in horizons]
+            if "fd_ratio_20x" in curve[0]:
+                cells.append([c["fd_ratio_20x"] for c in curve])
+            for axis, column in zip(axes[row], cells, strict=False):
+                means, spreads = [c["mean"] for c in column], [c["spread"] for c in column]
+                axis.errorbar(x, means, yerr=spreads, marker="o", capsize=3, label=method)
+    for row, (_, label) in enumerate(x_axes):
+        for axis, horizon in zip(axes[row], horizons, strict=False):
+            axis.set_title(f"FD to real, window ending at {horizon}x (lower is better)", fontsize=9)
+        axes[row][-1].axhline(1.0, color="0.4", linestyle="--", linewidth=1)
+        axes[row][-1].axhline(1.1, color="0.6", linestyle=":", linewidth=1)
+        axes[row][-1].set_title("FD at 20x / FD at 1x (target: within 1.1)", fontsize=9)
+        for axis in axes[row]:
+            axis.set_xlabel(label)
+            axis.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
 
