@@ -181,7 +181,7 @@ def test_feature_distance_and_the_case_pictures(tmp_path):
 
     with Image.open(gif) as image:
         assert image.n_frames == 2 * HORIZON
-        assert image.size[1] == 2 * (real.shape[3] * 2 + 30)  # two cases, each a row and a caption
+        assert image.size[1] == 2 * (16 + real.shape[3] * 2 + 30)  # two cases: title, videos, caption
 
 
 def _with_parts(values):

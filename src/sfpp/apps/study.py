@@ -192,7 +192,10 @@ def write_pictures(
             "real video": real[seed][index],
         }
         title = f"{name} difference: '{prompts[index]}', seed {seed}"
-        cases.append({"title": title, "videos": videos, "numbers": case_numbers(videos, horizon)})
+        short = f"{name}: seed {seed}, prompt {index + 1}"
+        cases.append(
+            {"title": title, "short": short, "videos": videos, "numbers": case_numbers(videos, horizon)}
+        )
         case |= {"prompt": prompts[index], "numbers": cases[-1]["numbers"]}
     write_case_strip(out / "frames.png", cases, horizon)
     write_case_gif(out / "side_by_side.gif", cases, horizon)

@@ -27,6 +27,11 @@ from sfpp.metrics.quality_curve import WindowQuality
 from sfpp.metrics.stability import stability_breakdown
 from sfpp.world import HORIZON, world_feature_statistics
 
+#: Heights in pixels of the animation's title and caption bars.
+_TITLE, _CAPTION = 16, 30
+#: Short labels for the animation's captions (its videos are a few hundred pixels wide).
+_SHORT = {"Self-Forcing (continued)": "Self-Forcing", "Self-Forcing++ (continued)": "Self-Forcing++"}
+
 __all__ = [
     "case_numbers",
     "choose_cases",
@@ -124,7 +129,8 @@ def write_case_strip(
 
     Args:
         path: Output PNG.
-        cases: ``{"title", "videos": {label: (3, F, H, W)}, "numbers": {label: {...}}}`` per case.
+        cases: ``{"title", "videos": {label: (3, F, H, W)}, "numbers": {label: {...}}}`` per case
+            (optionally ``"short"``, a shorter title for the animation).
         horizon: The chosen horizon ``h*``.
         per_window: Evenly spaced frames shown per window.
     """
@@ -169,12 +175,14 @@ def write_case_strip(
 
 
 def write_case_gif(
-    path: Path, cases: Sequence[Mapping[str, Any]], horizon: int, horizons_shown: int = 3, upscale: int = 5
+    path: Path, cases: Sequence[Mapping[str, Any]], horizon: int, horizons_shown: int = 3, upscale: int = 8
 ) -> Path:
     """An animated GIF: per case a row of its videos side by side, over the horizons up to ``horizon``.
 
     Each row plays the last ``horizons_shown`` teacher horizons up to the end of the window at
-    ``horizon``, with the case's title and every video's label and numbers in a caption bar.
+    ``horizon``, under a title bar (the case's ``short`` title, else its ``title``, and the time in
+    teacher horizons) and over a caption bar (every video's label, its feature distance ``d`` and
+    its stability ``s`` on the window at ``horizon``).
 
     Args:
         path: Output ``.gif``.
@@ -196,8 +204,9 @@ def write_case_gif(
         ]  # (T, h, w, 3)
         gap = np.full((clips[0].shape[0], clips[0].shape[1], 4, 3), 255, dtype=np.uint8)
         row = np.concatenate([part for clip in clips for part in (clip, gap)][:-1], axis=2)  # (T, h, W, 3)
-        caption = np.full((row.shape[0], 30, row.shape[2], 3), 255, dtype=np.uint8)
-        blocks.append((np.concatenate([row, caption], axis=1), case))
+        title = np.full((row.shape[0], _TITLE, row.shape[2], 3), 255, dtype=np.uint8)
+        caption = np.full((row.shape[0], _CAPTION, row.shape[2], 3), 255, dtype=np.uint8)
+        blocks.append((np.concatenate([title, row, caption], axis=1), case))
     width = max(block.shape[2] for block, _ in blocks)
     frames = []
     for t in range(stop - start):
@@ -208,12 +217,13 @@ def write_case_gif(
             canvas.paste(Image.fromarray(block[t]), (0, y))
             labels = list(case["videos"])
             clip_width = (block.shape[2] + 4) // len(labels)
-            bar = y + block.shape[1] - 30
+            bar = y + block.shape[1] - _CAPTION
             for index, label in enumerate(labels):
                 numbers = case["numbers"][label]
-                text = f"{label}\nd {numbers['feature_distance']:.1f}  s {numbers['stability']:.0f}"
+                text = f"{_SHORT.get(label, label)}\nd {numbers['feature_distance']:.1f}  s {numbers['stability']:.0f}"
                 draw.text((index * clip_width + 2, bar + 2), text, fill="black")
-            draw.text((2, y + 2), f"{case['title']}  t={(start + t) / HORIZON:.1f}x", fill="white")
+            horizon_now = (start + t + 1) / HORIZON
+            draw.text((2, y + 2), f"{case.get('short', case['title'])}   {horizon_now:.1f}x", fill="black")
             y += block.shape[1]
         frames.append(canvas)
     path.parent.mkdir(parents=True, exist_ok=True)
