@@ -187,6 +187,51 @@ def _checkpoint_interval(extra_steps: int, budgets: Sequence[int]) -> list[str]:
     ]
 
 
+def _continuation(
+    root: Path,
+    name: str,
+    experiment: str,
+    source: Path,
+    seed: int,
+    stop: int,
+    validate_every: int,
+    budgets: Sequence[int],
+    extra: Sequence[str],
+    extra_steps: int,
+) -> StageRun:
+    """A DMD run that resumes ``source`` (weights, critic, EMA, optimisers) and trains to step ``stop``.
+
+    Args:
+        root: Repository root.
+        name: Stage and task name.
+        experiment: Hydra experiment.
+        source: The checkpoint it resumes.
+        seed: Training seed.
+        stop: Global step it stops at.
+        validate_every: Steps between validations.
+        budgets: Scaling budgets to keep checkpoints at (:func:`_checkpoint_interval`).
+        extra: The method's own overrides.
+        extra_steps: The study's extra steps (the checkpoint interval without budgets).
+    """
+    return StageRun(
+        name,
+        "sfpp.train",
+        [
+            f"experiment={experiment}",
+            f"task_name={name}",
+            f"ckpt_path={source}",
+            f"seed={seed}",
+            f"trainer.max_steps={stop}",
+            f"trainer.val_check_interval={validate_every}",
+            *_checkpoint_interval(extra_steps, budgets),
+            f"callbacks.video_samples.every_n_steps={stop}",
+            *extra,
+        ],
+        root / "checkpoints" / name / "last.ckpt",
+        ignored_warnings=(RESUMED_WITH_OTHER_CALLBACKS,),
+    )
+
+
 def continuation_stages(
     root: Path,
     base_step: int,
@@ -218,22 +263,8 @@ def continuation_stages(
         for key, (method, experiment, extra) in CONTINUED_METHODS.items():
             name = f"study_{key}_seed{seed}"
             stages.append(
-                StageRun(
-                    name,
-                    "sfpp.train",
-                    [
-                        f"experiment={experiment}",
-                        f"task_name={name}",
-                        f"ckpt_path={base_ckpt}",
-                        f"seed={seed}",
-                        f"trainer.max_steps={stop}",
-                        f"trainer.val_check_interval={extra_steps}",
-                        *_checkpoint_interval(extra_steps, budgets),
-                        f"callbacks.video_samples.every_n_steps={stop}",
-                        *extra,
-                    ],
-                    checkpoints / name / "last.ckpt",
-                    ignored_warnings=(RESUMED_WITH_OTHER_CALLBACKS,),
+                _continuation(
+                    root, name, experiment, base_ckpt, seed, stop, extra_steps, budgets, extra, extra_steps
                 )
             )
             models.append(StudyModel(f"{method}, training seed {seed}", method, stages[-1].done_file, seed))
@@ -362,24 +393,9 @@ def scaling_stages(
     for key, (_, experiment, extra) in CONTINUED_METHODS.items():
         source = checkpoints / f"study_{key}_seed{seed}" / "last.ckpt"
         name = f"study_{key}_seed{seed}_scaling"
+        validate = max(budgets) - extra_steps
         stages.append(
-            StageRun(
-                name,
-                "sfpp.train",
-                [
-                    f"experiment={experiment}",
-                    f"task_name={name}",
-                    f"ckpt_path={source}",
-                    f"seed={seed}",
-                    f"trainer.max_steps={stop}",
-                    f"trainer.val_check_interval={max(budgets) - extra_steps}",
-                    *_checkpoint_interval(extra_steps, budgets),
-                    f"callbacks.video_samples.every_n_steps={stop}",
-                    *extra,
-                ],
-                checkpoints / name / "last.ckpt",
-                ignored_warnings=(RESUMED_WITH_OTHER_CALLBACKS,),
-            )
+            _continuation(root, name, experiment, source, seed, stop, validate, budgets, extra, extra_steps)
         )
     return stages
 
