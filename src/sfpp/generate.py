@@ -15,9 +15,17 @@ From Python (a notebook)::
     [result] = generate_video(generator, "a red circle bouncing on a dark background", "60s", "outputs/videos")
     result.video_path, result.metrics
 
+To continue a clip or animate an image, give ``init_video=clip.mp4`` or ``init_image=frame.png``
+(frames of the student's ``frame_size``, or a whole multiple of it as sfpp's own videos are): the
+frames are encoded, written into the rolling cache as finished chunks, and ``length`` more is
+generated after them (:mod:`sfpp.inference.prefix`)::
+
+    python -m sfpp.generate checkpoint=... prompt="a red circle bouncing on a dark background" \
+        init_video=outputs/videos/000_a_red_circle_bouncing_on_a_dark_background_seed0.mp4 length=10s
+
 Every request is checked before the first frame is generated: a missing checkpoint, no prompt or
 an empty prompts file, a length past the model's RoPE table, a bad switch, a word the text encoder
-does not know.
+does not know, a given file that is missing, unreadable or of another frame size.
 """
 
 from __future__ import annotations
@@ -29,10 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sfpp.data.prompts import read_prompts
 from sfpp.inference.generator import ChunkInfo, GenerationResult, VideoGenerator
+from sfpp.inference.prefix import IMAGE_SUFFIXES, VideoPrefix, encode_prefix, fit_frames, read_frames
 from sfpp.stages.checkpoints import load_submodule
 from sfpp.utils.cli import quiet_known_warnings, take_debug_flag, user_errors
 from sfpp.utils.config_dir import find_config_dir
@@ -43,7 +53,9 @@ __all__ = [
     "generate",
     "generate_video",
     "load_generator",
+    "load_prefix",
     "main",
+    "request_frames",
     "request_prompts",
     "video_name",
 ]
@@ -72,6 +84,7 @@ def generate_video(
     seed: int = 0,
     switches: Sequence[str] = (),
     on_chunk: Callable[[ChunkInfo], None] | None = None,
+    prefix: VideoPrefix | None = None,
 ) -> list[GenerationResult]:
     """Generate one video per prompt into ``out_dir`` (see :func:`video_name` for the file names).
 
@@ -85,6 +98,8 @@ def generate_video(
         seed: Seed of every video.
         switches: ``"<time>:<prompt>"`` switches applied to every video.
         on_chunk: Called after every chunk (see :class:`~sfpp.inference.generator.ChunkInfo`).
+        prefix: Given frames every video starts from and continues (:func:`load_prefix`); ``length``
+            is then what is generated after them.
 
     Returns:
         One :class:`~sfpp.inference.generator.GenerationResult` per prompt.
@@ -95,7 +110,7 @@ def generate_video(
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise ValueError("no prompt to generate: give `prompt` or a `prompts_file` with at least one prompt")
-    plans = [generator.plan(prompt, length, switches) for prompt in prompts]
+    plans = [generator.plan(prompt, length, switches, prefix) for prompt in prompts]
     results = []
     for index, plan in enumerate(plans):
         path = Path(out_dir) / f"{video_name(index, plan.prompt, seed)}.mp4"
@@ -189,6 +204,39 @@ def build_generator(cfg: DictConfig) -> VideoGenerator:
     )
 
 
+def request_frames(cfg: DictConfig) -> tuple[str, torch.Tensor] | None:
+    """The given frames of a ``generate`` config (``init_video`` or ``init_image``), at its frame size.
+
+    Returns:
+        ``(source, frames (3, F, H, W))`` with ``source`` as ``"<setting>=<path>"``, or ``None``
+        when neither is set.
+
+    Raises:
+        ValueError: If both are set, ``init_image`` is not an image, or the frames do not fit ``frame_size``.
+        FileNotFoundError: If the file does not exist.
+    """
+    video, image = cfg.get("init_video"), cfg.get("init_image")
+    if video is not None and image is not None:
+        raise ValueError(
+            f"give at most one of init_video and init_image, got init_video={video}, init_image={image}"
+        )
+    if video is None and image is None:
+        return None
+    setting, path = ("init_video", video) if video is not None else ("init_image", image)
+    if setting == "init_image" and Path(str(path)).suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"init_image={path} is not an image {IMAGE_SUFFIXES}; give a clip as init_video")
+    source = f"{setting}={path}"
+    frames = fit_frames(read_frames(path, setting), tuple(cfg.frame_size), source)
+    return source, frames
+
+
+def load_prefix(generator: VideoGenerator, frames: torch.Tensor, source: str) -> VideoPrefix:
+    """Encode given frames ``(3, F, H, W)`` with the generator's codec into whole chunks (a notebook's way in)."""
+    return encode_prefix(
+        generator.codec, frames, generator.model.num_frames_per_chunk, source, device=generator.device
+    )
+
+
 def generate(cfg: DictConfig, on_chunk: Callable[[ChunkInfo], None] | None = None) -> list[GenerationResult]:
     """Run a composed ``generate`` config: the body of ``python -m sfpp.generate``.
 
@@ -200,9 +248,11 @@ def generate(cfg: DictConfig, on_chunk: Callable[[ChunkInfo], None] | None = Non
         One result per prompt.
     """
     prompts = request_prompts(cfg)  # before loading anything: a bad request fails at once
+    given = request_frames(cfg)
     generator = build_generator(cfg)
+    prefix = None if given is None else load_prefix(generator, given[1], given[0])
     switches = list(cfg.get("switch") or [])
-    return generate_video(generator, prompts, cfg.length, cfg.out_dir, cfg.seed, switches, on_chunk)
+    return generate_video(generator, prompts, cfg.length, cfg.out_dir, cfg.seed, switches, on_chunk, prefix)
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:

@@ -28,7 +28,7 @@ from sfpp.diffusion.schedule import FlowMatchSchedule, add_noise, x0_from_flow
 from sfpp.models.causal_wan import CausalWanDiT
 from sfpp.models.kv_cache import RollingKVCache
 
-__all__ = ["FewStepSampler", "RolloutChunk", "rollout", "rollout_from_seed", "stream_rollout"]
+__all__ = ["FewStepSampler", "RolloutChunk", "rollout", "rollout_from_seed", "stream_rollout", "write_prefix"]
 
 
 @dataclass(frozen=True)
@@ -238,6 +238,63 @@ def stream_rollout(
             record.cache_input = cache_input
             trajectory.append(record)
         yield RolloutChunk(frame_offset=frame_offset, latents=x0)
+
+
+def write_prefix(
+    model: CausalWanDiT,
+    context: torch.Tensor,
+    cache: RollingKVCache,
+    latents: torch.Tensor,
+    sampler: FewStepSampler,
+    generator: torch.Generator | None = None,
+) -> Iterator[RolloutChunk]:
+    """Write given clean latents into the cache as finished chunks, so that generation continues them.
+
+    Each chunk takes the same path as a generated chunk after its last denoising step
+    (:func:`stream_rollout`'s clean pass through :meth:`CausalWanDiT.write_chunk`): the cache holds
+    exactly what it would hold had a rollout produced these latents, so a rollout that continues
+    from here equals, frame for frame, the rest of a rollout whose first chunks were these latents
+    (given the same random draws). With a context timestep above 0 each chunk is re-noised to it
+    from one draw of ``generator``, as a generated chunk is.
+
+    Args:
+        model: Block-causal :class:`CausalWanDiT`.
+        context: Text embeddings ``(B, L_text, text_dim)``.
+        cache: Rolling cache; the latents start at its ``num_frames``.
+        latents: Clean latents ``(B, C, F, H, W)``, ``F`` a multiple of the model's chunk size.
+        sampler: The few-step schedule (its context timestep).
+        generator: Source of the context noise (only drawn from when the context timestep is above 0).
+
+    Yields:
+        One :class:`RolloutChunk` per written chunk, in order.
+
+    Raises:
+        ValueError: For latents that are not whole chunks, that do not match the cache's batch, or
+            that would run past the RoPE table.
+    """
+    if latents.ndim != 5 or latents.shape[0] != cache.batch_size:
+        raise ValueError(
+            f"prefix latents must be (B={cache.batch_size}, C, F, H, W), got {tuple(latents.shape)}"
+        )
+    _check_rollout(model, cache, latents.shape[2])
+    param = next(model.parameters())
+    context = context.to(param.dtype)
+    chunk = model.num_frames_per_chunk
+    batch = cache.batch_size
+    noise_device = generator.device if generator is not None else param.device
+    for start in range(0, latents.shape[2], chunk):
+        frame_offset = cache.num_frames
+        clean = latents[:, :, start : start + chunk].to(param.device, param.dtype)
+        cache_input = clean
+        if sampler.context_timestep > 0:
+            noise = torch.randn(clean.shape, generator=generator, device=noise_device).to(
+                param.device, param.dtype
+            )
+            cache_input = add_noise(clean, noise, sampler.context_sigma).to(param.dtype)
+        t = torch.full((batch,), sampler.context_timestep, device=param.device)
+        with torch.no_grad():
+            model.write_chunk(cache_input, t, context, kv_cache=cache, frame_offset=frame_offset)
+        yield RolloutChunk(frame_offset=frame_offset, latents=clean)
 
 
 def rollout(

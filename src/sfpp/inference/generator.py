@@ -33,9 +33,10 @@ import torch
 
 from sfpp.codecs.base import VideoCodec, resolve_dtype
 from sfpp.diffusion.lengths import VideoTiming
-from sfpp.diffusion.rollout import FewStepSampler, RolloutChunk, stream_rollout
+from sfpp.diffusion.rollout import FewStepSampler, RolloutChunk, stream_rollout, write_prefix
 from sfpp.inference.frame_record import FrameRecord
 from sfpp.inference.metrics import evaluate_segments
+from sfpp.inference.prefix import VideoPrefix
 from sfpp.inference.prompt_schedule import PromptSegment, first_frame_of_latent, plan_segments
 from sfpp.io.video import StreamingVideoWriter
 from sfpp.models.causal_wan import CausalWanDiT
@@ -53,11 +54,13 @@ class GenerationPlan:
     """A checked request: everything :meth:`VideoGenerator.run` needs besides the seed.
 
     Attributes:
-        length: The requested length as given (``"60s"`` or latent frames).
+        length: The requested length as given (``"60s"`` or latent frames), of what is generated.
         num_latent_frames: Latent frames to generate (whole chunks).
-        num_frames: Decoded frames of the video.
-        segments: Prompt segments in order (one without switches).
+        num_frames: Decoded frames of the video (the given frames' included).
+        segments: Prompt segments in order (one without switches), in latent frames of the
+            generated part.
         contexts: Text embeddings ``(1, L_text, text_dim)`` of each segment, on the model's device.
+        prefix: Given frames the video starts from and continues (:mod:`sfpp.inference.prefix`).
     """
 
     length: int | str
@@ -65,6 +68,12 @@ class GenerationPlan:
     num_frames: int
     segments: tuple[PromptSegment, ...]
     contexts: tuple[torch.Tensor, ...]
+    prefix: VideoPrefix | None = None
+
+    @property
+    def prefix_latent_frames(self) -> int:
+        """Latent frames of the given frames the video starts from (0 without)."""
+        return 0 if self.prefix is None else self.prefix.num_latent_frames
 
     @property
     def prompt(self) -> str:
@@ -224,11 +233,27 @@ class VideoGenerator:
         chunk = self.model.num_frames_per_chunk
         return self.model.rope_max_seq_len // chunk * chunk
 
-    def check_length(self, length: int | str) -> int:
-        """Latent frames of ``length``, or a clear error if the RoPE table is too short for it."""
+    def check_length(self, length: int | str, start: int = 0) -> int:
+        """Latent frames of ``length``, or a clear error if the RoPE table is too short for it.
+
+        Args:
+            length: Latent frames or seconds.
+            start: Latent frames already in the video before these (given frames).
+        """
         num_latent_frames = self.timing.parse_length(length)
-        limit = self.max_latent_frames
+        limit = self.max_latent_frames - start
+        if limit < self.model.num_frames_per_chunk:
+            raise ValueError(
+                f"the given frames take {start} latent frames, the whole of the model's RoPE table "
+                f"({self.model.rope_max_seq_len}); give fewer frames (init_video) or raise model.rope_max_seq_len"
+            )
         if num_latent_frames > limit:
+            if start:
+                raise ValueError(
+                    f"length={length} is {num_latent_frames} latent frames, but after the {start} latent frames "
+                    f"of the given frames the model's RoPE table ({self.model.rope_max_seq_len}) leaves "
+                    f"{limit}; ask for a shorter length or give fewer frames"
+                )
             raise ValueError(
                 f"length={length} is {num_latent_frames} latent frames "
                 f"({self.timing.seconds_from_latent_frames(num_latent_frames):.1f} s), but the model's RoPE table "
@@ -256,13 +281,18 @@ class VideoGenerator:
             )
         return embeddings.to(device=self.device, dtype=self.dtype)
 
-    def plan(self, prompt: str, length: int | str, switches: Sequence[str] = ()) -> GenerationPlan:
+    def plan(
+        self, prompt: str, length: int | str, switches: Sequence[str] = (), prefix: VideoPrefix | None = None
+    ) -> GenerationPlan:
         """Check a request and encode its prompts, before any frame is generated.
 
         Args:
             prompt: The prompt of the start of the video.
-            length: Latent frames (``200``) or seconds (``"60s"``, rounded down to whole chunks).
-            switches: ``"<time>:<prompt>"`` prompt switches (see :mod:`sfpp.inference.prompt_schedule`).
+            length: Latent frames (``200``) or seconds (``"60s"``, rounded down to whole chunks) to
+                generate (after the given frames, if any).
+            switches: ``"<time>:<prompt>"`` prompt switches (see :mod:`sfpp.inference.prompt_schedule`),
+                timed from the first generated frame.
+            prefix: Given frames to continue (:func:`sfpp.inference.prefix.encode_prefix`).
 
         Raises:
             ValueError: For an empty prompt, an unreadable or too long length (naming the maximum
@@ -270,15 +300,17 @@ class VideoGenerator:
         """
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
-        num_latent_frames = self.check_length(length)
+        given = 0 if prefix is None else prefix.num_latent_frames
+        num_latent_frames = self.check_length(length, start=given)
         segments = plan_segments(prompt.strip(), list(switches), num_latent_frames, self.timing)
         contexts = tuple(self.encode_prompt(segment.prompt) for segment in segments)
         return GenerationPlan(
             length=length,
             num_latent_frames=num_latent_frames,
-            num_frames=self.timing.frames_from_latent_frames(num_latent_frames),
+            num_frames=self.timing.frames_from_latent_frames(given + num_latent_frames),
             segments=tuple(segments),
             contexts=contexts,
+            prefix=prefix,
         )
 
     # -- generation ---------------------------------------------------------------------------------
@@ -360,6 +392,7 @@ class VideoGenerator:
         prompt_at: Callable[[int], tuple[str, torch.Tensor]],
         cache: RollingKVCache,
         generator: torch.Generator,
+        prefix: VideoPrefix | None = None,
     ) -> Iterator[tuple[RolloutChunk, torch.Tensor, str]]:
         """Generate and decode a video chunk by chunk, asking for the prompt at every chunk boundary.
 
@@ -375,6 +408,9 @@ class VideoGenerator:
             prompt_at: ``prompt_at(first_latent_frame) -> (prompt, context (1, L_text, D))`` of a chunk.
             cache: The video's rolling cache (:meth:`new_cache`), empty.
             generator: Source of every random draw.
+            prefix: Given frames, written into the cache as finished chunks first (under the
+                prompt of the first generated frame) and yielded like generated chunks; the
+                generated frames continue them.
 
         Yields:
             ``(chunk, frames (3, f, H, W), prompt)`` per chunk, in order.
@@ -382,6 +418,11 @@ class VideoGenerator:
         decoder = self.codec.stream_decoder()
         chunk_frames = self.model.num_frames_per_chunk
         current: str | None = None
+        if prefix is not None:
+            current, context = prompt_at(0)
+            cache.reset_cross_attention()
+            for chunk in write_prefix(self.model, context, cache, prefix.latents, self.sampler, generator):
+                yield chunk, decoder.decode_chunk(chunk.latents)[0], current
         for start in range(0, num_latent_frames, chunk_frames):
             prompt, context = prompt_at(start)
             if prompt != current:
@@ -405,7 +446,7 @@ class VideoGenerator:
         """Generate the planned chunks, decode them and hand the frames to the writer and the record."""
         started = time.perf_counter()
         report = ProgressReport(description, plan.num_frames, "frames", enabled=self.show_progress)
-        chunks = self.stream_chunks(plan.num_latent_frames, plan.prompt_at, cache, generator)
+        chunks = self.stream_chunks(plan.num_latent_frames, plan.prompt_at, cache, generator, plan.prefix)
         with report:
             for chunk_index, (chunk, frames, prompt) in enumerate(chunks):
                 writer.write(frames)
@@ -429,6 +470,7 @@ class VideoGenerator:
         error: BaseException | None,
     ) -> dict[str, Any]:
         """The JSON written beside the video (metrics only for a completed video)."""
+        given = plan.prefix_latent_frames  # the segments count from the first generated frame
         summary: dict[str, Any] = {
             "video": video_path.name,
             "completed": error is None,
@@ -436,9 +478,10 @@ class VideoGenerator:
             "prompts": [
                 {
                     "prompt": segment.prompt,
-                    "start_latent_frame": segment.start_frame,
-                    "start_frame": first_frame_of_latent(segment.start_frame, self.timing),
-                    "start_seconds": first_frame_of_latent(segment.start_frame, self.timing) / self.fps,
+                    "start_latent_frame": given + segment.start_frame,
+                    "start_frame": first_frame_of_latent(given + segment.start_frame, self.timing),
+                    "start_seconds": first_frame_of_latent(given + segment.start_frame, self.timing)
+                    / self.fps,
                 }
                 for segment in plan.segments
             ],
@@ -458,6 +501,10 @@ class VideoGenerator:
             "kv_cache_bytes": cache.nbytes,
             "sampler_timesteps": list(self.sampler.timesteps),
         }
+        if plan.prefix is not None:
+            summary["prefix"] = plan.prefix.describe() | {
+                "frames": self.timing.frames_from_latent_frames(given),
+            }
         if error is not None:
             summary["error"] = repr(error)
             return summary
@@ -465,10 +512,10 @@ class VideoGenerator:
         segments = [  # (prompt, first frame, one past the last frame) in decoded frames
             (
                 segment.prompt,
-                first_frame_of_latent(segment.start_frame, self.timing),
-                first_frame_of_latent(segment.end_frame, self.timing),
+                first_frame_of_latent(given + segment.start_frame, self.timing) if index or not given else 0,
+                first_frame_of_latent(given + segment.end_frame, self.timing),
             )
-            for segment in plan.segments
+            for index, segment in enumerate(plan.segments)
         ]
         if record.enabled and self.metrics:
             means, per_segment, skipped = evaluate_segments(self.metrics, segments, record.video)
