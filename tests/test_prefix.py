@@ -188,3 +188,23 @@ def test_generate_refuses_bad_given_frames_before_loading(checkpoint: Path, tmp_
         generate(
             _cfg(checkpoint, tmp_path, f"prompt={PROMPT}", "length=1024", f"init_image={tmp_path}/black.png")
         )
+
+
+def test_an_image_is_one_latent_frame_of_the_wan_vae(tmp_path: Path) -> None:
+    from diffusers import AutoencoderKLWan
+    from test_codecs import TINY_VAE_CONFIG
+
+    from sfpp.codecs.wan_vae import WanVAECodec
+
+    torch.manual_seed(0)
+    AutoencoderKLWan(**TINY_VAE_CONFIG).save_pretrained(tmp_path)
+    codec = WanVAECodec(tmp_path)
+    image = torch.rand(3, 1, 16, 16) * 2 - 1
+    alone = codec.encode(image[None])  # (1, C, 1, 4, 4): one frame, one latent frame
+    assert alone.shape[2] == 1
+    prefix = encode_prefix(codec, image, chunk_frames=3, source="init_image=x.png")
+    # 3 latent frames = 1 + 4 * 2 frames: the image held for 8 more
+    assert prefix.num_latent_frames == 3 and prefix.given_frames == 1 and prefix.held_frames == 8
+    torch.testing.assert_close(prefix.latents[:, :, :1], alone)  # the first latent frame is the image's
+    clip = encode_prefix(codec, torch.rand(3, 6, 16, 16) * 2 - 1, chunk_frames=3, source="init_video=x.mp4")
+    assert (clip.num_latent_frames, clip.given_frames, clip.held_frames) == (3, 6, 3)  # 6 frames -> 9
