@@ -192,9 +192,9 @@ def test_generate_refuses_bad_given_frames_before_loading(checkpoint: Path, tmp_
 
 def test_an_image_is_one_latent_frame_of_the_wan_vae(tmp_path: Path) -> None:
     from diffusers import AutoencoderKLWan
-    from test_codecs import TINY_VAE_CONFIG
 
     from sfpp.codecs.wan_vae import WanVAECodec
+    from test_codecs import TINY_VAE_CONFIG
 
     torch.manual_seed(0)
     AutoencoderKLWan(**TINY_VAE_CONFIG).save_pretrained(tmp_path)
