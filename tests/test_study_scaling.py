@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from sfpp.apps.scaling import point_minutes, scaling_findings, scaling_page, summarise_scaling
 from sfpp.apps.study_analysis import before_and_after, pictures_section, stability_at_first_horizon
@@ -248,3 +249,53 @@ def test_the_study_is_evaluated_before_the_curve_trains(tmp_path, monkeypatch):
     assert [(p.method, p.budget) for p in calls[4]][-1] == (SFPP_CONTINUED, 1000)
     training = json.loads((tmp_path / "study" / "training.json").read_text())
     assert training["study_sfpp_seed1_scaling"]["steps"] == 500  # carried on from 500 to 1000 extra steps
+
+
+def test_evaluate_scaling_scores_every_point_and_plots(tmp_path):
+    from sfpp.apps.scaling import evaluate_scaling
+    from test_study import _stand_ins
+
+    teacher_ckpt, models = _stand_ins(tmp_path)
+    root = tmp_path / "repo"
+    points = scaling_points(root, 850, 10, 1, (5, 10, 20))
+    for point, model in zip(points, [models[0]] * len(points), strict=True):
+        point.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        payload = torch.load(model.checkpoint, weights_only=False)
+        payload |= {
+            "global_step": 850,
+            "hyper_parameters": {"critic_updates_per_generator": 4, "critic_warmup_steps": 0},
+        }
+        torch.save(payload, point.checkpoint)
+        record = point.checkpoint.parent / "last.ckpt.stage.json"
+        record.write_text(json.dumps({"seconds": 120.0}))
+        os.utime(record, (10_000, 10_000))
+        os.utime(point.checkpoint, (9_940, 9_940))  # one minute into its stage
+    results = evaluate_scaling(
+        tmp_path / "scaling",
+        teacher_ckpt,
+        points,
+        {},
+        eval_seeds=(0, 1),
+        num_prompts=2,
+        horizons=(1, 20),
+        root=root,
+    )
+    assert [(p["method"], p["budget"]) for p in results["points"]] == [(p.method, p.budget) for p in points]
+    assert results["points"][0]["minutes"] == 0.0 and results["points"][0]["generator_updates"] == 0
+    assert results["points"][1]["minutes"] == pytest.approx(1.0)  # 60 s into the continuation
+    assert results["points"][3]["minutes"] == pytest.approx(
+        1.0 + 2.0
+    )  # carried on: the continuation's 2 min first
+    assert results["points"][2]["generator_updates"] == 2  # 10 steps after 850, every 5th a generator update
+    assert results["protocol"]["budgets"] == [5, 10, 20] and results["protocol"]["train_seed"] == 1
+    assert set(results["summary"]) == {"Self-Forcing (baseline)", SF_CONTINUED, SFPP_CONTINUED}
+    assert "fd_ratio_20x" in results["summary"][SFPP_CONTINUED][0]
+    saved = json.loads((tmp_path / "scaling" / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert (tmp_path / "scaling" / "scaling.png").stat().st_size > 20_000
+    assert "## What the curve says" in scaling_page(saved)
+    points[-1].checkpoint.unlink()
+    with pytest.raises(FileNotFoundError, match="scaling checkpoints missing"):
+        evaluate_scaling(
+            tmp_path / "again", teacher_ckpt, points, {}, eval_seeds=(0,), num_prompts=2, root=root
+        )
