@@ -275,7 +275,7 @@ def test_evaluate_scaling_scores_every_point_and_plots(tmp_path):
         teacher_ckpt,
         points,
         {},
-        eval_seeds=(0, 1),
+        eval_seeds=(0,),
         num_prompts=2,
         horizons=(1, 20),
         root=root,
