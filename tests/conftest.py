@@ -12,9 +12,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from sfpp.utils.config_dir import find_config_dir
-from sfpp.utils.precision import register_resolvers
+from sfpp.utils.resolvers import register_resolvers
 
-register_resolvers()  # ${sfpp_precision:...}, as python -m sfpp.train registers it
+register_resolvers()  # the configs' resolvers, as python -m sfpp.train registers them
 
 CONFIG_DIR: Path = find_config_dir()
 

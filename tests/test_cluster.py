@@ -36,6 +36,23 @@ def test_slurm_launcher_and_trainer_compose_for_8_nodes_of_8_gpus(compose_train)
     assert type(environment).__name__ == "SLURMEnvironment" and not environment.auto_requeue
 
 
+def test_the_slurm_launcher_asks_no_gpu_for_a_cpu_trainer(compose_train) -> None:
+    from sfpp.utils.resolvers import gpus_per_node
+
+    cfg = compose_train(["hydra/launcher=slurm", "trainer=cpu", "experiment=tiny"], shrink=False)
+    launcher = cfg.hydra.launcher
+    assert (
+        launcher.gpus_per_node is None and launcher.tasks_per_node == 1
+    )  # submitit leaves --gpus-per-node out
+    gpu = compose_train(
+        ["hydra/launcher=slurm", "trainer=gpu", "trainer.devices=4", "experiment=tiny"], shrink=False
+    )
+    assert gpu.hydra.launcher.gpus_per_node == 4
+    assert gpus_per_node("cuda", "2") == 2 and gpus_per_node("auto", 8) is None
+    with pytest.raises(ValueError, match="needs a GPU count per node"):
+        gpus_per_node("gpu", "auto")
+
+
 def _train(tmp_path: Path, *overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM")} | {"OMP_NUM_THREADS": "1"}
     return subprocess.run(

@@ -19,8 +19,11 @@ from omegaconf import DictConfig
 
 from sfpp.utils.cli import quiet_known_warnings, take_debug_flag, user_errors
 from sfpp.utils.config_dir import find_config_dir
+from sfpp.utils.resolvers import register_resolvers
 
 __all__ = ["generate_ode_pairs", "main"]
+
+register_resolvers()  # ${sfpp_gpus_per_node:...} when launched on SLURM
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ from sfpp.models.causal_wan import CausalWanDiT
 from sfpp.models.config import CausalWanConfig
 from sfpp.models.flavours import flavour_config
 from sfpp.models.kv_cache import RollingKVCache
-from sfpp.utils.precision import register_resolvers
+from sfpp.utils.resolvers import register_resolvers
 
 __all__ = [
     "MemoryPlan",

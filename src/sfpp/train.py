@@ -18,9 +18,9 @@ from omegaconf import DictConfig
 from sfpp.utils.cli import quiet_known_warnings, take_debug_flag, user_errors
 from sfpp.utils.config_dir import find_config_dir, list_group_options
 from sfpp.utils.instantiate import instantiate_callbacks, instantiate_loggers
-from sfpp.utils.precision import register_resolvers
+from sfpp.utils.resolvers import register_resolvers
 
-register_resolvers()  # ${sfpp_precision:...} in the configs
+register_resolvers()  # ${sfpp_precision:...} and ${sfpp_gpus_per_node:...} in the configs
 
 
 class MissingStageError(ValueError):

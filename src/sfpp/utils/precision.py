@@ -4,8 +4,8 @@ CPU autocast to bf16 pays on CPUs with native bf16 products (AVX512-BF16 or AMX)
 hundredfold on the others, which emulate them (a ``(1024, 256) @ (256, 256)`` product: 0.8 ms in
 float32, 96 ms in bf16 on an AVX2-only AMD EPYC). A config asks for the precision it prefers
 through the ``sfpp_precision`` resolver and gets ``32-true`` where that precision would emulate
-bf16. :func:`register_resolvers` registers it (``python -m sfpp.train`` and ``python -m sfpp.plan``
-call it before composing a config).
+bf16. :func:`sfpp.utils.resolvers.register_resolvers` registers it with the configs' other resolvers
+(``python -m sfpp.train`` and ``python -m sfpp.plan`` call it before composing a config).
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from __future__ import annotations
 import logging
 
 import torch
-from omegaconf import OmegaConf
 
-__all__ = ["RESOLVER", "bf16_is_native", "fast_precision", "register_resolvers"]
+__all__ = ["RESOLVER", "bf16_is_native", "fast_precision"]
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +45,3 @@ def fast_precision(preferred: str, accelerator: str = "auto") -> str:
         return str(preferred)
     log.info("no native bf16 on this %s: training in 32-true instead of %s", accelerator, preferred)
     return "32-true"
-
-
-def register_resolvers() -> None:
-    """Register ``sfpp_precision`` with OmegaConf (once; later calls do nothing)."""
-    if not OmegaConf.has_resolver(RESOLVER):
-        OmegaConf.register_new_resolver(RESOLVER, fast_precision)
