@@ -3,6 +3,7 @@ local launcher end to end; ckpt_path=last resumes a run where it stopped (what a
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -87,6 +88,7 @@ def test_ckpt_path_last_resumes_where_the_run_stopped(tmp_path) -> None:
     first = _train(
         tmp_path,
         "trainer.max_steps=4",
+        "trainer.log_every_n_steps=1",
         "ckpt_path=last",
         "callbacks.model_checkpoint.every_n_train_steps=2",
         f"callbacks.model_checkpoint.dirpath={tmp_path}/ckpt",
@@ -96,6 +98,7 @@ def test_ckpt_path_last_resumes_where_the_run_stopped(tmp_path) -> None:
     again = _train(
         tmp_path,
         "trainer.max_steps=6",
+        "trainer.log_every_n_steps=1",
         "ckpt_path=last",
         "callbacks.model_checkpoint.every_n_train_steps=2",
         f"callbacks.model_checkpoint.dirpath={tmp_path}/ckpt",
@@ -103,3 +106,7 @@ def test_ckpt_path_last_resumes_where_the_run_stopped(tmp_path) -> None:
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Restoring states from the checkpoint path" in again.stdout + again.stderr
     assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["global_step"] == 6
+    # the metrics log continues: the first run's steps, then the resumed run's (nothing deleted)
+    with open(tmp_path / "run" / "csv" / "metrics.csv", newline="") as file:
+        steps = sorted({int(row["step"]) for row in csv.DictReader(file) if row.get("train/loss")})
+    assert steps == list(range(6)), steps
