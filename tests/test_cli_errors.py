@@ -94,6 +94,10 @@ def test_the_wrapper_unwraps_instantiation_errors_and_keeps_bugs(monkeypatch, ca
     with pytest.raises(ZeroDivisionError):
         user_errors(bug)(None)
     assert user_errors(lambda cfg: 3)(None) == 3
+    # in a submitit job the user error itself is raised: submitit records it as the job's result
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    with pytest.raises(InstantiationException):
+        user_errors(bad_setting)(None)
 
 
 def test_known_harmless_warnings_are_hidden_and_others_kept() -> None:

@@ -4,7 +4,9 @@ A bad path, an impossible length, an unknown word or a setting that cannot work 
 ``FileNotFoundError`` or a ``ValueError`` whose message names the setting to change (Hydra wraps
 the ones raised while building a component in an ``InstantiationException``). :func:`user_errors`
 turns those into ``error: <message>`` on stderr and exit status 2; ``HYDRA_FULL_ERROR=1`` (or
-``--debug`` on the command line, see :func:`take_debug_flag`) keeps the full traceback. A run stopped
+``--debug`` on the command line, see :func:`take_debug_flag`) keeps the full traceback. Inside a
+submitit job (``SUBMITIT_EXECUTOR`` set, as on SLURM) the error is raised as it is, so that submitit
+records it as the job's result instead of the job ending without one. A run stopped
 by :class:`~sfpp.callbacks.guards.DivergenceError` ends the same way. Anything else (a bug) keeps
 its traceback.
 """
@@ -76,6 +78,10 @@ def user_errors(task: Callable[..., T]) -> Callable[..., T]:
         except Exception as error:
             cause = _user_error(error)
             if cause is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            if os.environ.get("SUBMITIT_EXECUTOR"):
+                # A submitit job (SLURM): SystemExit would end it without a result file and leave the
+                # submitter waiting; the error itself reaches the submitter as the job's result.
                 raise
             print(f"error: {cause}", file=sys.stderr)
             print("(--debug or HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
