@@ -270,6 +270,8 @@ def test_evaluate_scaling_scores_every_point_and_plots(tmp_path):
         record.write_text(json.dumps({"seconds": 120.0}))
         os.utime(record, (10_000, 10_000))
         os.utime(point.checkpoint, (9_940, 9_940))  # one minute into its stage
+    # the study scored the baseline already: the curve takes its numbers instead of generating again
+    known = {str(h): {m: [9.0 + h] for m in ("quality_fd", "stability", "clean_frames")} for h in (1, 20)}
     results = evaluate_scaling(
         tmp_path / "scaling",
         teacher_ckpt,
@@ -279,9 +281,12 @@ def test_evaluate_scaling_scores_every_point_and_plots(tmp_path):
         num_prompts=2,
         horizons=(1, 20),
         root=root,
+        known={("Self-Forcing (baseline)", 0): known},
     )
     assert [(p["method"], p["budget"]) for p in results["points"]] == [(p.method, p.budget) for p in points]
     assert results["points"][0]["minutes"] == 0.0 and results["points"][0]["generator_updates"] == 0
+    assert results["points"][0]["from_study"] and results["points"][0]["scores"] == known
+    assert not results["points"][1]["from_study"]
     assert results["points"][1]["minutes"] == pytest.approx(1.0)  # 60 s into the continuation
     assert results["points"][3]["minutes"] == pytest.approx(
         1.0 + 2.0

@@ -151,6 +151,7 @@ def evaluate_scaling(
     command: str = "python -m sfpp.apps.study",
     root: Path = Path("."),
     train_seed: int = 1,
+    known: Mapping[tuple[str, int], Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Score every point of the curve and write ``results.json`` and ``scaling.png`` under ``out``.
 
@@ -165,6 +166,10 @@ def evaluate_scaling(
         command: The command line recorded in the results.
         root: Repository root.
         train_seed: The training seed of the continuations on the curve.
+        known: ``{(method, budget): scores}`` already measured with the same protocol on the same
+            checkpoint (the study's baseline and first-seed continuations: generation is
+            deterministic, so scoring them again would give the same numbers); those points are
+            not generated again and say so (``"from_study": true``).
 
     Returns:
         The content of ``results.json``.
@@ -186,10 +191,14 @@ def evaluate_scaling(
     num_frames = max(horizons) * HORIZON
     real = real_videos(prompts, num_frames, eval_seeds)
     base = DMDSchedule.from_checkpoint(points[0].checkpoint)
+    known = dict(known or {})
     rows = []
     for point in points:
-        console.rule(f"scaling: {point.method} after {point.budget} extra steps")
-        videos = generate_batch(point.checkpoint, teacher_ckpt, prompts, num_frames, eval_seeds)
+        scores = known.get((point.method, point.budget))
+        if scores is None:
+            console.rule(f"scaling: {point.method} after {point.budget} extra steps")
+            videos = generate_batch(point.checkpoint, teacher_ckpt, prompts, num_frames, eval_seeds)
+            scores = {str(h): v for h, v in score_horizons(videos, prompts, horizons, real).items()}
         rows.append(
             {
                 "method": point.method,
@@ -197,7 +206,8 @@ def evaluate_scaling(
                 "generator_updates": base.generator_updates(point.budget),
                 "minutes": point_minutes(point, root),
                 "checkpoint": str(point.checkpoint),
-                "scores": {str(h): v for h, v in score_horizons(videos, prompts, horizons, real).items()},
+                "from_study": (point.method, point.budget) in known,
+                "scores": dict(scores),
             }
         )
     results: dict[str, Any] = {

@@ -427,8 +427,27 @@ def run_study(
             command,
             root,
             train_seed=train_seeds[0],
+            known=_study_points(results, train_seeds[0], extra_steps),
         )
     return results
+
+
+def _study_points(
+    results: dict[str, Any] | None, seed: int, extra_steps: int
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """The curve's points the study has scored already: the baseline (0) and seed ``seed``'s continuations."""
+    if results is None:
+        return {}
+    scores = results["scores"]
+    known = {}
+    for label, method, budget in (
+        ("Self-Forcing (baseline)", "Self-Forcing (baseline)", 0),
+        (f"{SF_CONTINUED}, training seed {seed}", SF_CONTINUED, extra_steps),
+        (f"{SFPP_CONTINUED}, training seed {seed}", SFPP_CONTINUED, extra_steps),
+    ):
+        if label in scores:
+            known[method, budget] = scores[label]
+    return known
 
 
 def main(argv: Sequence[str] | None = None) -> None:
