@@ -436,9 +436,7 @@ def _study_points(
     results: dict[str, Any] | None, seed: int, extra_steps: int
 ) -> dict[tuple[str, int], dict[str, Any]]:
     """The curve's points the study has scored already: the baseline (0) and seed ``seed``'s continuations."""
-    if results is None:
-        return {}
-    scores = results["scores"]
+    scores = (results or {}).get("scores", {})
     known = {}
     for label, method, budget in (
         ("Self-Forcing (baseline)", "Self-Forcing (baseline)", 0),
