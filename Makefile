@@ -90,7 +90,7 @@ serve: install ## Stream the demo's student live on a local page (trains the dem
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.serve $(SERVE_ARGS)
 
 study: install ## Self-Forcing vs Self-Forcing++ (+ GRPO) from one baseline, 1-50 horizons, seeds, and the compute-scaling curve (~2.5 h): artifacts/study
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.apps.study --extra-steps 500 --grpo-steps 30 --scaling-budgets 250 500 1000
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.apps.study --extra-steps 500 --grpo-steps 30 --scaling-budgets 250 500 750
 
 study-ablations: install ## Budget, rollout-length and window-sampling ablations beside the seed-1 continuations (~2 h): artifacts/study_ablations
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.apps.study --train-seeds 1 --grpo-steps 0 \

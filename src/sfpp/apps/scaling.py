@@ -1,6 +1,6 @@
 """The compute-scaling curve of ``make study``: each method's quality against its extra-step budget.
 
-``python -m sfpp.apps.study --scaling-budgets 250 500 1000`` keeps the first training seed's
+``python -m sfpp.apps.study --scaling-budgets 250 500 750`` keeps the first training seed's
 continuations at every budget (:func:`sfpp.apps.study_stages.scaling_stages`); :func:`evaluate_scaling`
 scores every point (the baseline at 0 steps, then Self-Forcing and Self-Forcing++ at each budget)
 with the study's protocol (:func:`sfpp.apps.study_metrics.score_horizons`: the same held-out prompts,

@@ -21,7 +21,7 @@ training seed beside that seed's continuations; ``make study-ablations`` runs th
 ``docs/results/study_ablations.json``; another set publishes as ``study_ablations_<keys>.json``
 (:func:`published_name`).
 
-``--scaling-budgets 250 500 1000`` adds the compute-scaling curve: the first training seed's
+``--scaling-budgets 250 500 750`` adds the compute-scaling curve: the first training seed's
 continuations keep a checkpoint at every budget and are carried on to the largest
 (:func:`scaling_stages`), and every point is scored into ``<out>/scaling``
 (:mod:`sfpp.apps.scaling`; ``--publish`` writes ``docs/results/scaling.json``). ``--train-only``
@@ -467,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         type=int,
         nargs="*",
         default=[],
-        help="extra-step budgets of the compute-scaling curve (e.g. 250 500 1000): the first training "
+        help="extra-step budgets of the compute-scaling curve (e.g. 250 500 750): the first training "
         "seed's continuations are carried on to the largest and every budget is evaluated into <out>/scaling",
     )
     parser.add_argument(
