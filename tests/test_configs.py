@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from sfpp.callbacks import DivergenceGuard, FinalStepCheckpoint, ProgressLog
+from sfpp.io.csv_log import ResumableCSVLogger
 from sfpp.utils.atomic import AtomicCheckpointIO
 from sfpp.utils.config_dir import find_config_dir, list_group_options
 from sfpp.utils.instantiate import instantiate_callbacks, instantiate_loggers
@@ -136,7 +137,8 @@ def test_trainer_callbacks_and_loggers_instantiate(compose_train) -> None:
         ProgressLog,
         LearningRateMonitor,
     ]
-    assert [type(lg) for lg in loggers] == [CSVLogger, TensorBoardLogger]
+    assert [type(lg) for lg in loggers] == [ResumableCSVLogger, TensorBoardLogger]
+    assert isinstance(loggers[0], CSVLogger)  # Lightning's, continuing its log on a resumed run
 
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     assert isinstance(trainer, Trainer)
