@@ -206,10 +206,18 @@ def stability_at_first_horizon(data: Mapping[str, Any]) -> list[str]:
                 for m, cells in rows
                 if m not in (REAL_LABEL, TEACHER_LABEL)
             )
+            students = [cells[grain]["mean"] for m, cells in rows if m not in (REAL_LABEL, TEACHER_LABEL)]
+            grainier = bool(students) and teacher[grain]["mean"] > max(students)
             lines[-1] += (
                 f" Beside it, the frames' noise level, as the distance's parts measure it (standardised "
                 f"shift from real clips at 1x): the teacher's clips {teacher[grain]['mean']:+.1f}; {levels}. "
-                "Grain that differs from frame to frame is change that comes back, which jitter counts."
+                + (
+                    "The teacher's frames are the grainiest: grain that differs from frame to frame is "
+                    "change that comes back, which jitter counts."
+                    if grainier
+                    else "The teacher's frames are not grainier than the students': their frames go back and "
+                    "forth more from one to the next at the same noise level."
+                )
             )
     return lines
 
