@@ -24,7 +24,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 
-.PHONY: help install test test-full browser bench bench-publish demo demo-full study study-ablations study-ablation-init serve docs gpu-wheels gpu-check gpu-check-cpu gpu-rehearsal lint format clean distclean
+.PHONY: help install test test-full browser bench bench-publish demo demo-full study continuation study-ablations study-ablation-init serve docs gpu-wheels gpu-check gpu-check-cpu gpu-rehearsal lint format clean distclean
 
 help: ## Show this list of targets
 	@echo "Usage: make <target> [PY=python3]"
@@ -91,6 +91,9 @@ serve: install ## Stream the demo's student live on a local page (trains the dem
 
 study: install ## Self-Forcing vs Self-Forcing++ (+ GRPO) from one baseline, 1-50 horizons, seeds, and the compute-scaling curve (~2.5 h): artifacts/study
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.apps.study --extra-steps 500 --grpo-steps 30 --scaling-budgets 250 500 750
+
+continuation: install ## Continue real clips (1 and 8 frames given): students trained with and without prefixes, 20 horizons (~1 h with the study's baseline): artifacts/continuation
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.apps.continuation
 
 study-ablations: install ## Budget, rollout-length and window-sampling ablations beside the seed-1 continuations (~2 h): artifacts/study_ablations
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PYTHON) -m sfpp.apps.study --train-seeds 1 --grpo-steps 0 \

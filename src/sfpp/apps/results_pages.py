@@ -9,6 +9,8 @@ from a JSON file in ``docs/results/`` written by the command that measured it:
   before the text-path fix (``study_before_text_fix.json``) is shown on that page beside it;
 * ``scaling.json``: ``make study``'s compute-scaling curve (``<out>/scaling/results.json``) ->
   ``docs/results/scaling.md`` (:func:`sfpp.apps.scaling.scaling_page`);
+* ``continuation.json``: ``make continuation`` (:mod:`sfpp.apps.continuation`) ->
+  ``docs/results/continuation.md`` (:func:`sfpp.apps.continuation_report.continuation_page`);
 * ``study_ablations.json``: ``make study-ablations`` (``python -m sfpp.apps.study --ablations ...
   --publish``) -> ``docs/results/study_ablations.md``; a run of another set of ablations publishes as
   ``study_ablations_<keys>.json`` (``sfpp.apps.study.published_name``) -> ``study_ablations_<keys>.md``;
@@ -33,6 +35,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from sfpp.apps.continuation_report import continuation_page
 from sfpp.apps.scaling import scaling_page
 from sfpp.apps.study_analysis import (
     before_and_after,
@@ -505,6 +508,7 @@ def render_all(root: Path = Path(".")) -> dict[Path, str]:
         "demo.json": ("demo.md", demo_page),
         "study.json": ("study.md", lambda data: study_page(data, _load(results / BEFORE_TEXT_FIX))),
         "scaling.json": ("scaling.md", scaling_page),
+        "continuation.json": ("continuation.md", continuation_page),
         "study_ablations.json": ("study_ablations.md", ablations_page),
         "teacher.json": ("teacher.md", teacher_page),
         "teacher_history.json": ("teacher-history.md", teacher_history_page),

@@ -46,7 +46,7 @@ def ode_regression_loss(pred_x0: Tensor, target_x0: Tensor) -> Tensor:
     return F.mse_loss(pred_x0.float(), target_x0.detach().float())
 
 
-def flow_matching_loss(pred_flow: Tensor, x0: Tensor, noise: Tensor) -> Tensor:
+def flow_matching_loss(pred_flow: Tensor, x0: Tensor, noise: Tensor, mask: Tensor | None = None) -> Tensor:
     """Denoising (flow-matching) loss: MSE between a flow prediction and ``noise - x0``.
 
     Trains the teacher on data and the critic on the student's detached samples. The target is
@@ -56,16 +56,25 @@ def flow_matching_loss(pred_flow: Tensor, x0: Tensor, noise: Tensor) -> Tensor:
         pred_flow: Model's flow at ``x_t = (1 - sigma) x0 + sigma noise``, ``(B, C, F, H, W)``.
         x0: The clean sample that was noised.
         noise: The noise that was mixed in.
+        mask: Optional boolean tensor broadcastable to ``x0``, true where the loss applies (e.g.
+            false on given clean frames); the loss is then the mean over those elements.
 
     Returns:
         A float32 scalar.
 
     Raises:
-        ValueError: If the shapes differ.
+        ValueError: If the shapes differ, or the mask is not boolean or selects nothing.
     """
     _check_same_shape("flow_matching_loss", pred_flow=pred_flow, x0=x0, noise=noise)
     target = noise.detach().float() - x0.detach().float()  # the flow noise - x0
-    return F.mse_loss(pred_flow.float(), target)
+    if mask is None:
+        return F.mse_loss(pred_flow.float(), target)
+    if mask.dtype != torch.bool:
+        raise ValueError(f"flow_matching_loss: mask must be boolean, got {mask.dtype}")
+    mask = torch.broadcast_to(mask, x0.shape)
+    if not mask.any():
+        raise ValueError("flow_matching_loss: the mask selects no element")
+    return (pred_flow.float() - target).square()[mask].mean()
 
 
 def dmd_loss(

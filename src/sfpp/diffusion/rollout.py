@@ -247,6 +247,7 @@ def write_prefix(
     latents: torch.Tensor,
     sampler: FewStepSampler,
     generator: torch.Generator | None = None,
+    noise_fn: Callable[[tuple[int, ...]], torch.Tensor] | None = None,
 ) -> Iterator[RolloutChunk]:
     """Write given clean latents into the cache as finished chunks, so that generation continues them.
 
@@ -264,6 +265,8 @@ def write_prefix(
         latents: Clean latents ``(B, C, F, H, W)``, ``F`` a multiple of the model's chunk size.
         sampler: The few-step schedule (its context timestep).
         generator: Source of the context noise (only drawn from when the context timestep is above 0).
+        noise_fn: Optional source of that noise instead of ``generator``, as in :func:`stream_rollout`
+            (data-parallel training draws the global batch's noise and keeps this rank's rows).
 
     Yields:
         One :class:`RolloutChunk` per written chunk, in order.
@@ -287,9 +290,11 @@ def write_prefix(
         clean = latents[:, :, start : start + chunk].to(param.device, param.dtype)
         cache_input = clean
         if sampler.context_timestep > 0:
-            noise = torch.randn(clean.shape, generator=generator, device=noise_device).to(
-                param.device, param.dtype
-            )
+            if noise_fn is None:
+                noise = torch.randn(clean.shape, generator=generator, device=noise_device)
+            else:
+                noise = noise_fn(tuple(clean.shape))
+            noise = noise.to(param.device, param.dtype)
             cache_input = add_noise(clean, noise, sampler.context_sigma).to(param.dtype)
         t = torch.full((batch,), sampler.context_timestep, device=param.device)
         with torch.no_grad():

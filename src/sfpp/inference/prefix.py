@@ -17,7 +17,6 @@ how many of each.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from sfpp.codecs.base import VideoCodec
+from sfpp.diffusion.prefix import hold_to_chunks
 
 __all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "VideoPrefix", "encode_prefix", "fit_frames", "read_frames"]
 
@@ -148,12 +148,6 @@ def encode_prefix(
         to fill them.
     """
     given = int(frames.shape[1])
-    stride = codec.temporal_stride
-    needed = 1 + math.ceil((given - 1) / stride)  # latent frames that cover the given frames
-    latent_frames = math.ceil(needed / chunk_frames) * chunk_frames
-    total = codec.num_frames(latent_frames)
-    held = total - given
-    if held:
-        frames = torch.cat([frames, frames[:, -1:].expand(-1, held, -1, -1)], dim=1)  # hold the last frame
-    latents = codec.encode(frames[None].to(device))  # (1, C, n, h, w)
+    clip, held = hold_to_chunks(frames[None], codec.temporal_stride, chunk_frames)  # (1, 3, F', H, W)
+    latents = codec.encode(clip.to(device))  # (1, C, n, h, w)
     return VideoPrefix(source=source, latents=latents, given_frames=given, held_frames=held)

@@ -39,9 +39,10 @@ from torch import nn
 
 from sfpp.diffusion.lengths import VideoTiming
 from sfpp.diffusion.losses import dmd_loss, flow_matching_loss, real_and_fake_x0
+from sfpp.diffusion.prefix import PrefixTraining, given_in_window, hold_to_chunks, keep_given_clean
 from sfpp.diffusion.reencode import WindowReencoder
 from sfpp.diffusion.reinject import NoiseReinjector
-from sfpp.diffusion.rollout import FewStepSampler, stream_rollout
+from sfpp.diffusion.rollout import FewStepSampler, stream_rollout, write_prefix
 from sfpp.diffusion.window import WindowSampler
 from sfpp.models.causal_wan import CausalWanDiT
 from sfpp.models.critic import ScoreCritic
@@ -172,6 +173,13 @@ class DMDModule(StudentStage):
             linears (:class:`~sfpp.models.lora.LoraSettings` or a mapping of its fields, e.g.
             ``{rank: 32, alpha: 32}``); only the adapters train, and the EMA averages them.
             ``None`` (the default): full fine-tuning.
+        prefix: Start some training rollouts from the first frames of the batch's real clips
+            (:class:`~sfpp.diffusion.prefix.PrefixTraining` or a mapping of its fields, e.g.
+            ``{probability: 0.5, pixel_frames: [1, 8]}``): the frames are written into the cache
+            as finished chunks, the window holds them and the generated frames that follow, and
+            the teacher and the critic see them clean; the batches must then carry ``"video"``
+            clips of at least the longest prefix. ``None`` (the default): every rollout starts
+            from noise.
     """
 
     def __init__(
@@ -210,6 +218,7 @@ class DMDModule(StudentStage):
         val_rollout_frames: int | str | None = None,
         window_reencoder: WindowReencoder | None = None,
         lora: LoraSettings | Mapping[str, Any] | None = None,
+        prefix: PrefixTraining | Mapping[str, Any] | None = None,
     ) -> None:
         if not generator.causal or teacher.causal:
             raise ValueError("DMD needs a block-causal generator (causal=true) and a bidirectional teacher")
@@ -236,6 +245,11 @@ class DMDModule(StudentStage):
             raise ValueError(
                 f"window_frames={window_frames} and rollout_frames={rollout_frames} must be whole chunks "
                 f"of num_frames_per_chunk={chunk}"
+            )
+        prefix_settings = PrefixTraining.parse(prefix)
+        if prefix_settings is not None and critic_windows_per_rollout > 1:
+            raise ValueError(
+                "prefix training cannot be combined with critic_windows_per_rollout > 1; set it to 1"
             )
         lora_settings = LoraSettings.parse(lora)
         if lora_settings is not None:
@@ -271,6 +285,7 @@ class DMDModule(StudentStage):
                 "quality_metric",
                 "window_reencoder",
                 "lora",
+                "prefix",
             ]
         )
         self.teacher = teacher.requires_grad_(False).eval()
@@ -280,6 +295,8 @@ class DMDModule(StudentStage):
         if lora_settings is not None:
             apply_lora(self.critic.model, lora_settings)
         self.hparams["lora"] = None if lora_settings is None else lora_settings.as_dict()
+        self.prefix = prefix_settings
+        self.hparams["prefix"] = None if prefix_settings is None else prefix_settings.as_dict()
         self.window_sampler = WindowSampler(window_frames, window_mode, chunk, tuple(window_beta))
         self.reinjector = reinjector or NoiseReinjector()
         self.window_reencoder = window_reencoder
@@ -320,26 +337,33 @@ class DMDModule(StudentStage):
         end: int,
         grad_from_frame: int,
         micro_batch: int = 0,
+        prefix: torch.Tensor | None = None,
     ) -> list:
         """The student's chunks up to latent frame ``end``, each at an exit step drawn from ``rng``.
 
         Chunks from ``grad_from_frame`` on keep the graph of their exit step. ``micro_batch`` is the
         index of this batch among the update's ``accumulate_grad_batches``: the rollout noise is
-        that of its rows of the update's global batch.
+        that of its rows of the update's global batch. A ``prefix`` ``(B, C, n, h, w)`` of clean
+        latents is written into the cache first and returned as the first chunks; the student
+        generates the frames from ``n`` to ``end``.
         """
+        cache = self._new_cache(self.generator, context.shape[0])
         num_steps = len(self.sampler.timesteps)
-        num_chunks = end // self.generator.num_frames_per_chunk
+        num_chunks = (end - (0 if prefix is None else prefix.shape[2])) // self.generator.num_frames_per_chunk
         if self.hparams.exit_step_draw == "per_rollout":
             exit_steps = torch.randint(0, num_steps, (1,), generator=rng).expand(num_chunks)
         else:
             exit_steps = torch.randint(0, num_steps, (num_chunks,), generator=rng)
         noise_fn = self._noise_fn(rng, context.shape[0], micro_batch, self.hparams.accumulate_grad_batches)
-        return list(
+        given = []
+        if prefix is not None:
+            given = list(write_prefix(self.generator, context, cache, prefix, self.sampler, rng, noise_fn))
+        return given + list(
             stream_rollout(
                 self.generator,
                 context,
-                self._new_cache(self.generator, context.shape[0]),
-                end,
+                cache,
+                end - cache.num_frames,
                 self.latent_shape,
                 self.sampler,
                 rng,
@@ -350,14 +374,54 @@ class DMDModule(StudentStage):
         )
 
     def _rollout_window(
-        self, context: torch.Tensor, rng: torch.Generator, keep_graph: bool, micro_batch: int = 0
+        self,
+        context: torch.Tensor,
+        rng: torch.Generator,
+        keep_graph: bool,
+        micro_batch: int = 0,
+        prefix: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, int]:
-        """Roll the student out to the end of a sampled window; return the window ``(B, C, K, h, w)``."""
-        start = self.window_sampler.sample(self.rollout_frames, rng)
+        """Roll the student out to the end of a window; return ``(window (B, C, K, h, w), start)``.
+
+        Without a prefix the window is drawn by the window sampler. With a prefix of ``n`` latent
+        frames the window holds its last :func:`given_in_window` frames and the generated frames
+        that follow them.
+        """
+        if prefix is None:
+            start = self.window_sampler.sample(self.rollout_frames, rng)
+        else:
+            given = given_in_window(prefix.shape[2], self.window_frames, self.generator.num_frames_per_chunk)
+            start = prefix.shape[2] - given
         end = start + self.window_frames
-        chunks = self._rollout_to(context, rng, end, start if keep_graph else end, micro_batch)
+        chunks = self._rollout_to(context, rng, end, start if keep_graph else end, micro_batch, prefix)
         window = torch.cat([c.latents for c in chunks if c.frame_offset >= start], dim=2)  # (B, C, K, h, w)
         return self._as_seen_by_the_teacher(chunks, window, start), start
+
+    def _prefix_latents(self, batch: dict[str, Any], step: int) -> torch.Tensor | None:
+        """The clean latents ``(B, C, n, h, w)`` that step ``step``'s rollouts start from, or ``None``.
+
+        Raises:
+            ValueError: If the step draws a prefix and the batch has no ``"video"`` clips of that
+                many frames.
+        """
+        if self.prefix is None:
+            return None
+        frames = self.prefix.draw(self.seed, step)
+        if frames == 0:
+            return None
+        video = batch.get("video")
+        if video is None or video.shape[2] < frames:
+            have = "no 'video'" if video is None else f"clips of {video.shape[2]} frames"
+            raise ValueError(
+                f"prefix training gives {frames} real frames, but the batches carry {have}; give the data "
+                f"module clips of at least {self.prefix.max_pixel_frames} frames (the built-in world: "
+                f"data.num_frames={self.prefix.max_pixel_frames})"
+            )
+        clip, _ = hold_to_chunks(
+            video[:, :, :frames], self.codec.temporal_stride, self.generator.num_frames_per_chunk
+        )  # (B, 3, F', H, W)
+        with torch.no_grad():
+            return self.codec.encode(clip.to(self.device))
 
     @torch.no_grad()
     def _shared_critic_windows(
@@ -445,22 +509,28 @@ class DMDModule(StudentStage):
         generator_opt, critic_opt = self.optimizers()
         rng = self._rng(step)
         context, null_context = self._contexts(list(batch["prompt"]))
+        given, given_mask = 0, None
         if kind == "critic" and self.hparams.critic_windows_per_rollout > 1:
             window, start, context, rng = self._critic_window(step, list(batch["prompt"]))
         else:
+            prefix = self._prefix_latents(batch, step)
             window, start = self._rollout_window(
-                context, rng, keep_graph=kind == "generator", micro_batch=micro
+                context, rng, keep_graph=kind == "generator", micro_batch=micro, prefix=prefix
             )
+            if prefix is not None:
+                given = prefix.shape[2] - start
         batch_size = window.shape[0]
         x_t, noise, timestep, sigma = self.reinjector(
             window.detach(), rng, *self._rows_of_global_batch(batch_size, micro, accumulate)
         )
+        if given:  # the given frames stay clean, at timestep 0, and out of the losses
+            x_t, timestep, sigma, given_mask = keep_given_clean(window, x_t, timestep, sigma, given)
         network, optimizer = (
             (self.critic, critic_opt) if kind == "critic" else (self.generator, generator_opt)
         )
         if kind == "critic":
             flow = self.critic(x_t, timestep, context)
-            loss = flow_matching_loss(flow, window.detach(), noise)
+            loss = flow_matching_loss(flow, window.detach(), noise, mask=given_mask)
             metrics = {}
         else:
             real_x0, fake_x0 = real_and_fake_x0(
@@ -478,6 +548,8 @@ class DMDModule(StudentStage):
                 mask = self.window_reencoder.gradient_mask(
                     self.codec, start, self.window_frames, self.generator.num_frames_per_chunk, window.device
                 )
+            if given_mask is not None:
+                mask = given_mask if mask is None else mask & given_mask
             loss, metrics = dmd_loss(window, real_x0, fake_x0, gradient_mask=mask)
         if micro == 0:
             optimizer.zero_grad(set_to_none=True)
@@ -493,6 +565,8 @@ class DMDModule(StudentStage):
         for name, value in metrics.items():
             self.log(f"train/{name}", value, batch_size=batch_size)
         self.log("train/window_start_frame", float(start), batch_size=batch_size)
+        if self.prefix is not None:
+            self.log("train/given_frames", float(given), batch_size=batch_size)
         self.log("train/video_std", window.detach().float().std(), batch_size=batch_size)
         self.log("train/seconds_per_step", time.perf_counter() - began, batch_size=batch_size)
 

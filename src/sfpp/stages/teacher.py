@@ -50,6 +50,13 @@ class TeacherModule(SupervisedStage):
             (:class:`~sfpp.world.targets.WorldPosteriorTarget`), which has the same minimiser
             as ``x0`` and far less variance. ``None`` (default): ``x0``.
         cfg_dropout: Probability of replacing a prompt by the empty prompt (the CFG null condition).
+        clean_prefix_probability: Probability, per video sample, that its first latent frames are
+            given clean (timestep 0, left out of the loss) while the rest is noised: the teacher
+            learns to continue given frames, which prefix-conditioned DMD
+            (:class:`~sfpp.diffusion.prefix.PrefixTraining`) shows it. 0 (the default): every
+            frame of a sample at one noise level.
+        clean_prefix_max_frames: The most latent frames given clean; each prefixed sample draws
+            between 1 and ``min(clean_prefix_max_frames, F - 1)`` uniformly.
         ema_decay: Decay of the EMA copy used for sampling and evaluation.
         ema_start_step: Steps before the EMA starts averaging.
         sampler: Euler sampler (steps, shift, CFG scale) for validation samples.
@@ -81,6 +88,8 @@ class TeacherModule(SupervisedStage):
         loss_weighting: LossWeighting | None = None,
         x0_target: Callable[..., torch.Tensor] | None = None,
         cfg_dropout: float = 0.1,
+        clean_prefix_probability: float = 0.0,
+        clean_prefix_max_frames: int = 1,
         ema_decay: float = 0.999,
         ema_start_step: int = 0,
         sampler: EulerSampler | None = None,
@@ -97,6 +106,10 @@ class TeacherModule(SupervisedStage):
             raise ValueError(f"loss_space must be 'flow' or 'x0', got {loss_space!r}")
         if not 0.0 <= cfg_dropout < 1.0:
             raise ValueError(f"cfg_dropout must be in [0, 1), got {cfg_dropout}")
+        if not 0.0 <= clean_prefix_probability <= 1.0:
+            raise ValueError(f"clean_prefix_probability must be in [0, 1], got {clean_prefix_probability}")
+        if clean_prefix_max_frames < 1:
+            raise ValueError(f"clean_prefix_max_frames must be >= 1, got {clean_prefix_max_frames}")
         if x0_target is not None and loss_space != "x0":
             raise ValueError(
                 f"x0_target replaces the clean latents of an x0 loss; set loss_space: x0 (got {loss_space!r})"
@@ -198,9 +211,17 @@ class TeacherModule(SupervisedStage):
         sigma = self.timestep_sampler(batch_size, device=self.device)  # (B,)
         noise = torch.randn_like(x0)
         x_t = add_noise(x0, noise, sigma)
-        flow = self.train_forward()(x_t, timestep_from_sigma(sigma), context)
+        noisy = self._noisy_frames(x0)  # (B, F) or None: every frame noised
+        model_sigma = sigma
+        if noisy is not None:  # the given frames clean, at timestep 0
+            x_t = torch.where(noisy[:, None, :, None, None], x_t, x0)
+            model_sigma = sigma[:, None] * noisy  # (B, F)
+        flow = self.train_forward()(x_t, timestep_from_sigma(model_sigma), context)
         target = x0 if self.x0_target is None else self.x0_target(x0, x_t, sigma, batch)
-        loss = self.loss(flow, target, noise, x_t, sigma)
+        if noisy is None:  # the signature of loss before given frames (subclasses may override it)
+            loss = self.loss(flow, target, noise, x_t, sigma)
+        else:
+            loss = self.loss(flow, target, noise, x_t, sigma, noisy)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/clip_frames", float(batch["video"].shape[2]), batch_size=batch_size)
         return loss
@@ -212,6 +233,7 @@ class TeacherModule(SupervisedStage):
         noise: torch.Tensor,
         x_t: torch.Tensor,
         sigma: torch.Tensor,
+        noisy: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The batch's flow-matching loss in ``loss_space``, weighted by ``loss_weighting``.
 
@@ -221,16 +243,40 @@ class TeacherModule(SupervisedStage):
                 of them.
             noise: The noise mixed into ``x0``, same shape.
             x_t: The model's input, same shape.
-            sigma: Per-sample noise levels ``(B,)``.
+            sigma: Per-sample noise levels ``(B,)`` of the noised frames.
+            noisy: Optional ``(B, F)`` boolean, false on frames given clean: their error is left out
+                and each sample's error is the mean over its noised frames.
 
         Returns:
             Scalar float32 loss: the mean over samples of each sample's weighted squared error.
         """
+        frame_sigma = sigma if noisy is None else sigma[:, None] * noisy  # (B,) or (B, F)
         if self.loss_space == "x0":
-            error = x0_from_flow(flow, x_t, sigma).float() - x0.float()
+            error = x0_from_flow(flow, x_t, frame_sigma).float() - x0.float()
         else:
             error = flow.float() - flow_target(x0, noise).float()
-        return self.loss_weighting(error.square(), x0, sigma, self.loss_space).mean()
+        squared = error.square()
+        if noisy is not None:  # zero the given frames, scale each sample to the mean over the rest
+            keep = noisy.float()  # (B, F)
+            scale = keep.shape[1] / keep.sum(dim=1, keepdim=True)  # (B, 1): F / noised frames
+            squared = squared * (keep * scale)[:, None, :, None, None]
+        return self.loss_weighting(squared, x0, sigma, self.loss_space).mean()
+
+    def _noisy_frames(self, x0: torch.Tensor) -> torch.Tensor | None:
+        """Which latent frames of each sample are noised ``(B, F)``, or ``None`` when all are.
+
+        With ``clean_prefix_probability`` a sample's first ``k`` frames are given clean, ``k`` drawn
+        uniformly in ``[1, min(clean_prefix_max_frames, F - 1)]``; one-frame batches are never
+        prefixed.
+        """
+        p, frames = self.hparams.clean_prefix_probability, x0.shape[2]
+        if p == 0 or frames < 2:
+            return None
+        batch = x0.shape[0]
+        prefixed = torch.rand(batch, device=self.device) < p
+        longest = min(self.hparams.clean_prefix_max_frames, frames - 1)
+        given = torch.randint(1, longest + 1, (batch,), device=self.device) * prefixed  # (B,)
+        return torch.arange(frames, device=self.device)[None] >= given[:, None]  # (B, F)
 
     # -- sampling and validation ---------------------------------------------------------------
 
