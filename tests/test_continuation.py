@@ -121,6 +121,10 @@ def test_evaluation_results_page_plot_and_strips(tmp_path, checkpoint):  # noqa:
         "rows": {key: label for key, (label, _, _) in ROWS.items()},
         "pictures": {given: p.name for given, p in pictures.items()} | {"plot": "continuation.png"},
         "results": results,
+        "teachers": {
+            "shipped": {"clean_frames": {"mean": 0.7, "spread": 0.01, "values": [0.69, 0.71]}},
+            "fine-tuned": {"clean_frames": {"mean": 0.6, "spread": 0.02, "values": [0.58, 0.62]}},
+        },
     }
     json.dumps(data)  # plain JSON
     assert plot_continuation(data, tmp_path / "continuation.png").exists()
@@ -128,6 +132,18 @@ def test_evaluation_results_page_plot_and_strips(tmp_path, checkpoint):  # noqa:
     assert any("level at 1x-2x" in f for f in findings)  # the same student: never ahead nor behind
     page = continuation_page(data)
     assert "## Given a clip of 8 frames" in page and "(continuation_given1.png)" in page
+    assert "| fine-tuned | 0.60 +- 0.02 |" in page
+
+
+def test_the_teacher_check_scores_each_teachers_own_clips(tmp_path, monkeypatch):
+    import sfpp.apps.study as study
+    from sfpp.apps.continuation import TEACHER_METRICS, check_teachers
+
+    clips = {seed: ground_truth(PROMPTS, 8, seed=seed * len(PROMPTS)) for seed in (0, 1)}
+    monkeypatch.setattr(study, "teacher_videos", lambda path, prompts, seeds: {s: clips[s] for s in seeds})
+    checked = check_teachers({"shipped": tmp_path / "a.ckpt"}, PROMPTS, [0, 1])
+    assert set(checked["shipped"]) == set(TEACHER_METRICS)
+    assert checked["shipped"]["clean_frames"]["mean"] > 0.9  # real clips scored as a teacher's
 
 
 def test_bad_arguments_exit_with_a_message(capsys):

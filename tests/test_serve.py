@@ -288,3 +288,131 @@ def test_the_servers_own_length_limit_names_the_setting(generator, tmp_path) -> 
     assert (
         "this server streams at most 8 latent frames" in error["message"] and "max_length" in error["message"]
     )
+
+
+# -- starting from given frames ---------------------------------------------------------------------
+
+
+def _clip_client(generator: VideoGenerator, tmp_path: Path, **limits) -> tuple[TestClient, torch.Tensor]:
+    clip = torch.rand(3, 3, 16, 16) * 2 - 1  # 3 frames: held to 4, two chunks
+    app = build_app(
+        lambda: generator,
+        limits=StreamLimits(**{"queue_frames": 4, "stats_every_frames": 4, "window_frames": 2, **limits}),
+        save_dir=tmp_path / "saved",
+        default_length=16,
+        suggestions=[PROMPT],
+        clips={PROMPT: clip},
+    )
+    return TestClient(app), clip
+
+
+def _png(array: np.ndarray, kind: str = "PNG") -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=kind)
+    return f"data:image/{kind.lower()};base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_a_stream_from_a_clip_shows_its_frames_then_continues_them(generator, tmp_path) -> None:
+    client, clip = _clip_client(generator, tmp_path)
+    assert client.get("/api/info").json()["clips"] == [PROMPT]
+    with client.websocket_connect("/ws") as ws:
+        _hello(ws)
+        start = {"type": "start", "prompt": PROMPT, "seed": 2, "length": 6, "pace": "fast", "save": True}
+        ws.send_json({**start, "start_from": {"clip": PROMPT}})
+        frames, events = _receive_until_done(ws)
+    started = events[0]
+    assert started["start_from"]["given_frames"] == 3 and started["start_from"]["held_frames"] == 1
+    assert len(frames) == 4 + 6
+    held = torch.cat([clip, clip[:, -1:]], dim=1)  # (3, 4, H, W)
+    for index, _, image in frames[:4]:
+        assert np.array_equal(image, decode_frame_message(encode_frame(held[:, index], index, 0))[2])
+    # the continuation is generate_video's from the same prefix and seed
+    from sfpp.generate import load_prefix
+
+    chunks: list[torch.Tensor] = []
+    prefix = load_prefix(generator, clip, "clip")
+    plan = generator.plan(PROMPT, 6, prefix=prefix)
+    generator.run(plan, tmp_path / "again.mp4", seed=2, on_chunk=lambda i: chunks.append(i.frames))
+    expected = torch.cat(chunks, dim=1)  # (3, 10, H, W)
+    for index, _, image in frames:
+        assert np.array_equal(image, decode_frame_message(encode_frame(expected[:, index], index, 0))[2])
+    saved = json.loads(next((tmp_path / "saved").glob("*.json")).read_text())
+    assert saved["prefix"]["given_frames"] == 3 and saved["frames_written"] == 10
+
+
+def test_a_stream_from_an_uploaded_image_holds_it_for_a_chunk(generator, tmp_path) -> None:
+    client, _ = _clip_client(generator, tmp_path)
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)  # 2x the frame size
+    with client.websocket_connect("/ws") as ws:
+        _hello(ws)
+        ws.send_json(
+            {
+                "type": "start",
+                "prompt": PROMPT,
+                "length": 4,
+                "pace": "fast",
+                "start_from": {"image": _png(image), "name": "frame.png"},
+            }
+        )
+        frames, events = _receive_until_done(ws)
+    assert events[0]["start_from"]["source"] == "image: frame.png" and len(frames) == 2 + 4
+    assert np.array_equal(frames[0][2], frames[1][2])  # the image, held to fill its chunk
+
+
+@pytest.mark.parametrize(
+    ("start_from", "message"),
+    [
+        ({"clip": "a green blob"}, "no clip 'a green blob'"),
+        ({"image": "data:image/png;base64,not base64!", "name": "x.png"}, "not base64 image data"),
+        ({"image": "data:image/png;base64,aGVsbG8=", "name": "hello.png"}, "not an image"),
+        ("frame.png", 'start_from is {"clip": name}'),
+    ],
+)
+def test_bad_starting_frames_answer_with_one_line(generator, tmp_path, start_from, message) -> None:
+    client, _ = _clip_client(generator, tmp_path)
+    with client.websocket_connect("/ws") as ws:
+        _hello(ws)
+        ws.send_json({"type": "start", "prompt": PROMPT, "length": 4, "start_from": start_from})
+        error = ws.receive_json()
+        assert error["type"] == "error" and message in error["message"], error
+        ws.send_json({"type": "start", "prompt": PROMPT, "length": 2, "pace": "fast"})  # still serving
+        frames, _ = _receive_until_done(ws)
+        assert len(frames) == 2
+
+
+def test_uploads_of_the_wrong_size_format_or_weight_are_refused(generator, tmp_path) -> None:
+    client, _ = _clip_client(generator, tmp_path, max_upload_bytes=3000)
+    wrong_size = _png(np.zeros((20, 16, 3), dtype=np.uint8))
+    gif = _png(np.zeros((16, 16, 3), dtype=np.uint8), "GIF")
+    heavy = _png(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    cases = [
+        (wrong_size, "frame_size=[16, 16]"),
+        (gif, "a GIF image; upload one of PNG"),
+        (heavy, "3 kB at most"),
+    ]
+    with client.websocket_connect("/ws") as ws:
+        _hello(ws)
+        for data, message in cases:
+            ws.send_json({"type": "start", "prompt": PROMPT, "start_from": {"image": data, "name": "up"}})
+            error = ws.receive_json()
+            assert error["type"] == "error" and message in error["message"], error
+        # a prefix that leaves no room in the RoPE table for the length asked
+        ws.send_json({"type": "start", "prompt": PROMPT, "length": 64, "start_from": {"clip": PROMPT}})
+        error = ws.receive_json()
+        assert "RoPE table" in error["message"] and "shorter length" in error["message"]
+
+
+def test_the_page_offers_the_clips_and_an_upload(tmp_path) -> None:
+    page = (Path(__file__).parents[1] / "src" / "sfpp" / "apps" / "static" / "stream.html").read_text()
+    assert 'id="start_from"' in page and 'type="file"' in page and "readAsDataURL" in page
+    with initialize_config_dir(version_base="1.3", config_dir=str(find_config_dir()), job_name="serve"):
+        cfg = compose(
+            config_name="serve", overrides=[f"checkpoint={tmp_path}/missing.ckpt", "teacher_ckpt=x"]
+        )
+    info = TestClient(make_app(cfg)).get("/api/info").json()
+    assert len(info["clips"]) == 8 and info["max_upload_bytes"] == 2_000_000

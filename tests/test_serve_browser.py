@@ -30,7 +30,10 @@ def _free_port() -> int:
     CHROMIUM is None or CHROMEDRIVER is None, reason="no chromium/chromedriver: run `make browser`"
 )
 def test_the_page_streams_and_switches_in_a_browser(tmp_path: Path) -> None:
+    import numpy as np
+    import torch
     import uvicorn
+    from PIL import Image
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -39,9 +42,17 @@ def test_the_page_streams_and_switches_in_a_browser(tmp_path: Path) -> None:
     from sfpp.apps.streaming import StreamLimits, build_app
     from test_serve import OTHER, PROMPT, _generator
 
+    clip = torch.rand(3, 4, 16, 16) * 2 - 1
     app = build_app(
-        _generator, limits=StreamLimits(), save_dir=tmp_path, default_length=48, suggestions=[PROMPT, OTHER]
+        _generator,
+        limits=StreamLimits(),
+        save_dir=tmp_path,
+        default_length=48,
+        suggestions=[PROMPT, OTHER],
+        clips={OTHER: clip},
     )
+    image = tmp_path / "frame.png"
+    Image.fromarray(np.full((32, 32, 3), 200, dtype=np.uint8)).save(image)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -78,6 +89,25 @@ def test_the_page_streams_and_switches_in_a_browser(tmp_path: Path) -> None:
         )
         assert max(pixels) > 0
         assert driver.find_element(By.ID, "error").text == ""
+
+        # Start from the server's clip: its prompt fills the box, its 4 frames come first.
+        from selenium.webdriver.support.ui import Select
+
+        Select(driver.find_element(By.ID, "start_from")).select_by_value(f"clip:{OTHER}")
+        assert prompt.get_attribute("value") == OTHER
+        driver.find_element(By.ID, "length").clear()
+        driver.find_element(By.ID, "length").send_keys("8")
+        driver.find_element(By.ID, "start").click()
+        wait.until(lambda d: "continuing clip: " in d.find_element(By.ID, "events").text)
+        wait.until(lambda d: "done: 12 frames" in d.find_element(By.ID, "events").text)
+        # Start from an uploaded image (twice the frame size: averaged back), held to a chunk.
+        Select(driver.find_element(By.ID, "start_from")).select_by_value("upload")
+        driver.find_element(By.ID, "start").click()  # no file chosen yet: said on the page
+        wait.until(lambda d: "choose an image" in d.find_element(By.ID, "error").text)
+        driver.find_element(By.ID, "upload").send_keys(str(image))
+        driver.find_element(By.ID, "start").click()
+        wait.until(lambda d: "continuing image: frame.png" in d.find_element(By.ID, "events").text)
+        wait.until(lambda d: "done: 10 frames" in d.find_element(By.ID, "events").text)
     finally:
         driver.quit()
         server.should_exit = True

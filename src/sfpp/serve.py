@@ -32,14 +32,17 @@ def make_app(cfg: DictConfig):
         queue_frames=cfg.queue_frames,
         stats_every_frames=cfg.stats_every_frames,
         window_frames=cfg.window_frames,
+        max_upload_bytes=cfg.max_upload_bytes,
     )
     suggestions = hydra.utils.instantiate(cfg.suggestions) if cfg.get("suggestions") else ()
+    clips = hydra.utils.instantiate(cfg.start_clips) if cfg.get("start_clips") else None
     return build_app(
         lambda: build_generator(cfg),
         limits=limits,
         save_dir=cfg.save_dir,
         default_length=cfg.default_length,
         suggestions=list(suggestions),
+        clips=clips,
     )
 
 

@@ -282,6 +282,25 @@ def evaluate_continuation(
     return results, strips
 
 
+#: The teacher's numbers compared before and after its fine-tune (one horizon from noise).
+TEACHER_METRICS = ("quality_fd", "clean_frames", "detected", "shape_accuracy", "motion_gap", "stability")
+
+
+def check_teachers(
+    teachers: Mapping[str, Path], prompts: Sequence[str], seeds: Sequence[int]
+) -> dict[str, dict[str, Any]]:
+    """The study's one-horizon scores of each teacher's own clips (does the fine-tune cost quality?)."""
+    from sfpp.apps.study import real_videos, teacher_videos
+
+    real = real_videos(prompts, HORIZON, seeds)
+    checked = {}
+    for key, path in teachers.items():
+        scores = score_horizons(teacher_videos(path, prompts, seeds), prompts, (1,), real)[1]
+        checked[key] = {name: _summary(scores[name]) for name in TEACHER_METRICS}
+        console.print(f"teacher {key}: clean frames {checked[key]['clean_frames']['mean']:.3f}")
+    return checked
+
+
 def run_continuation(
     out: Path,
     steps: int,
@@ -305,6 +324,9 @@ def run_continuation(
     prompts = heldout_prompts()[:num_prompts]
     evaluation_began = time.perf_counter()
     results, strips = evaluate_continuation(checkpoints, teacher, prompts, seeds, givens, horizons)
+    teachers = check_teachers(
+        {"shipped": root / "checkpoints" / "toy_teacher" / "last.ckpt", "fine-tuned": teacher}, prompts, seeds
+    )
     out.mkdir(parents=True, exist_ok=True)
     pictures = write_strips(strips, out, horizons)
     data = {
@@ -330,6 +352,7 @@ def run_continuation(
         "rows": {key: label for key, (label, _, _) in ROWS.items()},
         "pictures": {given: path.name for given, path in pictures.items()} | {"plot": "continuation.png"},
         "results": results,
+        "teachers": teachers,
     }
     plot_continuation(data, out / "continuation.png")
     path = out / "results.json"

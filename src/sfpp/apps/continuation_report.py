@@ -208,6 +208,21 @@ def continuation_page(data: Mapping[str, Any]) -> str:
         "",
         "![FD to the real continuation and clean frames per horizon](continuation.png)",
     ]
+    teachers = data.get("teachers")
+    if teachers:
+        names = list(next(iter(teachers.values())))
+        lines += [
+            "",
+            "## The teacher before and after its fine-tune",
+            "",
+            "Its own one-horizon clips from noise, scored as in the study (same prompts and seeds): "
+            "what taking given frames clean cost it.",
+            "",
+            "| teacher | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
+        for key, entry in teachers.items():
+            lines.append(f"| {key} | " + " | ".join(_cell(entry[name]) for name in names) + " |")
     for given, rows in data["results"].items():
         lines += ["", f"## Given {_label(given)}", ""]
         for metric, (title, up) in METRICS.items():

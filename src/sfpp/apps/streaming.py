@@ -8,7 +8,11 @@ page and two JSON routes, not request models) serves
   stop and switch, fps / latency / stability readouts);
 * ``/api/info``: whether the student loaded (or why not), the vocabulary, the suggestions, limits;
 * ``/ws``: one WebSocket per client. The client sends JSON commands, ``{"type": "start", "prompt",
-  "seed", "length", "pace", "save"}``, ``{"type": "switch", "prompt"}`` and ``{"type": "stop"}``;
+  "seed", "length", "pace", "save", "start_from"}``, ``{"type": "switch", "prompt"}`` and
+  ``{"type": "stop"}``; ``start_from`` (optional) continues given frames instead of starting from
+  noise: ``{"clip": name}`` (one of the server's clips, e.g. the built-in world's held-out ones) or
+  ``{"image": "data:image/png;base64,...", "name": file name}`` (an uploaded image, checked for
+  size, format and frame size);
   the server answers with binary frame messages (a 12-byte header ``frame index, chunk index,
   PNG length`` as little-endian uint32, then a PNG) and JSON messages (``started``, ``stats``,
   ``switched``, ``done``, ``error``);
@@ -24,12 +28,15 @@ One generation per client; the number of clients and the length of a stream are 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import io
 import json
 import logging
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +46,7 @@ import numpy as np
 import torch
 
 from sfpp.inference.generator import VideoGenerator
+from sfpp.inference.prefix import VideoPrefix, encode_prefix, fit_frames
 from sfpp.io.video import StreamingVideoWriter, to_uint8_frames
 from sfpp.metrics.frame_stats import motion_magnitudes
 from sfpp.metrics.stability import stability_scores
@@ -51,6 +59,8 @@ PAGE = Path(__file__).with_name("static") / "stream.html"
 #: Header of a binary frame message: frame index, chunk index, PNG length (little-endian uint32).
 FRAME_HEADER = struct.Struct("<III")
 PACES = ("realtime", "fast")
+#: Image formats a stream can start from (as Pillow names them).
+UPLOAD_FORMATS = ("PNG", "JPEG", "BMP", "WEBP")
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,7 @@ class StreamLimits:
         stats_every_frames: Frames between two ``stats`` messages (stability and motion of the
             last ``window_frames`` frames against the first ones).
         window_frames: Frames per window of the live stability readout.
+        max_upload_bytes: Largest uploaded image to start from.
     """
 
     max_clients: int = 4
@@ -71,6 +82,7 @@ class StreamLimits:
     queue_frames: int = 32
     stats_every_frames: int = 8
     window_frames: int = 8
+    max_upload_bytes: int = 2_000_000
 
     def __post_init__(self) -> None:
         for name in ("max_clients", "max_length", "queue_frames", "stats_every_frames", "window_frames"):
@@ -105,6 +117,7 @@ class LiveStream:
         num_latent_frames: Latent frames to generate (whole chunks).
         seed: Seed of every random draw; the same seed and switches give the same frames.
         save_path: Where to write the streamed frames as an mp4 (a JSON beside it), or ``None``.
+        prefix: Given frames to continue: written into the cache and streamed first.
 
     Raises:
         ValueError: For a prompt the text encoder refuses.
@@ -117,8 +130,10 @@ class LiveStream:
         num_latent_frames: int,
         seed: int = 0,
         save_path: Path | None = None,
+        prefix: VideoPrefix | None = None,
     ) -> None:
         self.generator = generator
+        self.prefix = prefix
         self.num_latent_frames = num_latent_frames
         self.seed = seed
         self.save_path = save_path
@@ -149,7 +164,9 @@ class LiveStream:
         """Generate: yields ``(chunk index, frames (3, f, H, W), prompt, first latent frame)`` until done or stopped."""
         cache = self.generator.new_cache()
         torch_generator = torch.Generator().manual_seed(self.seed)
-        chunks = self.generator.stream_chunks(self.num_latent_frames, self._prompt_at, cache, torch_generator)
+        chunks = self.generator.stream_chunks(
+            self.num_latent_frames, self._prompt_at, cache, torch_generator, self.prefix
+        )
         for index, (chunk, frames, prompt) in enumerate(chunks):
             if self.stopped.is_set():
                 return
@@ -187,8 +204,9 @@ class _PageStream:
         except (TypeError, ValueError):
             raise ValueError(f"seed must be an integer, got {message.get('seed')!r}") from None
         num_latent_frames = self.state.check_length(message.get("length", self.state.default_length))
+        prefix = self.state.prefix(message.get("start_from"), num_latent_frames)
         save_path = self.state.new_save_path() if message.get("save") else None
-        self.stream = LiveStream(generator, prompt, num_latent_frames, seed, save_path)
+        self.stream = LiveStream(generator, prompt, num_latent_frames, seed, save_path, prefix)
         loop = asyncio.get_running_loop()
         self.queue = asyncio.Queue(maxsize=self.state.limits.queue_frames)
         self.worker = threading.Thread(
@@ -202,6 +220,7 @@ class _PageStream:
                 "latent_frames": num_latent_frames,
                 "fps": generator.fps,
                 "pace": pace,
+                "start_from": None if prefix is None else prefix.describe(),
             }
         )
         self.sender = asyncio.create_task(self._send_frames(self.queue, pace, generator.fps, prompt))
@@ -281,6 +300,8 @@ class _PageStream:
             "checkpoint": generator.checkpoint,
             "error": error,
         }
+        if stream.prefix is not None:
+            summary["prefix"] = stream.prefix.describe()
         stream.save_path.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
 
     async def _send_frames(self, queue: asyncio.Queue, pace: str, fps: float, current_prompt: str) -> None:
@@ -359,8 +380,10 @@ class _ServerState:
         default_length: int | str,
         vocabulary: Sequence[str],
         suggestions: Sequence[str],
+        clips: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         self.limits = limits
+        self.clips = dict(clips or {})
         self.save_dir = Path(save_dir)
         self.default_length = default_length
         self.vocabulary = list(vocabulary)
@@ -398,6 +421,63 @@ class _ServerState:
             )
         return num_latent_frames
 
+    def prefix(self, start_from: Any, num_latent_frames: int) -> VideoPrefix | None:
+        """The given frames of a start command's ``start_from`` (``None``: from noise).
+
+        Raises:
+            ValueError: For an unknown clip, an upload that is too large, not an image or of a frame
+                size the student cannot take, or a prefix that leaves no room for the length asked.
+        """
+        if start_from in (None, "", {}):
+            return None
+        generator = self.require_generator()
+        if not isinstance(start_from, Mapping) or not ({"clip", "image"} & set(start_from)):
+            raise ValueError('start_from is {"clip": name} or {"image": data URL}')
+        if "clip" in start_from:
+            name = str(start_from["clip"])
+            if name not in self.clips:
+                raise ValueError(f"no clip {name!r} on this server; choose one of the page's list")
+            frames, source = self.clips[name], f"clip: {name}"
+        else:
+            name = str(start_from.get("name") or "image")
+            frames, source = self._uploaded_image(start_from["image"], name), f"image: {name}"
+        prefix = encode_prefix(
+            generator.codec, frames, generator.model.num_frames_per_chunk, source, device=generator.device
+        )
+        if prefix.num_latent_frames + num_latent_frames > generator.max_latent_frames:
+            raise ValueError(
+                f"{prefix.num_latent_frames} given latent frames and {num_latent_frames} more exceed the "
+                f"student's {generator.max_latent_frames} latent frames (its RoPE table); ask for a shorter length"
+            )
+        return prefix
+
+    def _uploaded_image(self, data_url: Any, name: str) -> torch.Tensor:
+        """An uploaded image ``(3, 1, H, W)`` in ``[-1, 1]`` at the student's frame size."""
+        from PIL import Image, UnidentifiedImageError
+
+        text = str(data_url)
+        encoded = text.split(",", 1)[1] if text.startswith("data:") and "," in text else text
+        limit = self.limits.max_upload_bytes
+        if len(encoded) * 3 // 4 > limit:
+            raise ValueError(
+                f"{name}: the image is about {len(encoded) * 3 // 4000} kB; this server takes {limit // 1000} kB at most"
+            )
+        try:
+            raw = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"{name}: the upload is not base64 image data") from None
+        try:
+            with Image.open(io.BytesIO(raw)) as image:
+                if image.format not in UPLOAD_FORMATS:
+                    raise ValueError(
+                        f"{name}: a {image.format} image; upload one of {', '.join(UPLOAD_FORMATS)}"
+                    )
+                pixels = np.asarray(image.convert("RGB"), dtype=np.float32)  # (H, W, 3) in 0..255
+        except (UnidentifiedImageError, OSError):
+            raise ValueError(f"{name}: not an image ({', '.join(UPLOAD_FORMATS)})") from None
+        frames = torch.from_numpy(pixels / 127.5 - 1.0).permute(2, 0, 1)[:, None]  # (3, 1, H, W)
+        return fit_frames(frames, self.require_generator().frame_size, name)
+
     def new_save_path(self) -> Path:
         self.save_dir.mkdir(parents=True, exist_ok=True)
         self._saved += 1
@@ -419,6 +499,8 @@ class _ServerState:
             "frame_size": None if generator is None else list(generator.frame_size),
             "upscale": None if generator is None else generator.upscale,
             "checkpoint": None if generator is None else generator.checkpoint,
+            "clips": list(self.clips),
+            "max_upload_bytes": self.limits.max_upload_bytes,
         }
 
 
@@ -429,6 +511,7 @@ def build_app(
     default_length: int | str = "30s",
     vocabulary: Sequence[str] = (),
     suggestions: Sequence[str] = (),
+    clips: Mapping[str, torch.Tensor] | None = None,
 ) -> Any:
     """The Starlette app of the streaming page.
 
@@ -441,6 +524,8 @@ def build_app(
         vocabulary: Words the text encoder knows (shown as a hint; default: the text encoder's
             ``vocabulary`` when it has one).
         suggestions: Prompts offered in the prompt box.
+        clips: Clips a stream can start from, ``{name: frames (3, F, H, W) in [-1, 1]}`` at the
+            student's frame size (their frames are given, the student continues them).
 
     Returns:
         An ASGI app (serve it with ``uvicorn.run(app, host=..., port=...)``).
@@ -451,7 +536,13 @@ def build_app(
     from starlette.websockets import WebSocket, WebSocketDisconnect
 
     state = _ServerState(
-        load_generator, limits or StreamLimits(), Path(save_dir), default_length, vocabulary, suggestions
+        load_generator,
+        limits or StreamLimits(),
+        Path(save_dir),
+        default_length,
+        vocabulary,
+        suggestions,
+        clips,
     )
 
     async def page(request: Any) -> HTMLResponse:

@@ -21,7 +21,7 @@ Modules:
   :mod:`~sfpp.world.word_swap` and their report (``python -m sfpp.world.report``).
 """
 
-from sfpp.world.clips import HORIZON, ground_truth
+from sfpp.world.clips import HORIZON, ground_truth, heldout_clips
 from sfpp.world.datamodule import ImagesThenVideos, WorldDataModule, WorldVideoDataset
 from sfpp.world.grammar import (
     BACKGROUNDS,
@@ -92,6 +92,7 @@ __all__ = [
     "format_prompt",
     "frame_layout",
     "ground_truth",
+    "heldout_clips",
     "heldout_prompts",
     "label_colours",
     "parse_prompt",
