@@ -18,6 +18,7 @@ from safetensors import safe_open
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from sfpp.data.ode_pairs import FORMAT, GENERATE_COMMAND, INDEX_FILE
+from sfpp.data.resumable import ResumableDataLoader, ShuffledPasses
 
 __all__ = ["OdePairsDataModule", "OdePairsDataset", "read_index"]
 
@@ -174,13 +175,10 @@ class OdePairsDataModule(L.LightningDataModule):
         return self.dataset.student_sigmas
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled (seeded) loader over the training pairs, full batches only."""
-        return DataLoader(
-            self.train_dataset,
+        """Shuffled (seeded) passes over the training pairs, full batches only; resumes mid-epoch."""
+        return ResumableDataLoader(
+            ShuffledPasses(self.train_dataset, self.batch_size, self.seed),
             batch_size=self.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(self.seed),
-            drop_last=True,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

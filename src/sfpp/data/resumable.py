@@ -13,9 +13,52 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["OffsetSampler", "ResumableDataLoader"]
+from sfpp.utils.seeding import derive_seed
+
+__all__ = ["OffsetSampler", "ResumableDataLoader", "ShuffledPasses"]
+
+
+class ShuffledPasses(Dataset):
+    """Many shuffled passes over a dataset as one long sequence: item ``k`` depends only on ``k``.
+
+    Pass ``p`` visits the dataset in the order of a permutation seeded by ``(seed, p)``, so a
+    :class:`ResumableDataLoader` over it serves, after a resume, the shuffled batches an
+    uninterrupted run would have seen (a shuffling DataLoader's generator state is not saved).
+    Only whole batches of each pass are served (``batch_size`` divides the length given to the
+    loader): a batch never mixes two passes, as with ``drop_last=True``.
+
+    Args:
+        dataset: Map-style dataset.
+        batch_size: Items per batch (each pass keeps ``len(dataset) // batch_size`` whole batches).
+        seed: Seed of the permutations.
+        passes: Passes in the sequence (one Lightning epoch; training usually stops by ``max_steps``).
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, passes: int = 1000) -> None:
+        self.dataset = dataset
+        self.per_pass = len(dataset) // batch_size * batch_size  # type: ignore[arg-type]
+        if self.per_pass == 0:
+            raise ValueError(f"a dataset of {len(dataset)} items makes no full batch of {batch_size}")  # type: ignore[arg-type]
+        self.seed = seed
+        self.passes = passes
+        self._order: tuple[int, list[int]] | None = None
+
+    def __len__(self) -> int:
+        return self.per_pass * self.passes
+
+    def _permutation(self, index: int) -> list[int]:
+        if self._order is None or self._order[0] != index:
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, index))
+            self._order = (index, torch.randperm(len(self.dataset), generator=generator).tolist())  # type: ignore[arg-type]
+        return self._order[1]
+
+    def __getitem__(self, index: int) -> Any:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        return self.dataset[self._permutation(index // self.per_pass)[index % self.per_pass]]
 
 
 class OffsetSampler(Sampler[int]):

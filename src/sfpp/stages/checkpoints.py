@@ -15,7 +15,10 @@ prefix and loads it, strictly, into a freshly built module, so configs can say::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,7 +27,7 @@ from sfpp.models.lora import LoraSettings, merged_state_dict
 from sfpp.models.wan.keys import WanWeightsError
 from sfpp.models.wan.released import read_released_state
 
-__all__ = ["checkpoint_prefixes", "load_submodule"]
+__all__ = ["checkpoint_prefixes", "load_submodule", "plain_hyperparameters"]
 
 
 def _state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
@@ -174,3 +177,32 @@ def _load_released(
             f"{type(module).__name__}: {error}"
         ) from error
     return module
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with containers and paths that ``torch.load(weights_only=True)`` refuses made plain."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, DictConfig | ListConfig):
+        return _plain(OmegaConf.to_container(value, resolve=True))
+    if isinstance(value, Path):
+        return str(value)
+    if is_dataclass(value) and not isinstance(value, type):
+        return _plain(asdict(value))
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(item) for item in value)
+    return value
+
+
+def plain_hyperparameters(checkpoint: dict[str, Any]) -> None:
+    """Make a Lightning checkpoint's hyperparameters plain, so that it loads with ``weights_only=True``.
+
+    Hydra gives ``ListConfig`` / ``DictConfig`` values and data modules keep ``Path`` settings; a
+    checkpoint holding them only loads with ``weights_only=False`` (``torch.load``'s default refuses
+    them, and so does a sharded strategy's loader). Called from the stages' ``on_save_checkpoint``.
+    """
+    for key in ("hyper_parameters", "datamodule_hyper_parameters"):
+        if key in checkpoint:
+            checkpoint[key] = _plain(checkpoint[key])

@@ -485,6 +485,7 @@ class DMDModule(StudentStage):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the prompts of the current critic group (if any), for an exact resume inside it."""
+        super().on_save_checkpoint(checkpoint)
         if self._critic_group_prompts is not None:
             checkpoint["dmd_critic_group"] = {
                 "first_step": self._critic_group_prompts[0],

@@ -81,6 +81,8 @@ class ODEInitModule(SupervisedStage):
         cache_window_frames: Past latent frames the rolling KV cache keeps when sampling (the
             teacher horizon by default in the experiments).
         sample_seed: Default seed of :meth:`sample_videos`.
+        seed: Base seed of the per-step draws of the denoising steps, per ``(seed, step)`` so that a
+            resumed run continues exactly.
     """
 
     def __init__(
@@ -95,8 +97,9 @@ class ODEInitModule(SupervisedStage):
         ema_start_step: int = 200,
         cache_window_frames: int = 21,
         sample_seed: int = 1234,
+        seed: int = 0,
     ) -> None:
-        super().__init__(optimizer, lr_scheduler)
+        super().__init__(optimizer, lr_scheduler, seed)
         if not generator.causal:
             raise ValueError("the ODE-init student is block-causal: build its model with causal=true")
         if cache_window_frames < generator.num_frames_per_chunk:
@@ -170,7 +173,9 @@ class ODEInitModule(SupervisedStage):
         """One ODE-regression step with an independent step draw per sample and chunk."""
         batch_size = batch["noisy"].shape[0]
         shape = (batch_size, self._num_chunks(batch))
-        step_index = torch.randint(0, len(self.timesteps), shape, device=self.device)  # (B, chunks)
+        step_index = self.step_draws(batch_idx, batch_size).randint(
+            0, len(self.timesteps), shape[1]
+        )  # (B, chunks)
         loss = self.ode_loss(batch, step_index)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         return loss

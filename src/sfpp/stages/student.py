@@ -19,7 +19,9 @@ from torch.distributed.tensor import DTensor
 
 from sfpp.diffusion.rollout import FewStepSampler, rollout_from_seed
 from sfpp.models.ema import EMA
+from sfpp.stages.checkpoints import plain_hyperparameters
 from sfpp.stages.components import freeze, move_plain_components
+from sfpp.stages.draws import rows_of_global_batch
 
 __all__ = ["StudentStage"]
 
@@ -101,15 +103,7 @@ class StudentStage(L.LightningModule):
         One process with ``micro_batches = 1`` holds the whole batch. Every rank must have the same
         local batch.
         """
-        strategy = self._trainer.strategy if self._trainer is not None else None
-        sampler_kwargs = getattr(strategy, "distributed_sampler_kwargs", None)
-        world, rank = 1, 0
-        if sampler_kwargs and sampler_kwargs["num_replicas"] > 1:
-            world, rank = sampler_kwargs["num_replicas"], sampler_kwargs["rank"]
-        if world == 1 and micro_batches == 1:
-            return None, None
-        span = local_batch * world  # samples of one micro-batch over all ranks
-        return slice(micro_batch * span + rank, (micro_batch + 1) * span, world), span * micro_batches
+        return rows_of_global_batch(self._trainer, local_batch, micro_batch, micro_batches)
 
     def _noise_fn(
         self, rng: torch.Generator, local_batch: int, micro_batch: int = 0, micro_batches: int = 1
@@ -145,6 +139,10 @@ class StudentStage(L.LightningModule):
             sink_frames=self.sink_frames,
             dtype=self._cache_dtype,
         )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Plain hyperparameters: the checkpoint loads with ``weights_only=True``."""
+        plain_hyperparameters(checkpoint)
 
     def _clip(self, module: nn.Module, name: str, max_norm: float | None, batch_size: int) -> None:
         """Clip the gradients of ``module`` to ``max_norm`` (``None``: off) and log their norm before clipping.

@@ -19,6 +19,7 @@ from sfpp.diffusion.training import LossWeighting, TrainingSigmas, mean_squared_
 from sfpp.models.causal_wan import CausalWanDiT
 from sfpp.models.parallelize import configure_stage_modules
 from sfpp.stages.base import SupervisedStage
+from sfpp.stages.draws import GlobalBatchDraws
 
 __all__ = ["TeacherModule"]
 
@@ -68,6 +69,8 @@ class TeacherModule(SupervisedStage):
             an error on any other setup.
         activation_checkpointing: Recompute the model's block activations in the backward pass
             (CUDA memory at the paper's scale; works anywhere, with or without FSDP2).
+        seed: Base seed of the per-step random draws (CFG dropout, noise levels, noise, given
+            frames), drawn per ``(seed, step)`` so that a resumed run continues exactly.
         compile_model: Run the training forward through ``torch.compile`` (static shapes: each
             batch shape compiles once, the image and the video batches of the built-in world
             about 40-50 s each on a 2-core CPU). Sampling, validation and the EMA copy stay
@@ -98,8 +101,9 @@ class TeacherModule(SupervisedStage):
         mixed_precision: bool = False,
         activation_checkpointing: bool = False,
         compile_model: bool = False,
+        seed: int = 0,
     ) -> None:
-        super().__init__(optimizer, lr_scheduler)
+        super().__init__(optimizer, lr_scheduler, seed)
         if model.causal:
             raise ValueError("the teacher is bidirectional: build its model with causal=false")
         if loss_space not in ("flow", "x0"):
@@ -205,13 +209,14 @@ class TeacherModule(SupervisedStage):
         """
         x0 = self.codec.encode(batch["video"])  # (B, C, F, h, w)
         batch_size = x0.shape[0]
-        drop = torch.rand(batch_size, device=self.device) < self.cfg_dropout
+        draws = self.step_draws(batch_idx, batch_size)
+        drop = draws.rand() < self.cfg_dropout
         prompts = ["" if d else p for p, d in zip(batch["prompt"], drop.tolist(), strict=True)]
         context = self.encode_prompts(prompts)
-        sigma = self.timestep_sampler(batch_size, device=self.device)  # (B,)
-        noise = torch.randn_like(x0)
+        sigma = draws.sigmas(self.timestep_sampler)  # (B,)
+        noise = draws.randn(*x0.shape[1:]).to(x0.dtype)
         x_t = add_noise(x0, noise, sigma)
-        noisy = self._noisy_frames(x0)  # (B, F) or None: every frame noised
+        noisy = self._noisy_frames(x0, draws)  # (B, F) or None: every frame noised
         model_sigma = sigma
         if noisy is not None:  # the given frames clean, at timestep 0
             x_t = torch.where(noisy[:, None, :, None, None], x_t, x0)
@@ -262,7 +267,7 @@ class TeacherModule(SupervisedStage):
             squared = squared * (keep * scale)[:, None, :, None, None]
         return self.loss_weighting(squared, x0, sigma, self.loss_space).mean()
 
-    def _noisy_frames(self, x0: torch.Tensor) -> torch.Tensor | None:
+    def _noisy_frames(self, x0: torch.Tensor, draws: GlobalBatchDraws | None = None) -> torch.Tensor | None:
         """Which latent frames of each sample are noised ``(B, F)``, or ``None`` when all are.
 
         With ``clean_prefix_probability`` a sample's first ``k`` frames are given clean, ``k`` drawn
@@ -272,10 +277,12 @@ class TeacherModule(SupervisedStage):
         p, frames = self.hparams.clean_prefix_probability, x0.shape[2]
         if p == 0 or frames < 2:
             return None
-        batch = x0.shape[0]
-        prefixed = torch.rand(batch, device=self.device) < p
+        draws = draws or GlobalBatchDraws(
+            torch.Generator().manual_seed(self.seed), x0.shape[0], device=self.device
+        )
+        prefixed = draws.rand() < p
         longest = min(self.hparams.clean_prefix_max_frames, frames - 1)
-        given = torch.randint(1, longest + 1, (batch,), device=self.device) * prefixed  # (B,)
+        given = draws.randint(1, longest + 1) * prefixed  # (B,)
         return torch.arange(frames, device=self.device)[None] >= given[:, None]  # (B, F)
 
     # -- sampling and validation ---------------------------------------------------------------
