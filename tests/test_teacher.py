@@ -12,6 +12,7 @@ from sfpp.diffusion.sampling import EulerSampler
 from sfpp.diffusion.schedule import add_noise, flow_target, x0_from_flow
 from sfpp.diffusion.training import MinSNRWeighting, TrainingSigmas, min_snr_weight
 from sfpp.models import build_model
+from sfpp.stages.draws import SUPERVISED_STREAM, step_generator
 from sfpp.stages.teacher import TeacherModule
 from sfpp.train import train
 from sfpp.world import WorldDataModule, WorldTextEncoder
@@ -197,9 +198,10 @@ def test_logit_normal_levels_train_the_teacher(monkeypatch):
     loss = teacher.training_step(batch, 0)
     assert torch.isfinite(loss)
     (sigma,) = drawn
-    torch.manual_seed(0)
-    torch.rand(64)  # the CFG dropout draw comes first
-    expected = torch.sigmoid(0.5 + 0.8 * torch.randn(64))
+    # the step's own generator (seed 0, step 0): the CFG dropout draw comes first
+    generator = step_generator(0, SUPERVISED_STREAM, 0)
+    torch.rand(64, generator=generator)
+    expected = torch.sigmoid(0.5 + 0.8 * torch.randn(64, generator=generator))
     assert torch.allclose(sigma, expected, atol=1e-6)
 
 
