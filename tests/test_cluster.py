@@ -4,6 +4,7 @@ local launcher end to end; ckpt_path=last resumes a run where it stopped (what a
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -110,3 +111,33 @@ def test_ckpt_path_last_resumes_where_the_run_stopped(tmp_path) -> None:
     with open(tmp_path / "run" / "csv" / "metrics.csv", newline="") as file:
         steps = sorted({int(row["step"]) for row in csv.DictReader(file) if row.get("train/loss")})
     assert steps == list(range(6)), steps
+
+
+def test_ckpt_path_last_refuses_a_folder_of_a_run_with_other_settings(tmp_path) -> None:
+    shared = [
+        "trainer.max_steps=2",
+        "ckpt_path=last",
+        "callbacks.model_checkpoint.every_n_train_steps=2",
+        f"callbacks.model_checkpoint.dirpath={tmp_path}/ckpt",
+    ]
+    first = _train(tmp_path, *shared)
+    assert first.returncode == 0, first.stderr[-3000:]
+    record = json.loads((tmp_path / "ckpt" / "run.json").read_text())
+    assert record["settings"]["seed"] == 0 and "ckpt_path=last" in record["overrides"]
+    other = _train(tmp_path, *shared, "seed=5", "stage.cfg_dropout=0.2")
+    assert other.returncode == 2, other.stderr[-3000:]
+    message = other.stderr
+    # the seed reaches the data and the stage through ${seed}: every setting it changes is named
+    assert "belong to a run with other settings (data.seed, seed, stage.cfg_dropout, stage.seed differ" in message
+    assert "callbacks.model_checkpoint.dirpath" in message and "Traceback" not in message
+    # an explicit checkpoint file is resumed on purpose, whatever its settings
+    explicit = _train(
+        tmp_path,
+        *shared[:-3],
+        "trainer.max_steps=3",
+        "seed=5",
+        f"ckpt_path={tmp_path}/ckpt/last.ckpt",
+        "callbacks.model_checkpoint.every_n_train_steps=1",
+        f"callbacks.model_checkpoint.dirpath={tmp_path}/other",
+    )
+    assert explicit.returncode == 0, explicit.stderr[-3000:]

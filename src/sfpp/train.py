@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import hydra
 import lightning
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from sfpp.utils.cli import quiet_known_warnings, take_debug_flag, user_errors
 from sfpp.utils.config_dir import find_config_dir, list_group_options
 from sfpp.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from sfpp.utils.resolvers import register_resolvers
+from sfpp.utils.run_record import check_resume, write_run_record
 
 register_resolvers()  # ${sfpp_precision:...} and ${sfpp_gpus_per_node:...} in the configs
 
@@ -39,6 +41,8 @@ def train(cfg: DictConfig) -> float | None:
 
     Raises:
         MissingStageError: if ``cfg.stage`` is unset.
+        ResumeMismatchError: if ``ckpt_path=last`` would resume the checkpoint of a run with other
+            settings (:mod:`sfpp.utils.run_record`).
         KeyError: if ``optimized_metric`` names a metric the run never logged.
     """
     lightning.seed_everything(cfg.seed, workers=True)
@@ -51,12 +55,15 @@ def train(cfg: DictConfig) -> float | None:
             f"(available stages: {available})."
         )
 
+    check_resume(cfg)
     datamodule = hydra.utils.instantiate(cfg.data) if cfg.get("data") is not None else None
     module = hydra.utils.instantiate(cfg.stage)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
 
+    if rank_zero_only.rank == 0:
+        write_run_record(cfg)  # what ckpt_path=last checks when this folder is resumed
     if cfg.get("validate_before_fit"):  # the starting model's validation numbers, logged at step 0
         trainer.validate(module, datamodule=datamodule)
     # The checkpoints are the runs' own: their hyperparameters hold OmegaConf containers, which
