@@ -24,7 +24,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 
-.PHONY: help install test test-full browser bench bench-publish demo demo-full study continuation study-ablations study-ablation-init serve docs gpu-wheels gpu-check gpu-check-cpu gpu-rehearsal lint format clean distclean
+.PHONY: help install test test-full browser slurm slurm-stop bench bench-publish demo demo-full study continuation study-ablations study-ablation-init serve docs gpu-wheels gpu-check gpu-check-cpu gpu-rehearsal lint format clean distclean
 
 help: ## Show this list of targets
 	@echo "Usage: make <target> [PY=python3]"
@@ -62,8 +62,15 @@ browser: ## Install Debian's chromium and chromium-driver for the streaming page
 		echo "no apt-get: install chromium and chromedriver yourself; the browser test skips without them"; \
 	fi
 
-test-full: install browser ## Run every test that needs no GPU, slow ones included (installs the browser first)
-	$(BIN)/pytest -q -o addopts='' -ra --strict-markers -m 'not gpu' --ignore=tests/benchmarks
+test-full: install browser ## Run every test that needs no GPU, slow ones included (installs the browser, starts a one-node SLURM)
+	-@$(MAKE) --no-print-directory slurm || echo "no local SLURM: the cluster tests will skip"
+	SLURM_CONF=$(CURDIR)/.slurm/slurm.conf $(BIN)/pytest -q -o addopts='' -ra --strict-markers -m 'not gpu' --ignore=tests/benchmarks
+
+slurm: ## Install (apt) and start a one-node SLURM for the cluster tests: export SLURM_CONF=.slurm/slurm.conf to use it
+	tests/slurm/local_slurm.sh start
+
+slurm-stop: ## Stop the daemons make slurm started (by PID)
+	tests/slurm/local_slurm.sh stop
 
 bench: install ## Run every tests/benchmarks/bench_*.py, print its table and write artifacts/bench/<script>.json
 	@shopt -s nullglob; scripts=(tests/benchmarks/bench_*.py); \

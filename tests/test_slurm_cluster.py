@@ -1,0 +1,264 @@
+"""A real SLURM: the documented command submitted, requeued by USR2 and by preemption, resumed bit for bit.
+
+Needs the one-node cluster of ``tests/slurm/local_slurm.sh`` (``make slurm`` starts it, ``make
+test-full`` calls that first; ``make slurm-stop`` stops it). Skipped, with the reason, where no
+``sinfo`` answers. Each run here is the command of the paper-scale how-to in its CPU form::
+
+    python -m sfpp.train -m hydra/launcher=slurm trainer=cpu hydra.launcher.cpus_per_task=1 \\
+        hydra.launcher.mem_gb=2 ... ckpt_path=last
+
+and its final checkpoint (weights, EMA, optimiser state, step) is compared with an uninterrupted
+run of the same overrides on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_dmd_experiments import tiny_checkpoints  # noqa: F401  (a fixture)
+
+pytestmark = pytest.mark.slow
+pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = Path(os.environ.get("SLURM_CONF") or ROOT / ".slurm" / "slurm.conf")
+
+
+def _slurm_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM")}
+    return env | {"SLURM_CONF": str(CONF), "OMP_NUM_THREADS": "1"}
+
+
+def _cluster_state() -> str | None:
+    """The node's state, or why there is no cluster."""
+    if shutil.which("sinfo") is None:
+        return "no sinfo: run `make slurm` (installs and starts a one-node SLURM)"
+    if not CONF.is_file():
+        return f"no {CONF}: run `make slurm`"
+    result = subprocess.run(
+        ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, env=_slurm_env(), timeout=20, check=False
+    )
+    if result.returncode != 0 or not result.stdout.strip():
+        return f"sinfo does not answer ({result.stderr.strip()[:200]}): run `make slurm`"
+    return None
+
+
+@pytest.fixture(scope="module")
+def cluster() -> None:
+    why = _cluster_state()
+    if why is not None:
+        pytest.skip(why)
+
+
+#: The stages run on the cluster: the teacher (experiment=tiny) and extended DMD on tiny models.
+STAGES = ("teacher", "dmd")
+
+
+def _stage_overrides(stage: str, checkpoints: tuple[Path, Path]) -> list[str]:
+    if stage == "teacher":
+        return ["experiment=tiny"]
+    from test_dmd_experiments import TINY_TOY_DMD
+
+    teacher_ckpt, student_ckpt = checkpoints
+    return [
+        "experiment=toy_extend",
+        *TINY_TOY_DMD,
+        f"teacher_ckpt={teacher_ckpt}",
+        f"student_ckpt={student_ckpt}",
+        "data.batch_size=2",
+        "stage.critic_warmup_steps=2",
+        "stage.rollout_frames=8",
+        "stage.window_frames=4",
+        "stage.cache_window_frames=4",
+        "stage.quality_metric=null",
+        "trainer.precision=32-true",
+    ]
+
+
+def _overrides(tmp_path: Path, steps: int, stage: str = "teacher", checkpoints=None) -> list[str]:
+    return [
+        *_stage_overrides(stage, checkpoints),
+        f"paths.root_dir={tmp_path}",
+        f"trainer.max_steps={steps}",
+        "trainer.val_check_interval=1000",
+        "trainer.limit_val_batches=0",
+        "callbacks.video_samples=null",
+        "callbacks.model_checkpoint.every_n_train_steps=2",
+        "callbacks.model_checkpoint.save_top_k=-1",
+        "data.num_frames=4",
+        "ckpt_path=last",
+    ]
+
+
+def _local(tmp_path: Path, steps: int, stage: str = "teacher", checkpoints=None) -> Path:
+    """The uninterrupted run: the same overrides, no launcher; returns its last.ckpt."""
+    folder = tmp_path / "local"
+    command = [
+        sys.executable,
+        "-m",
+        "sfpp.train",
+        *_overrides(folder, steps, stage, checkpoints),
+        f"hydra.run.dir={folder}/run",
+        f"callbacks.model_checkpoint.dirpath={folder}/ckpt",
+    ]
+    result = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, env=_slurm_env(), timeout=900, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder / "ckpt" / "last.ckpt"
+
+
+def _submit(tmp_path: Path, steps: int, stage: str = "teacher", checkpoints=None) -> subprocess.Popen:
+    """The documented command, CPU form: the submitter waits for the job (and its requeues)."""
+    folder = tmp_path / "slurm"
+    command = [
+        sys.executable,
+        "-m",
+        "sfpp.train",
+        "--multirun",
+        "hydra/launcher=slurm",
+        "trainer=cpu",
+        "hydra.launcher.partition=debug",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=2",
+        "hydra.launcher.timeout_min=20",
+        "hydra.launcher.signal_delay_s=30",
+        f"hydra.sweep.dir={folder}/multirun",
+        *_overrides(folder, steps, stage, checkpoints),
+        f"callbacks.model_checkpoint.dirpath={folder}/ckpt",
+    ]
+    return subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_slurm_env()
+    )
+
+
+def _step(path: Path) -> int:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+    except Exception:  # being written
+        return -1
+
+
+def _wait_for_checkpoint(folder: Path, at_least: int, process: subprocess.Popen, timeout: float = 300) -> int:
+    last = folder / "ckpt" / "last.ckpt"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[0][-3000:]
+        if last.exists() and (step := _step(last)) >= at_least:
+            return step
+        time.sleep(0.2)
+    raise AssertionError(f"no checkpoint at step {at_least} within {timeout} s")
+
+
+def _job_id() -> str:
+    result = subprocess.run(
+        ["squeue", "-h", "-o", "%i %P %T"], capture_output=True, text=True, env=_slurm_env(), check=True
+    )
+    jobs = [line.split() for line in result.stdout.splitlines() if line.split()[1] == "debug"]
+    assert len(jobs) == 1, result.stdout
+    return jobs[0][0]
+
+
+def _release_when_requeued(job: str, timeout: float = 120) -> None:
+    """SLURM holds a requeued job about two minutes (its BeginTime); start it now instead."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = subprocess.run(
+            ["squeue", "-h", "-j", job, "-o", "%T %r"],
+            capture_output=True,
+            text=True,
+            env=_slurm_env(),
+            check=False,
+        ).stdout.split()
+        if state[:2] == ["PENDING", "BeginTime"]:
+            subprocess.run(
+                ["scontrol", "update", f"JobId={job}", "StartTime=now"], env=_slurm_env(), check=True
+            )
+            return
+        if state and state[0] == "RUNNING" and time.monotonic() > deadline - timeout + 5:
+            return  # already running again
+        time.sleep(0.2)
+    raise AssertionError(f"job {job} was not requeued within {timeout} s")
+
+
+def _resumed_from(folder: Path) -> list[int]:
+    """The step each start of the job trained from (the progress log's first line)."""
+    import re
+
+    logs = "\n".join(p.read_text() for p in sorted((folder / "multirun").rglob("*_log.*")))
+    return [int(step) for step in re.findall(r"training for \d+ steps \(from step (\d+)\)", logs)]
+
+
+def _finished(process: subprocess.Popen, timeout: float = 900) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-4000:]
+    return output
+
+
+def _same_run(a: Path, b: Path) -> None:
+    first = torch.load(a, map_location="cpu", weights_only=True)
+    second = torch.load(b, map_location="cpu", weights_only=True)
+    assert first["global_step"] == second["global_step"]
+    for key, value in first["state_dict"].items():
+        assert torch.equal(value, second["state_dict"][key]), key
+    for state_a, state_b in zip(
+        first["optimizer_states"][0]["state"].values(),
+        second["optimizer_states"][0]["state"].values(),
+        strict=True,
+    ):
+        for name, value in state_a.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(state_b[name])), name
+
+
+def test_a_run_submitted_to_slurm_finishes_as_it_does_here(cluster, tmp_path) -> None:
+    process = _submit(tmp_path, 6)
+    _finished(process)
+    _same_run(tmp_path / "slurm" / "ckpt" / "last.ckpt", _local(tmp_path, 6))
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_job_signalled_usr2_is_requeued_and_resumes_bit_identically(
+    cluster,
+    tmp_path,
+    stage,
+    tiny_checkpoints,  # noqa: F811
+) -> None:
+    """USR2 is what SLURM sends ``signal_delay_s`` before a time limit (``--signal=USR2@...``)."""
+    process = _submit(tmp_path, 40, stage, tiny_checkpoints)
+    reached = _wait_for_checkpoint(tmp_path / "slurm", 4, process)
+    job = _job_id()
+    subprocess.run(["scancel", "--signal=USR2", job], env=_slurm_env(), check=True)
+    _release_when_requeued(job)
+    _finished(process)
+    starts = _resumed_from(tmp_path / "slurm")
+    assert len(starts) == 2 and starts[0] == 0 and reached <= starts[1] < 40, starts
+    _same_run(tmp_path / "slurm" / "ckpt" / "last.ckpt", _local(tmp_path, 40, stage, tiny_checkpoints))
+
+
+def test_a_preempted_job_is_requeued_and_resumes_bit_identically(cluster, tmp_path) -> None:
+    """A job of the `urgent` partition takes every CPU: SLURM requeues the running `debug` job."""
+    process = _submit(tmp_path, 40)
+    reached = _wait_for_checkpoint(tmp_path / "slurm", 4, process)
+    job = _job_id()
+    cpus = os.cpu_count() or 2
+    urgent = subprocess.run(
+        ["sbatch", "-p", "urgent", "-c", str(cpus), "--wrap", "sleep 5", "-o", str(tmp_path / "urgent.out")],
+        capture_output=True,
+        text=True,
+        env=_slurm_env(),
+        check=True,
+    )
+    assert "Submitted batch job" in urgent.stdout
+    _release_when_requeued(job)
+    _finished(process)
+    starts = _resumed_from(tmp_path / "slurm")
+    assert len(starts) == 2 and starts[0] == 0 and reached <= starts[1] < 40, starts
+    _same_run(tmp_path / "slurm" / "ckpt" / "last.ckpt", _local(tmp_path, 40))
