@@ -1,65 +1,30 @@
 """Prefix-conditioned training: DMD rollouts that start from real frames, a teacher that takes them clean."""
 
-import lightning as L
 import pytest
 import torch
 
 from sfpp.codecs import PixelCodec
-from sfpp.diffusion import FewStepSampler
 from sfpp.diffusion.losses import flow_matching_loss
 from sfpp.diffusion.prefix import PrefixTraining, given_in_window, hold_to_chunks, keep_given_clean
 from sfpp.diffusion.rollout import stream_rollout, write_prefix
 from sfpp.models import build_model
-from sfpp.stages.dmd import DMDModule
 from sfpp.stages.teacher import TeacherModule
 from sfpp.train import train
 from sfpp.world import WorldDataModule, WorldTextEncoder
+from test_dmd import _module
+from test_dmd import _trainer as _dmd_trainer
 from test_dmd_experiments import TINY_TOY_DMD, tiny_checkpoints  # noqa: F401  (a fixture)
 
 PROMPTS = ["a red circle bouncing on a dark background", "a blue square bouncing on a dark background"]
 TINY = {"in_channels": 3, "out_channels": 3, "patch_size": (1, 4, 4), "attention_backend": "sdpa"}
 
 
-def _tiny(causal):
-    return build_model("tiny", causal=causal, num_frames_per_chunk=2, prediction_type="x0", **TINY)
-
-
-def _dmd(prefix=None, rollout_frames=8, window_frames=4, **kw):
-    torch.manual_seed(0)
-    teacher = _tiny(False)
-    generator = _tiny(True)
-    generator.load_state_dict(teacher.state_dict())
-    return DMDModule(
-        generator=generator,
-        teacher=teacher,
-        text_encoder=WorldTextEncoder(embed_dim=16),
-        codec=PixelCodec(),
-        sampler=FewStepSampler.from_steps([1000, 750, 500, 250], shift=3.0),
-        generator_optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, betas=(0.0, 0.999)),
-        critic_optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, betas=(0.0, 0.999)),
-        rollout_frames=rollout_frames,
-        window_frames=window_frames,
-        latent_shape=(3, 16, 16),
-        cache_window_frames=4,
-        critic_updates_per_generator=1,
-        real_guidance_scale=2.0,
-        ema_start_step=0,
-        prefix=prefix,
-        **kw,
-    )
+def _dmd(prefix=None, **kw):
+    return _module(ratio=1, prefix=prefix, **kw)
 
 
 def _trainer(tmp_path, max_steps):
-    return L.Trainer(
-        max_steps=max_steps,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-        deterministic=True,
-    )
+    return _dmd_trainer(tmp_path, max_steps, enable_checkpointing=False)
 
 
 # -- the settings and helpers ----------------------------------------------------------------------
@@ -146,7 +111,7 @@ def test_a_prefixed_rollout_writes_the_given_latents_then_continues_them():
 
 
 def test_a_prefixed_generator_step_trains_on_the_generated_frames_with_the_given_ones_clean(monkeypatch):
-    module = _dmd(prefix={"probability": 1.0, "pixel_frames": [1]}, critic_warmup_steps=0)
+    module = _dmd(prefix={"probability": 1.0, "pixel_frames": [1]})
     seen = []
     teacher_forward = module.teacher.forward
 

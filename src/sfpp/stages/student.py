@@ -94,15 +94,7 @@ class StudentStage(L.LightningModule):
     def _rows_of_global_batch(
         self, local_batch: int, micro_batch: int = 0, micro_batches: int = 1
     ) -> tuple[slice | None, int | None]:
-        """``(batch_slice, global_batch)`` of this rank and micro-batch, or ``(None, None)`` for the whole batch.
-
-        The global batch of one update is ``micro_batches x world x local_batch`` samples. Rank ``r``
-        of ``W`` holds samples ``r, r + W, ...`` of the data (the layout of torch's
-        ``DistributedSampler``, whose rank and size the strategy reports), and its micro-batch ``m``
-        the ``m``-th run of ``local_batch`` of them: global rows ``(m * local_batch + i) * W + r``.
-        One process with ``micro_batches = 1`` holds the whole batch. Every rank must have the same
-        local batch.
-        """
+        """``(batch_slice, global_batch)`` of this rank and micro-batch (:func:`~sfpp.stages.draws.rows_of_global_batch`)."""
         return rows_of_global_batch(self._trainer, local_batch, micro_batch, micro_batches)
 
     def _noise_fn(
