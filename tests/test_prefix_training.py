@@ -88,6 +88,29 @@ def test_given_frames_stay_clean_at_timestep_zero_and_out_of_the_loss():
     assert flow.grad[:, :, :2].abs().sum() == 0 and flow.grad[:, :, 2:].abs().sum() > 0
 
 
+def test_given_frames_do_not_scale_the_dmd_gradient_of_the_generated_ones():
+    """The given frames' error is 0 (the teacher returns them as they are): the normaliser leaves them out."""
+    from sfpp.diffusion.losses import dmd_loss
+
+    torch.manual_seed(0)
+    generated = torch.randn(2, 3, 2, 4, 4, requires_grad=True)
+    real, fake = torch.randn(2, 3, 2, 4, 4), torch.randn(2, 3, 2, 4, 4)
+    dmd_loss(generated, real, fake)[0].backward()
+    alone = generated.grad.clone()
+    given = torch.randn(2, 3, 6, 4, 4)
+    window = torch.cat([given, generated.detach()], dim=2).requires_grad_(True)
+    mask = torch.ones(1, 1, 8, 1, 1, dtype=torch.bool)
+    mask[:, :, :6] = False
+    loss, _ = dmd_loss(
+        window, torch.cat([given, real], 2), torch.cat([given, fake], 2), gradient_mask=mask, normaliser_mask=mask
+    )
+    loss.backward()
+    assert torch.allclose(window.grad[:, :, 6:], alone, atol=1e-7) and (window.grad[:, :, :6] == 0).all()
+    window.grad = None
+    dmd_loss(window, torch.cat([given, real], 2), torch.cat([given, fake], 2), gradient_mask=mask)[0].backward()
+    assert torch.allclose(window.grad[:, :, 6:], 4 * alone, atol=1e-6)  # counted, they would scale it by 8/2
+
+
 # -- the DMD stage ------------------------------------------------------------------------------
 
 

@@ -83,6 +83,7 @@ def dmd_loss(
     fake_x0: Tensor,
     eps: float = 1e-6,
     gradient_mask: Tensor | None = None,
+    normaliser_mask: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """DMD generator loss on the student's clean window.
 
@@ -96,7 +97,10 @@ def dmd_loss(
     ``d loss / d x0 = grad / n`` there (``n`` of them) and 0 elsewhere, as in Self-Forcing's
     training code: a window whose first chunk is kept out of the gradient trains the rest at full
     strength (a mean over every element would scale it by the kept fraction, 18/21 for a 21-frame
-    window in chunks of 3). The normaliser still averages over the whole window.
+    window in chunks of 3). The normaliser still averages over the whole window, unless a
+    ``normaliser_mask`` says which elements it averages over: frames given clean (a prefix the
+    window holds, :mod:`sfpp.diffusion.prefix`) have ``x0 == real_x0`` exactly, and counting them
+    would shrink the normaliser, hence scale the gradient up, by the window's share of given frames.
 
     Args:
         x0: Student's clean window ``(B, C, F, H, W)``, with its graph.
@@ -105,6 +109,8 @@ def dmd_loss(
         eps: Floor of the normaliser.
         gradient_mask: Optional boolean tensor broadcastable to ``x0``'s shape, true where the
             loss applies (e.g. ``(1, 1, F, 1, 1)`` for whole frames); ``None``: everywhere.
+        normaliser_mask: Optional boolean tensor broadcastable to ``x0``, true on the elements the
+            normaliser averages over; ``None``: every element.
 
     Returns:
         ``(loss, metrics)``: a float32 scalar, and detached float32 scalars
@@ -139,7 +145,14 @@ def dmd_loss(
     with torch.no_grad():
         real, fake = real_x0.detach().float(), fake_x0.detach().float()
         dims = tuple(range(1, x.ndim))
-        normaliser = (x - real).abs().mean(dim=dims, keepdim=True).clamp_min(eps)  # (B, 1, ..., 1)
+        if normaliser_mask is None:
+            normaliser = (x - real).abs().mean(dim=dims, keepdim=True)  # (B, 1, ..., 1)
+        else:
+            weight = torch.broadcast_to(normaliser_mask, x.shape).float()
+            normaliser = ((x - real).abs() * weight).sum(dim=dims, keepdim=True) / weight.sum(
+                dim=dims, keepdim=True
+            ).clamp_min(1.0)  # (B, 1, ..., 1): the mean over the masked-in elements
+        normaliser = normaliser.clamp_min(eps)
         raw_grad = (fake - real) / normaliser
         finite = torch.isfinite(raw_grad)
         grad = torch.where(finite, raw_grad, torch.zeros_like(raw_grad))

@@ -551,7 +551,8 @@ class DMDModule(StudentStage):
                 )
             if given_mask is not None:
                 mask = given_mask if mask is None else mask & given_mask
-            loss, metrics = dmd_loss(window, real_x0, fake_x0, gradient_mask=mask)
+            # given frames equal the teacher's estimate exactly: the normaliser leaves them out
+            loss, metrics = dmd_loss(window, real_x0, fake_x0, gradient_mask=mask, normaliser_mask=given_mask)
         if micro == 0:
             optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss / accumulate)  # the mean over the update's batches
