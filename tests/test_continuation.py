@@ -133,6 +133,17 @@ def test_evaluation_results_page_plot_and_strips(tmp_path, checkpoint):  # noqa:
     page = continuation_page(data)
     assert "## Given a clip of 8 frames" in page and "(continuation_given1.png)" in page
     assert "| fine-tuned | 0.60 +- 0.02 |" in page
+    # publishing copies the JSON (with the run's notes) and pictures and renders the page from them
+    from sfpp.apps.continuation import publish
+
+    (tmp_path / "results.json").write_text(json.dumps(data))
+    root = tmp_path / "repo"
+    (root / "docs" / "results").mkdir(parents=True)
+    (root / "README.md").write_text("# a repository without a results block\n")
+    publish(tmp_path, root, ["The student stages shared the CPU with test runs."])
+    published = (root / "docs" / "results" / "continuation.md").read_text()
+    assert "The student stages shared the CPU with test runs." in published
+    assert (root / "docs" / "results" / "continuation_given8.png").exists()
 
 
 def test_the_teacher_check_scores_each_teachers_own_clips(tmp_path, monkeypatch):

@@ -361,14 +361,24 @@ def run_continuation(
     return path
 
 
-def publish(out: Path, root: Path) -> None:
-    """Copy the results and pictures into ``docs/results`` and regenerate the pages."""
+def publish(out: Path, root: Path, notes: Sequence[str] = ()) -> None:
+    """Copy the results and pictures into ``docs/results`` and regenerate the pages.
+
+    Args:
+        out: The measurement's output directory.
+        root: Repository root.
+        notes: Sentences about how the run went (the CPU shared with other work, a stage rerun),
+            added to the JSON's ``notes`` before it is copied; the page prints them.
+    """
     import shutil
 
     from sfpp.apps.results_pages import main as results_pages
 
     target = root / "docs" / "results"
     data = json.loads((out / "results.json").read_text())
+    if notes:
+        data["notes"] = [*data.get("notes", []), *notes]
+        (out / "results.json").write_text(json.dumps(data, indent=1) + "\n")
     shutil.copyfile(out / "results.json", target / "continuation.json")
     for name in data["pictures"].values():
         shutil.copyfile(out / name, target / name)
@@ -393,11 +403,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--publish-only", action="store_true", help="publish the results already in --out; train nothing"
     )
+    parser.add_argument(
+        "--note", action="append", default=[], help="a sentence on how the run went, kept in the JSON's notes"
+    )
     args = parser.parse_args(argv)
     if args.publish_only:
         if not (args.out / "results.json").exists():
             parser.error(f"--publish-only: no results.json in {args.out}; run the measurement first")
-        publish(args.out, Path("."))
+        publish(args.out, Path("."), args.note)
         return
     for name in ("steps", "teacher_steps", "horizons"):
         if getattr(args, name) < 1:
@@ -419,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         command,
     )
     if args.publish:
-        publish(args.out, Path("."))
+        publish(args.out, Path("."), args.note)
 
 
 if __name__ == "__main__":

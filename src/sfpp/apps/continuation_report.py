@@ -190,6 +190,7 @@ def continuation_page(data: Mapping[str, Any]) -> str:
         "trained stages: "
         + (", ".join(f"{k} {v:.0f} min" for k, v in minutes["trained"].items()) or "none, all reused")
         + ").",
+        *([""] + [" ".join(data["notes"])] if data.get("notes") else []),
         "",
         f"Protocol: {protocol['prompts']} held-out prompts x evaluation seeds {protocol['eval_seeds']} (the "
         "study's real clips); each student is given the first frames of the real clip "
