@@ -28,9 +28,6 @@ One generation per client; the number of clients and the length of a stream are 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import io
 import json
 import logging
 import struct
@@ -45,8 +42,9 @@ import cv2
 import numpy as np
 import torch
 
+from sfpp.apps.stream_start import prefix_from
 from sfpp.inference.generator import VideoGenerator
-from sfpp.inference.prefix import VideoPrefix, encode_prefix, fit_frames
+from sfpp.inference.prefix import VideoPrefix
 from sfpp.io.video import StreamingVideoWriter, to_uint8_frames
 from sfpp.metrics.frame_stats import motion_magnitudes
 from sfpp.metrics.stability import stability_scores
@@ -59,8 +57,6 @@ PAGE = Path(__file__).with_name("static") / "stream.html"
 #: Header of a binary frame message: frame index, chunk index, PNG length (little-endian uint32).
 FRAME_HEADER = struct.Struct("<III")
 PACES = ("realtime", "fast")
-#: Image formats a stream can start from (as Pillow names them).
-UPLOAD_FORMATS = ("PNG", "JPEG", "BMP", "WEBP")
 
 
 @dataclass(frozen=True)
@@ -422,61 +418,12 @@ class _ServerState:
         return num_latent_frames
 
     def prefix(self, start_from: Any, num_latent_frames: int) -> VideoPrefix | None:
-        """The given frames of a start command's ``start_from`` (``None``: from noise).
-
-        Raises:
-            ValueError: For an unknown clip, an upload that is too large, not an image or of a frame
-                size the student cannot take, or a prefix that leaves no room for the length asked.
-        """
+        """The given frames of a start command's ``start_from`` (:func:`~sfpp.apps.stream_start.prefix_from`)."""
         if start_from in (None, "", {}):
             return None
-        generator = self.require_generator()
-        if not isinstance(start_from, Mapping) or not ({"clip", "image"} & set(start_from)):
-            raise ValueError('start_from is {"clip": name} or {"image": data URL}')
-        if "clip" in start_from:
-            name = str(start_from["clip"])
-            if name not in self.clips:
-                raise ValueError(f"no clip {name!r} on this server; choose one of the page's list")
-            frames, source = self.clips[name], f"clip: {name}"
-        else:
-            name = str(start_from.get("name") or "image")
-            frames, source = self._uploaded_image(start_from["image"], name), f"image: {name}"
-        prefix = encode_prefix(
-            generator.codec, frames, generator.model.num_frames_per_chunk, source, device=generator.device
+        return prefix_from(
+            start_from, self.require_generator(), self.clips, num_latent_frames, self.limits.max_upload_bytes
         )
-        if prefix.num_latent_frames + num_latent_frames > generator.max_latent_frames:
-            raise ValueError(
-                f"{prefix.num_latent_frames} given latent frames and {num_latent_frames} more exceed the "
-                f"student's {generator.max_latent_frames} latent frames (its RoPE table); ask for a shorter length"
-            )
-        return prefix
-
-    def _uploaded_image(self, data_url: Any, name: str) -> torch.Tensor:
-        """An uploaded image ``(3, 1, H, W)`` in ``[-1, 1]`` at the student's frame size."""
-        from PIL import Image, UnidentifiedImageError
-
-        text = str(data_url)
-        encoded = text.split(",", 1)[1] if text.startswith("data:") and "," in text else text
-        limit = self.limits.max_upload_bytes
-        if len(encoded) * 3 // 4 > limit:
-            raise ValueError(
-                f"{name}: the image is about {len(encoded) * 3 // 4000} kB; this server takes {limit // 1000} kB at most"
-            )
-        try:
-            raw = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError(f"{name}: the upload is not base64 image data") from None
-        try:
-            with Image.open(io.BytesIO(raw)) as image:
-                if image.format not in UPLOAD_FORMATS:
-                    raise ValueError(
-                        f"{name}: a {image.format} image; upload one of {', '.join(UPLOAD_FORMATS)}"
-                    )
-                pixels = np.asarray(image.convert("RGB"), dtype=np.float32)  # (H, W, 3) in 0..255
-        except (UnidentifiedImageError, OSError):
-            raise ValueError(f"{name}: not an image ({', '.join(UPLOAD_FORMATS)})") from None
-        frames = torch.from_numpy(pixels / 127.5 - 1.0).permute(2, 0, 1)[:, None]  # (3, 1, H, W)
-        return fit_frames(frames, self.require_generator().frame_size, name)
 
     def new_save_path(self) -> Path:
         self.save_dir.mkdir(parents=True, exist_ok=True)
