@@ -307,6 +307,58 @@ def test_resumable_loader_accepts_a_sampler_injected_by_lightning():
         ResumableDataLoader(data, batch_size=2, shuffle=True)
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_every_rank_resumes_mid_epoch_with_a_distributed_sampler(shuffle):
+    """Lightning injects a DistributedSampler for several processes; the loader makes it resumable."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    from sfpp.data.resumable import ResumableDataLoader, ResumableDistributedSampler
+
+    data = list(range(20))
+    for rank in range(2):
+
+        def loader(rank=rank):
+            made = ResumableDataLoader(
+                data,
+                batch_size=2,
+                sampler=DistributedSampler(data, num_replicas=2, rank=rank, shuffle=shuffle, seed=3),
+            )
+            made.sampler.set_epoch(1)  # what Lightning does at every epoch
+            return made
+
+        straight = [b.tolist() for b in loader()]
+        first = loader()
+        it = iter(first)
+        [next(it) for _ in range(2)]
+        assert isinstance(first.sampler, ResumableDistributedSampler)
+        resumed = loader()
+        resumed.load_state_dict(first.state_dict())
+        assert [b.tolist() for b in resumed] == straight[2:], rank
+        assert sorted(sum(straight, [])) == sorted(data[rank::2]) or shuffle
+
+
+def test_the_prompt_loader_resumes_mid_epoch(tmp_path):
+    from sfpp.data.prompts import PromptDataModule
+
+    path = tmp_path / "prompts.txt"
+    path.write_text("\n".join(f"prompt number {i}" for i in range(12)) + "\n")
+
+    def loader():
+        data = PromptDataModule(path, batch_size=2, shuffle=True, seed=5)
+        data.setup("fit")
+        made = data.train_dataloader()
+        made.sampler.set_epoch(2)
+        return made
+
+    straight = [list(b) for b in loader()]
+    first = loader()
+    it = iter(first)
+    [next(it) for _ in range(3)]
+    resumed = loader()
+    resumed.load_state_dict(first.state_dict())
+    assert [list(b) for b in resumed] == straight[3:]
+
+
 # -- images first, then videos -------------------------------------------------------------------
 
 

@@ -20,6 +20,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from sfpp.data.resumable import ResumableDataLoader
+
 __all__ = ["PromptDataModule", "PromptDataset", "collate_prompts", "make_prompt_sampler", "read_prompts"]
 
 
@@ -227,7 +229,7 @@ class PromptDataModule(L.LightningDataModule):
                 f"fewer than data.batch_size={self.batch_size}: no full batch. Lower data.batch_size, add "
                 "prompts, or set data.drop_last=false."
             )
-        return self._loader(dataset, sampler, drop_last=self.drop_last)
+        return self._loader(dataset, sampler, drop_last=self.drop_last, resumable=True)
 
     def val_dataloader(self) -> DataLoader | list[Any]:
         """This rank's shard of the validation prompts in file order, or ``[]`` without validation prompts."""
@@ -247,8 +249,11 @@ class PromptDataModule(L.LightningDataModule):
         )
         return self._loader(self.val_dataset, sampler, drop_last=False)
 
-    def _loader(self, dataset: PromptDataset, sampler: DistributedSampler, drop_last: bool) -> DataLoader:
-        return DataLoader(
+    def _loader(
+        self, dataset: PromptDataset, sampler: DistributedSampler, drop_last: bool, resumable: bool = False
+    ) -> DataLoader:
+        """A loader of this rank's shard; ``resumable`` (training): mid-epoch resumes on every rank."""
+        return (ResumableDataLoader if resumable else DataLoader)(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,

@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
 
 from sfpp.utils.seeding import derive_seed
 
-__all__ = ["OffsetSampler", "ResumableDataLoader", "ShuffledPasses"]
+__all__ = ["OffsetSampler", "ResumableDataLoader", "ResumableDistributedSampler", "ShuffledPasses"]
 
 
 class ShuffledPasses(Dataset):
@@ -61,6 +62,40 @@ class ShuffledPasses(Dataset):
         return self.dataset[self._permutation(index // self.per_pass)[index % self.per_pass]]
 
 
+class ResumableDistributedSampler(DistributedSampler):
+    """A ``DistributedSampler`` whose next pass can skip the indices a checkpointed run had read.
+
+    The epoch's order is the ``DistributedSampler``'s (a permutation seeded by ``seed + epoch``, or
+    the dataset's order), so skipping its first ``offset`` indices gives the rest of the epoch an
+    uninterrupted run would have read. Lightning keeps a ``DistributedSampler`` of a loader (it does
+    not replace it), and :class:`ResumableDataLoader` turns the one Lightning injects into this one.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.offset = 0
+
+    @classmethod
+    def like(cls, sampler: DistributedSampler) -> ResumableDistributedSampler:
+        """The same shard and order as ``sampler``."""
+        return cls(
+            sampler.dataset,
+            num_replicas=sampler.num_replicas,
+            rank=sampler.rank,
+            shuffle=sampler.shuffle,
+            seed=sampler.seed,
+            drop_last=sampler.drop_last,
+        )
+
+    def __iter__(self) -> Iterator[int]:
+        start, self.offset = self.offset, 0
+        indices = list(super().__iter__())
+        return iter(indices[start:])
+
+    def __len__(self) -> int:
+        return super().__len__() - self.offset
+
+
 class OffsetSampler(Sampler[int]):
     """Indices ``offset, offset + 1, ..., len(dataset) - 1``; the offset applies to one pass."""
 
@@ -79,16 +114,18 @@ class OffsetSampler(Sampler[int]):
 class ResumableDataLoader(DataLoader):
     """Sequential DataLoader with a mid-epoch ``state_dict`` (batches consumed this epoch).
 
-    Lightning rebuilds train loaders with a sampler of its own in some cases (a
-    ``DistributedSampler`` for several processes, a sequential one for ``overfit_batches``); the
-    loader then uses that sampler and a resumed run restarts the epoch (with a warning), since a
-    foreign sampler cannot be fast-forwarded.
+    With several processes Lightning rebuilds train loaders with a ``DistributedSampler`` of its
+    own; the loader turns it (and any ``DistributedSampler`` it is given, e.g. a seeded shuffling
+    one) into a :class:`ResumableDistributedSampler` of the same shard and order, so every rank
+    resumes mid-epoch too. A sampler of another kind (a sequential one for ``overfit_batches``)
+    cannot be fast-forwarded: a resumed run then restarts the epoch, with a warning.
 
     Args:
         dataset: Map-style dataset.
         batch_size: Items per batch.
-        sampler: Only for Lightning's re-instantiation (see above).
-        **kwargs: Other DataLoader arguments (``shuffle=True`` is refused: the order is fixed).
+        sampler: A ``DistributedSampler`` (this rank's shard), or what Lightning's re-instantiation
+            passes (see above); ``None``: the dataset in order.
+        **kwargs: Other DataLoader arguments (``shuffle=True`` is refused: the order is the sampler's).
     """
 
     def __init__(
@@ -96,8 +133,13 @@ class ResumableDataLoader(DataLoader):
     ) -> None:
         if kwargs.pop("shuffle", False):
             raise ValueError("ResumableDataLoader walks the dataset in order; shuffle=True is not supported")
-        self._offset_sampler = OffsetSampler(len(dataset)) if sampler is None else None  # type: ignore[arg-type]
-        super().__init__(dataset, batch_size=batch_size, sampler=sampler or self._offset_sampler, **kwargs)
+        if sampler is None:
+            sampler = OffsetSampler(len(dataset))  # type: ignore[arg-type]
+        elif isinstance(sampler, DistributedSampler) and not isinstance(sampler, ResumableDistributedSampler):
+            sampler = ResumableDistributedSampler.like(sampler)
+        resumable = isinstance(sampler, OffsetSampler | ResumableDistributedSampler)
+        self._offset_sampler = sampler if resumable else None
+        super().__init__(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
         self._epoch_start = 0
         self._consumed = 0
 
@@ -118,7 +160,8 @@ class ResumableDataLoader(DataLoader):
         """Start the next pass after the batches a checkpointed run had consumed."""
         if self._offset_sampler is None:
             warnings.warn(
-                "this train loader uses a sampler injected by Lightning; the resumed run restarts the epoch",
+                f"this train loader's sampler ({type(self.sampler).__name__}) cannot skip what the checkpointed "
+                "run had read; the resumed run restarts the epoch",
                 stacklevel=2,
             )
             return
