@@ -1,6 +1,7 @@
 """Per-step random draws: the same after a resume, and the same split over micro-batches or ranks."""
 
 import lightning as L
+import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -114,3 +115,28 @@ def test_shuffled_passes_are_permutations_that_depend_only_on_the_index():
     assert items[:8] != items[8:16]
     again = ShuffledPasses(list(range(10)), batch_size=4, seed=3, passes=5)
     assert [again[k] for k in (17, 3, 39, 0)] == [items[k] for k in (17, 3, 39, 0)]
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_primed_optimiser_steps_exactly_as_a_fresh_one(fused):
+    from sfpp.stages.checkpoints import prime_optimizer_state
+
+    torch.manual_seed(0)
+    weights = [torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.randn(5))]
+    copies = [torch.nn.Parameter(w.detach().clone()) for w in weights]
+    fresh = torch.optim.AdamW(weights, lr=1e-2, weight_decay=0.1, fused=fused)
+    primed = torch.optim.AdamW(copies, lr=1e-2, weight_decay=0.1, fused=fused)
+    prime_optimizer_state(primed)
+    assert len(primed.state) == 2 and all(float(s["step"]) == 0 for s in primed.state.values())
+    assert all(torch.equal(a, b) for a, b in zip(weights, copies, strict=True))  # untouched
+    for _ in range(3):
+        for a, b in zip(weights, copies, strict=True):
+            grad = torch.randn_like(a)
+            a.grad, b.grad = grad, grad.clone()
+        fresh.step()
+        primed.step()
+    for a, b in zip(weights, copies, strict=True):
+        assert torch.equal(a, b)
+    plain = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1)
+    prime_optimizer_state(plain)  # no state per parameter: nothing to prime
+    assert not plain.state

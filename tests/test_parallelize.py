@@ -431,8 +431,76 @@ def test_two_processes_take_the_steps_of_one_process_with_the_global_batch(tmp_p
         assert moved > 0, f"{network} did not change: the comparison would prove nothing"
 
 
+def _resume_run(out: str, phase: str, sharded: str, stop: int) -> None:
+    """Two processes, AdamW, the world's data: straight to step 4, or to ``stop`` then resumed from there."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from sfpp.world import WorldDataModule
+
+    folder = Path(out).parent / f"checkpoints_{sharded}"
+    module = _dmd(
+        generator_optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3),
+        critic_optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3),
+    )
+    callbacks = (
+        [ModelCheckpoint(dirpath=folder, every_n_train_steps=stop, save_top_k=-1)] if phase == "first" else []
+    )
+    trainer = L.Trainer(
+        max_steps=stop if phase == "first" else 4,
+        accelerator="cpu",
+        devices=2,
+        strategy=ModelParallelStrategy(
+            data_parallel_size=2, tensor_parallel_size=1, save_distributed_checkpoint=sharded == "sharded"
+        ),
+        logger=False,
+        enable_checkpointing=phase == "first",
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    resume = str(next(folder.glob("*.ckpt"))) if phase == "resumed" else None
+    trainer.fit(module, datamodule=WorldDataModule(num_frames=1, batch_size=2, seed=0), ckpt_path=resume)
+    results = _results(module, trainer)
+    if trainer.is_global_zero:
+        torch.save(results, out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sharded", "stop"), [("sharded", 2), ("full", 2), ("sharded", 1)])
+def test_two_processes_resume_bit_identically(tmp_path: Path, sharded: str, stop: int) -> None:
+    """A 2-rank FSDP2 run stopped and resumed (sharded or full checkpoint) ends as the straight run.
+
+    Step 0 trains the critic, step 1 the generator: a checkpoint at step 1 holds no optimiser state
+    for the generator yet.
+    """
+    env = {**_without_launch_variables(os.environ), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    results = {}
+    for phase in ("straight", "first", "resumed"):
+        env["MASTER_PORT"] = str(_free_port())
+        out = tmp_path / f"{phase}.pt"
+        run = subprocess.run(
+            [sys.executable, __file__, str(out), f"resume:{phase}:{sharded}:{stop}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert run.returncode == 0, run.stderr[-4000:]
+        results[phase] = torch.load(out)
+    for network in NETWORKS:
+        for key, weight in results["straight"]["state"][network].items():
+            assert torch.equal(results["resumed"]["state"][network][key], weight), f"{network}.{key}"
+
+
 def _main(out: str, mode: str) -> None:
     """The two-process run (rank 0 is this process; Lightning launches rank 1 with the same argv)."""
+    if mode.startswith("resume:"):
+        _, phase, sharded, stop = mode.split(":")
+        _resume_run(out, phase, sharded, int(stop))
+        return
     shared, batch_size, settings = TWO_PROCESS_MODES[mode]
     module, trainer = _train_two_steps(devices=2, batch_size=batch_size, **shared, **settings)
     results = _results(module, trainer)

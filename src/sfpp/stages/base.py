@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from sfpp.models.ema import EMA
-from sfpp.stages.checkpoints import plain_hyperparameters
+from sfpp.stages.checkpoints import plain_hyperparameters, prime_optimizer_state
 from sfpp.stages.draws import SUPERVISED_STREAM, GlobalBatchDraws, rows_of_global_batch, step_generator
 
 __all__ = ["SupervisedStage"]
@@ -84,6 +84,11 @@ class SupervisedStage(L.LightningModule):
         """
         super().optimizer_step(*args, **kwargs)
         self.ema.update(self.trained_model, self.global_step + 1)
+
+    def on_train_start(self) -> None:
+        """Prime the optimiser's state (:func:`~sfpp.stages.checkpoints.prime_optimizer_state`)."""
+        for optimizer in self.trainer.optimizers:
+            prime_optimizer_state(optimizer)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Plain hyperparameters: the checkpoint loads with ``weights_only=True``."""

@@ -27,7 +27,7 @@ from sfpp.models.lora import LoraSettings, merged_state_dict
 from sfpp.models.wan.keys import WanWeightsError
 from sfpp.models.wan.released import read_released_state
 
-__all__ = ["checkpoint_prefixes", "load_submodule", "plain_hyperparameters"]
+__all__ = ["checkpoint_prefixes", "load_submodule", "plain_hyperparameters", "prime_optimizer_state"]
 
 
 def _state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
@@ -206,3 +206,45 @@ def plain_hyperparameters(checkpoint: dict[str, Any]) -> None:
     for key in ("hyper_parameters", "datamodule_hyper_parameters"):
         if key in checkpoint:
             checkpoint[key] = _plain(checkpoint[key])
+
+
+def prime_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Give every trainable parameter its optimiser state now, as its first step would.
+
+    A sharded checkpoint (``torch.distributed.checkpoint``) needs state for every parameter; when a
+    network has not stepped yet (the generator during the critic's warm-up), saving fills it in by
+    one zero-gradient step, which counts as a step (AdamW's ``step`` becomes 1) and so changes the
+    run's later updates, and a checkpoint saved with partial state does not load. Priming does that
+    step once at the start of training with the learning rate at 0 and sets the step counts back to
+    0: the state is then exactly what the first real step starts from (zero moments, zero steps), the
+    weights are untouched, and saving changes nothing. An optimiser that has state (restored from a
+    checkpoint) is left as it is, and so is one that keeps no state per parameter (plain SGD).
+    Exact for Adam and AdamW (and SGD with momentum and no dampening): the primed state is what
+    their first step would create.
+    """
+    if optimizer.state or not _keeps_state(optimizer):
+        return
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+    if not params or any(p.grad is not None for p in params):
+        return
+    for param in params:
+        param.grad = torch.zeros_like(param)
+    rates = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = torch.tensor(0.0) if isinstance(group["lr"], torch.Tensor) else 0.0
+    try:
+        optimizer.step()
+    finally:
+        for group, rate in zip(optimizer.param_groups, rates, strict=True):
+            group["lr"] = rate
+        optimizer.zero_grad(set_to_none=True)
+    for state in optimizer.state.values():
+        if "step" in state:
+            step = state["step"]
+            state["step"] = torch.zeros_like(step) if isinstance(step, torch.Tensor) else 0
+
+
+def _keeps_state(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimiser keeps state per parameter (moments, momentum)."""
+    defaults = optimizer.defaults
+    return "betas" in defaults or bool(defaults.get("momentum", 0))

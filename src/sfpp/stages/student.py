@@ -19,7 +19,7 @@ from torch.distributed.tensor import DTensor
 
 from sfpp.diffusion.rollout import FewStepSampler, rollout_from_seed
 from sfpp.models.ema import EMA
-from sfpp.stages.checkpoints import plain_hyperparameters
+from sfpp.stages.checkpoints import plain_hyperparameters, prime_optimizer_state
 from sfpp.stages.components import freeze, move_plain_components
 from sfpp.stages.draws import rows_of_global_batch
 
@@ -131,6 +131,15 @@ class StudentStage(L.LightningModule):
             sink_frames=self.sink_frames,
             dtype=self._cache_dtype,
         )
+
+    def on_train_start(self) -> None:
+        """Prime every optimiser's state (:func:`~sfpp.stages.checkpoints.prime_optimizer_state`).
+
+        The critic's warm-up leaves the generator without optimiser state; a sharded checkpoint saved
+        then would otherwise count a step it never took.
+        """
+        for optimizer in self.trainer.optimizers:
+            prime_optimizer_state(optimizer)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Plain hyperparameters: the checkpoint loads with ``weights_only=True``."""
