@@ -58,8 +58,8 @@ def cluster() -> None:
         pytest.skip(why)
 
 
-#: The stages run on the cluster: the teacher (experiment=tiny) and extended DMD on tiny models.
-STAGES = ("teacher", "dmd")
+#: The stages run on the cluster: the teacher (experiment=tiny), extended DMD and GRPO on tiny models.
+STAGES = ("teacher", "dmd", "grpo")
 
 
 def _stage_overrides(stage: str, checkpoints: tuple[Path, Path]) -> list[str]:
@@ -68,6 +68,22 @@ def _stage_overrides(stage: str, checkpoints: tuple[Path, Path]) -> list[str]:
     from test_dmd_experiments import TINY_TOY_DMD
 
     teacher_ckpt, student_ckpt = checkpoints
+    if stage == "grpo":  # toy_grpo starts from the EMA weights of a DMD checkpoint
+        ema = student_ckpt.with_name("student_ema.ckpt")
+        state = torch.load(student_ckpt, weights_only=True)["state_dict"]
+        torch.save({"state_dict": {k.replace("generator.", "ema.module."): v for k, v in state.items()}}, ema)
+        return [
+            "experiment=toy_grpo",
+            *TINY_TOY_DMD[:4],
+            "text.module.embed_dim=16",
+            f"teacher_ckpt={teacher_ckpt}",
+            f"student_ckpt={ema}",
+            "data.batch_size=2",
+            "stage.group_size=2",
+            "stage.rollout_frames=4",
+            "stage.val_rollout_frames=4",
+            "trainer.precision=32-true",
+        ]
     return [
         "experiment=toy_extend",
         *TINY_TOY_DMD,
