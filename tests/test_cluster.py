@@ -128,7 +128,10 @@ def test_ckpt_path_last_refuses_a_folder_of_a_run_with_other_settings(tmp_path) 
     assert other.returncode == 2, other.stderr[-3000:]
     message = other.stderr
     # the seed reaches the data and the stage through ${seed}: every setting it changes is named
-    assert "belong to a run with other settings (data.seed, seed, stage.cfg_dropout, stage.seed differ" in message
+    assert (
+        "belong to a run with other settings (data.seed, seed, stage.cfg_dropout, stage.seed differ"
+        in message
+    )
     assert "callbacks.model_checkpoint.dirpath" in message and "Traceback" not in message
     # an explicit checkpoint file is resumed on purpose, whatever its settings
     explicit = _train(

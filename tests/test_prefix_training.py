@@ -102,12 +102,18 @@ def test_given_frames_do_not_scale_the_dmd_gradient_of_the_generated_ones():
     mask = torch.ones(1, 1, 8, 1, 1, dtype=torch.bool)
     mask[:, :, :6] = False
     loss, _ = dmd_loss(
-        window, torch.cat([given, real], 2), torch.cat([given, fake], 2), gradient_mask=mask, normaliser_mask=mask
+        window,
+        torch.cat([given, real], 2),
+        torch.cat([given, fake], 2),
+        gradient_mask=mask,
+        normaliser_mask=mask,
     )
     loss.backward()
     assert torch.allclose(window.grad[:, :, 6:], alone, atol=1e-7) and (window.grad[:, :, :6] == 0).all()
     window.grad = None
-    dmd_loss(window, torch.cat([given, real], 2), torch.cat([given, fake], 2), gradient_mask=mask)[0].backward()
+    dmd_loss(window, torch.cat([given, real], 2), torch.cat([given, fake], 2), gradient_mask=mask)[
+        0
+    ].backward()
     assert torch.allclose(window.grad[:, :, 6:], 4 * alone, atol=1e-6)  # counted, they would scale it by 8/2
 
 

@@ -114,7 +114,9 @@ def _overrides(tmp_path: Path, steps: int, stage: str = "teacher", checkpoints=N
     ]
 
 
-def _local(tmp_path: Path, steps: int, stage: str = "teacher", checkpoints=None) -> Path:
+def _local(
+    tmp_path: Path, steps: int, stage: str = "teacher", checkpoints=None, extra: tuple[str, ...] = ()
+) -> Path:
     """The uninterrupted run: the same overrides, no launcher; returns its last.ckpt."""
     folder = tmp_path / "local"
     command = [
@@ -124,6 +126,7 @@ def _local(tmp_path: Path, steps: int, stage: str = "teacher", checkpoints=None)
         *_overrides(folder, steps, stage, checkpoints),
         f"hydra.run.dir={folder}/run",
         f"callbacks.model_checkpoint.dirpath={folder}/ckpt",
+        *extra,
     ]
     result = subprocess.run(
         command, cwd=ROOT, capture_output=True, text=True, env=_slurm_env(), timeout=900, check=False
@@ -132,7 +135,9 @@ def _local(tmp_path: Path, steps: int, stage: str = "teacher", checkpoints=None)
     return folder / "ckpt" / "last.ckpt"
 
 
-def _submit(tmp_path: Path, steps: int, stage: str = "teacher", checkpoints=None) -> subprocess.Popen:
+def _submit(
+    tmp_path: Path, steps: int, stage: str = "teacher", checkpoints=None, extra: tuple[str, ...] = ()
+) -> subprocess.Popen:
     """The documented command, CPU form: the submitter waits for the job (and its requeues)."""
     folder = tmp_path / "slurm"
     command = [
@@ -150,6 +155,7 @@ def _submit(tmp_path: Path, steps: int, stage: str = "teacher", checkpoints=None
         f"hydra.sweep.dir={folder}/multirun",
         *_overrides(folder, steps, stage, checkpoints),
         f"callbacks.model_checkpoint.dirpath={folder}/ckpt",
+        *extra,
     ]
     return subprocess.Popen(
         command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_slurm_env()
@@ -278,3 +284,31 @@ def test_a_preempted_job_is_requeued_and_resumes_bit_identically(cluster, tmp_pa
     starts = _resumed_from(tmp_path / "slurm")
     assert len(starts) == 2 and starts[0] == 0 and reached <= starts[1] < 40, starts
     _same_run(tmp_path / "slurm" / "ckpt" / "last.ckpt", _local(tmp_path, 40))
+
+
+#: Two ranks on the one node: FSDP2 over gloo, full (not sharded) checkpoints to compare them as files.
+TWO_RANKS = (
+    "trainer.accelerator=cpu",
+    "trainer.num_nodes=1",
+    "trainer.devices=2",
+    "trainer.strategy.data_parallel_size=2",
+    "trainer.strategy.save_distributed_checkpoint=false",
+)
+
+
+def test_two_ranks_under_fsdp_slurm_are_requeued_and_resume_bit_identically(
+    cluster,
+    tmp_path,
+    tiny_checkpoints,  # noqa: F811
+) -> None:
+    """trainer=fsdp_slurm: SLURM starts both ranks (srun), submitit requeues, Lightning reads the ranks."""
+    process = _submit(tmp_path, 24, "dmd", tiny_checkpoints, ("trainer=fsdp_slurm", *TWO_RANKS))
+    reached = _wait_for_checkpoint(tmp_path / "slurm", 4, process)
+    job = _job_id()
+    subprocess.run(["scancel", "--signal=USR2", job], env=_slurm_env(), check=True)
+    _release_when_requeued(job)
+    _finished(process)
+    starts = _resumed_from(tmp_path / "slurm")
+    assert starts[0] == 0 and all(reached <= s < 24 for s in starts[1:]) and len(starts) >= 2, starts
+    local = _local(tmp_path, 24, "dmd", tiny_checkpoints, ("trainer=fsdp", *TWO_RANKS))
+    _same_run(tmp_path / "slurm" / "ckpt" / "last.ckpt", local)
