@@ -280,9 +280,15 @@ def test_a_job_signalled_usr2_is_requeued_and_resumes_bit_identically(
     _same_run(tmp_path / "slurm" / "ckpt" / "last.ckpt", _local(tmp_path, 40, stage, tiny_checkpoints))
 
 
-def test_a_preempted_job_is_requeued_and_resumes_bit_identically(cluster, tmp_path) -> None:
+@pytest.mark.parametrize("stage", ["teacher", "dmd"])
+def test_a_preempted_job_is_requeued_and_resumes_bit_identically(
+    cluster,
+    tmp_path,
+    stage,
+    tiny_checkpoints,  # noqa: F811
+) -> None:
     """A job of the `urgent` partition takes every CPU: SLURM requeues the running `debug` job."""
-    process = _submit(tmp_path, 40)
+    process = _submit(tmp_path, 40, stage, tiny_checkpoints)
     reached = _wait_for_checkpoint(tmp_path / "slurm", 4, process)
     job = _job_id()
     cpus = os.cpu_count() or 2
@@ -298,7 +304,7 @@ def test_a_preempted_job_is_requeued_and_resumes_bit_identically(cluster, tmp_pa
     _finished(process)
     starts = _resumed_from(tmp_path / "slurm")
     assert len(starts) == 2 and starts[0] == 0 and reached <= starts[1] < 40, starts
-    _same_run(tmp_path / "slurm" / "ckpt" / "last.ckpt", _local(tmp_path, 40))
+    _same_run(tmp_path / "slurm" / "ckpt" / "last.ckpt", _local(tmp_path, 40, stage, tiny_checkpoints))
 
 
 #: Two ranks on the one node: FSDP2 over gloo, full (not sharded) checkpoints to compare them as files.
@@ -328,3 +334,36 @@ def test_two_ranks_under_fsdp_slurm_are_requeued_and_resume_bit_identically(
     assert set(starts) == {0, starts[-1]} and reached <= starts[-1] < 24, starts
     local = _local(tmp_path, 24, "dmd", tiny_checkpoints, ("trainer=fsdp", *TWO_RANKS))
     _same_run(tmp_path / "slurm" / "ckpt" / "last.ckpt", local)
+
+
+@pytest.mark.parametrize(("stage", "steps"), [("teacher", 1500), ("dmd", 600)])
+def test_a_job_at_its_time_limit_is_requeued_until_done_and_resumes_bit_identically(
+    cluster,
+    tmp_path,
+    stage,
+    steps,
+    tiny_checkpoints,  # noqa: F811
+) -> None:
+    """A one-minute limit and a run longer than that: SLURM signals USR2 before each limit (up to a
+    minute early, its event resolution), submitit requeues, every allocation resumes from last.ckpt."""
+    limit = ("hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30")
+    every = ("callbacks.model_checkpoint.every_n_train_steps=50", "callbacks.model_checkpoint.save_top_k=1")
+    process = _submit(tmp_path, steps, stage, tiny_checkpoints, (*limit, *every))
+    deadline = time.monotonic() + 900
+    while process.poll() is None and time.monotonic() < deadline:
+        result = subprocess.run(
+            ["squeue", "-h", "-o", "%i %T %r"], capture_output=True, text=True, env=_slurm_env(), check=False
+        )
+        for line in result.stdout.splitlines():
+            job, state, reason = (line.split() + ["", "", ""])[:3]
+            if state == "PENDING" and reason == "BeginTime":  # requeued: start it without the wait
+                subprocess.run(
+                    ["scontrol", "update", f"JobId={job}", "StartTime=now"], env=_slurm_env(), check=False
+                )
+        time.sleep(0.5)
+    _finished(process)
+    starts = _resumed_from(tmp_path / "slurm")
+    assert len(starts) >= 2 and starts[0] == 0 and starts == sorted(starts), starts
+    _same_run(
+        tmp_path / "slurm" / "ckpt" / "last.ckpt", _local(tmp_path, steps, stage, tiny_checkpoints, every)
+    )
