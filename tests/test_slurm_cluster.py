@@ -261,6 +261,19 @@ def test_a_run_submitted_to_slurm_finishes_as_it_does_here(cluster, tmp_path) ->
     _same_run(tmp_path / "slurm" / "ckpt" / "last.ckpt", _local(tmp_path, 6))
 
 
+def _interrupted_run(tmp_path: Path, stage: str, checkpoints, interrupt) -> None:
+    """Submit 40 steps, ``interrupt(job)`` after the checkpoint of step 4, then compare with a local run."""
+    process = _submit(tmp_path, 40, stage, checkpoints)
+    reached = _wait_for_checkpoint(tmp_path / "slurm", 4, process)
+    job = _job_id()
+    interrupt(job)
+    _release_when_requeued(job)
+    _finished(process)
+    starts = _resumed_from(tmp_path / "slurm")
+    assert len(starts) == 2 and starts[0] == 0 and reached <= starts[1] < 40, starts
+    _same_run(tmp_path / "slurm" / "ckpt" / "last.ckpt", _local(tmp_path, 40, stage, checkpoints))
+
+
 @pytest.mark.parametrize("stage", STAGES)
 def test_a_job_signalled_usr2_is_requeued_and_resumes_bit_identically(
     cluster,
@@ -269,15 +282,11 @@ def test_a_job_signalled_usr2_is_requeued_and_resumes_bit_identically(
     tiny_checkpoints,  # noqa: F811
 ) -> None:
     """USR2 is what SLURM sends ``signal_delay_s`` before a time limit (``--signal=USR2@...``)."""
-    process = _submit(tmp_path, 40, stage, tiny_checkpoints)
-    reached = _wait_for_checkpoint(tmp_path / "slurm", 4, process)
-    job = _job_id()
-    subprocess.run(["scancel", "--signal=USR2", job], env=_slurm_env(), check=True)
-    _release_when_requeued(job)
-    _finished(process)
-    starts = _resumed_from(tmp_path / "slurm")
-    assert len(starts) == 2 and starts[0] == 0 and reached <= starts[1] < 40, starts
-    _same_run(tmp_path / "slurm" / "ckpt" / "last.ckpt", _local(tmp_path, 40, stage, tiny_checkpoints))
+
+    def usr2(job: str) -> None:
+        subprocess.run(["scancel", "--signal=USR2", job], env=_slurm_env(), check=True)
+
+    _interrupted_run(tmp_path, stage, tiny_checkpoints, usr2)
 
 
 @pytest.mark.parametrize("stage", ["teacher", "dmd"])
@@ -288,23 +297,28 @@ def test_a_preempted_job_is_requeued_and_resumes_bit_identically(
     tiny_checkpoints,  # noqa: F811
 ) -> None:
     """A job of the `urgent` partition takes every CPU: SLURM requeues the running `debug` job."""
-    process = _submit(tmp_path, 40, stage, tiny_checkpoints)
-    reached = _wait_for_checkpoint(tmp_path / "slurm", 4, process)
-    job = _job_id()
-    cpus = os.cpu_count() or 2
-    urgent = subprocess.run(
-        ["sbatch", "-p", "urgent", "-c", str(cpus), "--wrap", "sleep 5", "-o", str(tmp_path / "urgent.out")],
-        capture_output=True,
-        text=True,
-        env=_slurm_env(),
-        check=True,
-    )
-    assert "Submitted batch job" in urgent.stdout
-    _release_when_requeued(job)
-    _finished(process)
-    starts = _resumed_from(tmp_path / "slurm")
-    assert len(starts) == 2 and starts[0] == 0 and reached <= starts[1] < 40, starts
-    _same_run(tmp_path / "slurm" / "ckpt" / "last.ckpt", _local(tmp_path, 40, stage, tiny_checkpoints))
+
+    def preempt(job: str) -> None:
+        urgent = subprocess.run(
+            [
+                "sbatch",
+                "-p",
+                "urgent",
+                "-c",
+                str(os.cpu_count() or 2),
+                "--wrap",
+                "sleep 5",
+                "-o",
+                str(tmp_path / "urgent.out"),
+            ],
+            capture_output=True,
+            text=True,
+            env=_slurm_env(),
+            check=True,
+        )
+        assert "Submitted batch job" in urgent.stdout
+
+    _interrupted_run(tmp_path, stage, tiny_checkpoints, preempt)
 
 
 #: Two ranks on the one node: FSDP2 over gloo, full (not sharded) checkpoints to compare them as files.
