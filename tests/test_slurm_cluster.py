@@ -179,6 +179,8 @@ def _submit(
 
 def _step(path: Path) -> int:
     try:
+        if path.is_dir():  # a sharded checkpoint: its metadata beside the shards
+            return int(torch.load(path / "meta.pt", map_location="cpu", weights_only=True)["global_step"])
         return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
     except Exception:  # being written
         return -1
@@ -327,17 +329,39 @@ TWO_RANKS = (
     "trainer.num_nodes=1",
     "trainer.devices=2",
     "trainer.strategy.data_parallel_size=2",
-    "trainer.strategy.save_distributed_checkpoint=false",
 )
 
 
+def _same_sharded_run(a: Path, b: Path, tmp_path: Path) -> None:
+    """Two sharded checkpoints (directories) hold the same step and the same tensors."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    assert _step(a) == _step(b)
+    tensors = []
+    for index, folder in enumerate((a, b)):
+        dcp_to_torch_save(folder, tmp_path / f"gathered_{index}.pt")
+        tensors.append(_flat(torch.load(tmp_path / f"gathered_{index}.pt", weights_only=True)))
+    assert tensors[0].keys() == tensors[1].keys() and len(tensors[0]) > 0
+    for key, value in tensors[0].items():
+        assert torch.equal(value, tensors[1][key]), key
+
+
+def _flat(tree, prefix: str = "") -> dict[str, torch.Tensor]:
+    if isinstance(tree, dict):
+        return {k: v for key, item in tree.items() for k, v in _flat(item, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): torch.as_tensor(tree)} if isinstance(tree, torch.Tensor | int | float) else {}
+
+
+@pytest.mark.parametrize("sharded", [False, True])
 def test_two_ranks_under_fsdp_slurm_are_requeued_and_resume_bit_identically(
     cluster,
     tmp_path,
+    sharded,
     tiny_checkpoints,  # noqa: F811
 ) -> None:
     """trainer=fsdp_slurm: SLURM starts both ranks (srun), submitit requeues, Lightning reads the ranks."""
-    process = _submit(tmp_path, 24, "dmd", tiny_checkpoints, ("trainer=fsdp_slurm", *TWO_RANKS))
+    ranks = (*TWO_RANKS, f"trainer.strategy.save_distributed_checkpoint={str(sharded).lower()}")
+    process = _submit(tmp_path, 24, "dmd", tiny_checkpoints, ("trainer=fsdp_slurm", *ranks))
     reached = _wait_for_checkpoint(tmp_path / "slurm", 4, process)
     job = _job_id()
     subprocess.run(["scancel", "--signal=USR2", job], env=_slurm_env(), check=True)
@@ -346,8 +370,11 @@ def test_two_ranks_under_fsdp_slurm_are_requeued_and_resume_bit_identically(
     starts = _resumed_from(tmp_path / "slurm")
     # every rank logs its starts: from 0, then from the checkpoint
     assert set(starts) == {0, starts[-1]} and reached <= starts[-1] < 24, starts
-    local = _local(tmp_path, 24, "dmd", tiny_checkpoints, ("trainer=fsdp", *TWO_RANKS))
-    _same_run(tmp_path / "slurm" / "ckpt" / "last.ckpt", local)
+    local = _local(tmp_path, 24, "dmd", tiny_checkpoints, ("trainer=fsdp", *ranks))
+    if sharded:
+        _same_sharded_run(tmp_path / "slurm" / "ckpt" / "last.ckpt", local, tmp_path)
+    else:
+        _same_run(tmp_path / "slurm" / "ckpt" / "last.ckpt", local)
 
 
 @pytest.mark.parametrize(("stage", "steps"), [("teacher", 1500), ("dmd", 600)])
