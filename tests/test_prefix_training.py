@@ -238,9 +238,11 @@ def test_the_teacher_learns_to_take_given_frames_clean(monkeypatch):
 
 def test_the_teacher_default_noises_every_frame(monkeypatch):
     module = _teacher()
-    assert module._noisy_frames(torch.zeros(2, 3, 8, 4, 4)) is None
+    assert module._noisy_frames(torch.zeros(2, 3, 8, 4, 4), module.step_draws(0, 2)) is None
     on = _teacher(clean_prefix_probability=1.0)
-    assert on._noisy_frames(torch.zeros(2, 3, 1, 4, 4)) is None  # image batches: nothing to continue
+    assert (
+        on._noisy_frames(torch.zeros(2, 3, 1, 4, 4), on.step_draws(0, 2)) is None
+    )  # image batches: nothing to continue
     with pytest.raises(ValueError, match="clean_prefix_probability"):
         _teacher(clean_prefix_probability=2.0)
 

@@ -41,11 +41,11 @@ import torch
 from rich.console import Console
 
 from sfpp.apps.pipeline import StageRun, git_commit, machine, run_stages
-from sfpp.apps.study_metrics import mean_and_spread, score_horizons
+from sfpp.apps.study_metrics import mean_and_spread, score_horizons, window_motion
 from sfpp.apps.study_stages import BASE_STAGE, shared_stages
 from sfpp.diffusion.prefix import hold_to_chunks
 from sfpp.diffusion.rollout import rollout, write_prefix
-from sfpp.metrics.quality_curve import DynamicDegree, FeatureStatistics, WindowQuality, feature_statistics
+from sfpp.metrics.quality_curve import FeatureStatistics, WindowQuality, feature_statistics
 from sfpp.world import HORIZON, ground_truth, heldout_prompts
 
 __all__ = [
@@ -178,13 +178,6 @@ def fd_to_continuation(generated: torch.Tensor, real: torch.Tensor | FeatureStat
     return float(quality.compute().reshape(-1)[0])  # one window
 
 
-def _motion(videos: torch.Tensor) -> float:
-    """Dynamic degree (px/frame) of videos ``(B, 3, F, H, W)``."""
-    metric = DynamicDegree()
-    metric.update(videos.float())
-    return float(metric.compute()["dynamic_degree"])
-
-
 def seam_ratios(videos: torch.Tensor, real: torch.Tensor, start: int) -> dict[str, float]:
     """The seam between the written prefix and the first generated frame, against the real clips.
 
@@ -200,8 +193,8 @@ def seam_ratios(videos: torch.Tensor, real: torch.Tensor, start: int) -> dict[st
     """
     jump = (videos[:, :, start] - videos[:, :, start - 1]).abs().mean()
     real_jump = (real[:, :, start] - real[:, :, start - 1]).abs().mean()
-    motion = _motion(videos[:, :, start : start + HORIZON])
-    real_motion = _motion(real[:, :, start : start + HORIZON])
+    motion = window_motion(videos[:, :, start : start + HORIZON].float())
+    real_motion = window_motion(real[:, :, start : start + HORIZON].float())
     return {
         "seam_jump": float(jump / real_jump.clamp_min(1e-6)),
         "seam_motion": motion / max(real_motion, 1e-6),

@@ -47,6 +47,7 @@ __all__ = [
     "score_horizons",
     "shift_metric",
     "stability_part",
+    "window_motion",
 ]
 
 #: ``{metric: (title, higher is better)}`` in the order of the table; ``None`` for a measurement
@@ -98,7 +99,8 @@ def _window(videos: torch.Tensor, horizon: int) -> torch.Tensor:
     return videos[:, :, (horizon - 1) * HORIZON : horizon * HORIZON]
 
 
-def _motion(window: torch.Tensor) -> float:
+def window_motion(window: torch.Tensor) -> float:
+    """Dynamic degree (px/frame) of videos ``(B, 3, F, H, W)``."""
     metric = DynamicDegree()
     metric.update(window)
     return float(metric.compute()["dynamic_degree"])
@@ -150,8 +152,8 @@ def score_horizons(
                 else {name: part[:, horizon - 1] for name, part in along.items()}
             )
             world = objects(window, list(prompts))
-            motion = _motion(window)
-            real_motion = _motion(_window(real_by_seed[seed].float(), horizon))
+            motion = window_motion(window)
+            real_motion = window_motion(_window(real_by_seed[seed].float(), horizon))
             parts = quality.parts()
             values = {
                 "quality_fd": float(parts.distance[0]),

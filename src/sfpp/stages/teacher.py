@@ -267,19 +267,16 @@ class TeacherModule(SupervisedStage):
             squared = squared * (keep * scale)[:, None, :, None, None]
         return self.loss_weighting(squared, x0, sigma, self.loss_space).mean()
 
-    def _noisy_frames(self, x0: torch.Tensor, draws: GlobalBatchDraws | None = None) -> torch.Tensor | None:
+    def _noisy_frames(self, x0: torch.Tensor, draws: GlobalBatchDraws) -> torch.Tensor | None:
         """Which latent frames of each sample are noised ``(B, F)``, or ``None`` when all are.
 
         With ``clean_prefix_probability`` a sample's first ``k`` frames are given clean, ``k`` drawn
         uniformly in ``[1, min(clean_prefix_max_frames, F - 1)]``; one-frame batches are never
-        prefixed.
+        prefixed. ``draws`` are the step's (:meth:`step_draws`).
         """
         p, frames = self.hparams.clean_prefix_probability, x0.shape[2]
         if p == 0 or frames < 2:
             return None
-        draws = draws or GlobalBatchDraws(
-            torch.Generator().manual_seed(self.seed), x0.shape[0], device=self.device
-        )
         prefixed = draws.rand() < p
         longest = min(self.hparams.clean_prefix_max_frames, frames - 1)
         given = draws.randint(1, longest + 1) * prefixed  # (B,)
