@@ -143,7 +143,7 @@ def test_paper_dmd_experiments_instantiate_with_tiny_parts(
     )
     module = hydra.utils.instantiate(cfg.stage)
     assert isinstance(module, DMDModule)
-    assert module.generator.causal and not module.teacher.causal
+    assert module.generator.config.causal and not module.teacher.config.causal
     assert (module.rollout_frames, module.window_frames) == (rollout_frames, 21)
     # Self-Forcing's cond + 3 (cond - uncond) is uncond + 4 (cond - uncond), the library's convention
     assert module.hparams.critic_updates_per_generator == 5 and module.hparams.real_guidance_scale == 4.0
@@ -182,7 +182,7 @@ def test_paper_windows_inside_a_rollout_are_reencoded(compose_train, tiny_wan_di
     context, _ = module._contexts(["a cat sits on a mat"])
     window, start = module._rollout_window(context, module._rng(0), keep_graph=True)
     assert start == 6 and window.shape[2] == 6
-    chunk = module.generator.num_frames_per_chunk
+    chunk = module.generator.config.num_frames_per_chunk
     weight = module.generator.patch_embedding.weight
     (masked,) = torch.autograd.grad(window[:, :, :chunk].sum(), weight, retain_graph=True, allow_unused=True)
     assert masked is None or torch.all(masked == 0)  # the first chunk gives the generator no gradient

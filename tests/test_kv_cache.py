@@ -18,7 +18,7 @@ def _inputs(frames, batch=2, seed=1):
 
 
 def _cached_forward(model, x, t, c, cache):
-    chunk = model.num_frames_per_chunk
+    chunk = model.config.num_frames_per_chunk
     outs = []
     for s in range(0, x.shape[2], chunk):
         outs.append(
@@ -175,7 +175,7 @@ def test_write_chunk_stores_what_the_cache_writing_forward_stores(window, sink):
         model(x[:, :, s : s + 2], t[:, s : s + 2], c, kv_cache=full_pass, frame_offset=s, write_cache=True)
         model.write_chunk(x[:, :, s : s + 2], t[:, s : s + 2], c, kv_cache=trimmed, frame_offset=s)
         assert trimmed.num_frames == full_pass.num_frames == s + 2
-        for layer in range(model.num_layers):  # (slots past the visible ones are scratch space)
+        for layer in range(model.config.num_layers):  # (slots past the visible ones are scratch space)
             for a, b in zip(trimmed.visible(layer), full_pass.visible(layer), strict=True):
                 assert a.abs().sum() > 0 and torch.equal(a, b)
     with pytest.raises(ValueError, match="chunk starts at frame"):

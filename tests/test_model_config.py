@@ -32,12 +32,16 @@ def test_fields_split_into_architecture_and_build_options() -> None:
     assert "causal" not in CausalWanConfig().architecture()
 
 
-def test_the_model_keeps_its_config_and_the_fields_as_attributes() -> None:
+def test_the_model_keeps_its_config_and_reads_its_settings_there() -> None:
     config = _tiny(causal=True, num_frames_per_chunk=2)
     model = CausalWanDiT(config)
     assert model.config == config
-    assert (model.dim, model.num_layers, model.causal, model.num_frames_per_chunk) == (32, 2, True, 2)
-    assert model.head_dim == config.head_dim == 16
+    assert (model.config.dim, model.config.num_layers, model.config.causal) == (32, 2, True)
+    assert model.config.head_dim == 16
+    # one source of truth: no field is copied onto the model
+    assert not any(hasattr(model, name) for name in ("dim", "num_layers", "causal", "num_frames_per_chunk"))
+    assert [block.layer for block in model.blocks] == [0, 1]
+    assert model.default_pattern.num_frames_per_chunk == 2
     assert build_model("tiny", causal=True, num_frames_per_chunk=2, attention_backend="sdpa").config == config
     assert CausalWanDiT(**config.to_dict()).config == config  # the keyword form Hydra configs use
     assert CausalWanDiT(config, num_layers=1).config == config.replace(num_layers=1)

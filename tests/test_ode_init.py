@@ -207,7 +207,7 @@ def test_ode_init_1_3b_needs_wan_dir_and_loads_the_teacher_causally(compose_trai
     assert resolved["stage"]["optimizer"]["betas"] == [0.0, 0.999]
     assert resolved["trainer"]["accelerator"] == "cpu"  # compose_train shrinks the gpu trainer
     generator = hydra.utils.instantiate(cfg.stage.generator)
-    assert generator.causal and generator.num_frames_per_chunk == 3
+    assert generator.config.causal and generator.config.num_frames_per_chunk == 3
     for a, b in zip(generator.state_dict().values(), teacher.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     sampler = hydra.utils.instantiate(cfg.stage.sampler)

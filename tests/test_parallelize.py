@@ -122,7 +122,7 @@ def _rollout(model: CausalWanDiT, context: torch.Tensor) -> torch.Tensor:
 def _outputs_and_grads(model: CausalWanDiT, seed: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     torch.manual_seed(seed)
     context = torch.randn(2, 5, 16)
-    if model.causal:
+    if model.config.causal:
         out = _rollout(model, context)
     else:
         out = model(torch.randn(2, 3, 4, 16, 16), torch.tensor([500.0, 300.0]), context)
@@ -535,7 +535,7 @@ def test_the_bf16_policy_keeps_timesteps_in_float32(mesh: DeviceMesh, monkeypatc
     model = _tiny(True)
     shard_units(model, mesh, *bf16_policies(), reshard_after_forward=True)
     x = torch.randn(1, 3, 2, 16, 16)
-    context = torch.randn(1, 5, model.text_dim)
+    context = torch.randn(1, 5, model.config.text_dim)
     with torch.no_grad():
         out = model(x, torch.tensor([937.5]), context)
         cache = model.new_kv_cache(1, 16, 16, window_frames=2, dtype=torch.bfloat16)
@@ -570,7 +570,7 @@ model = build_model("tiny", causal=True, num_frames_per_chunk=2, in_channels=3, 
                     patch_size=(1, 4, 4), attention_backend="sdpa")
 shard_units(model, init_device_mesh("cpu", (2,)), *bf16_policies(), reshard_after_forward=True)
 with torch.no_grad():
-    model(torch.randn(1, 3, 2, 16, 16), torch.tensor([937.5]), torch.randn(1, 5, model.text_dim))
+    model(torch.randn(1, 3, 2, 16, 16), torch.tensor([937.5]), torch.randn(1, 5, model.config.text_dim))
 dist.destroy_process_group()
 with open(out, "w") as f:
     json.dump(seen, f)

@@ -36,7 +36,7 @@ def _student(chunk: int = 2):
 def test_continuing_given_latents_equals_the_rest_of_the_rollout_that_made_them() -> None:
     model = _student()
     sampler = FewStepSampler.from_steps([1000, 750, 500, 250], shift=5.0)
-    context = torch.randn(1, 4, model.text_dim)
+    context = torch.randn(1, 4, model.config.text_dim)
     shape = (3, 4, 4)
 
     def cache():
@@ -60,7 +60,7 @@ def test_with_context_noise_the_given_chunks_are_renoised_like_generated_ones() 
     model = _student()
     base = FewStepSampler.from_steps([1000, 750, 500, 250], shift=5.0)
     sampler = FewStepSampler(base.timesteps, context_timestep=100.0)
-    context = torch.randn(1, 4, model.text_dim)
+    context = torch.randn(1, 4, model.config.text_dim)
     latents = torch.randn(1, 3, 4, 4, 4)
     with torch.no_grad():
         written = model.new_kv_cache(1, 4, 4, window_frames=4)
@@ -85,7 +85,7 @@ def test_with_context_noise_the_given_chunks_are_renoised_like_generated_ones() 
 def test_write_prefix_refuses_what_cannot_be_written() -> None:
     model = _student()
     sampler = FewStepSampler.from_steps([1000, 500], shift=5.0)
-    context = torch.randn(1, 4, model.text_dim)
+    context = torch.randn(1, 4, model.config.text_dim)
     cache = model.new_kv_cache(1, 4, 4, window_frames=4)
     with pytest.raises(ValueError, match="multiple of num_frames_per_chunk"):
         list(write_prefix(model, context, cache, torch.zeros(1, 3, 3, 4, 4), sampler))

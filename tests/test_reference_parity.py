@@ -133,7 +133,7 @@ def _reference_order_rollout(
     sigmas = [t / 1000 for t in FewStepSampler.from_steps(STEPS, shift=5.0).timesteps]
     timesteps = FewStepSampler.from_steps(STEPS, shift=5.0).timesteps
     draws: Iterator[tuple[torch.Tensor, torch.Tensor]] = iter(zip(mixed_noise, mixed_sigmas, strict=True))
-    batch, chunk = noise.shape[0], model.num_frames_per_chunk
+    batch, chunk = noise.shape[0], model.config.num_frames_per_chunk
     outputs = []
     for index, start in enumerate(range(0, noise.shape[2], chunk)):
         x_t = noise[:, :, start : start + chunk]

@@ -19,7 +19,7 @@ def _context(batch=2, seed=3):
 
 def _reference_rollout(model, context, noise, sampler, renoise, pattern):
     """O(N^2) rollout without a cache: every call re-runs the clean prefix under the frame pattern."""
-    chunk = model.num_frames_per_chunk
+    chunk = model.config.num_frames_per_chunk
     batch, frames = noise.shape[0], noise.shape[2]
     clean = noise[:, :, :0]
     draws = iter(renoise)
@@ -184,7 +184,7 @@ def test_training_rollout_gives_every_weight_a_gradient_text_path_included():
     torch.cat([c.latents for c in chunks[2:]], dim=2).square().mean().backward()
     names = [name for name, _ in model.named_parameters()]
     # text_embedding: two linears (weight, bias); per block: k, v (weight, bias) and norm_k (weight)
-    assert sum(_text_path(n) for n in names) == 4 + 5 * model.num_layers
+    assert sum(_text_path(n) for n in names) == 4 + 5 * model.config.num_layers
     missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().max() == 0]
     assert missing == []
     assert all(kv[0].grad_fn is None for kv in cache.cross_kv)  # the cache itself holds no graph

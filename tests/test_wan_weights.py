@@ -141,7 +141,7 @@ def test_diffusers_checkpoint_matches_diffusers_outputs(reference, diffusers_dir
         "config.json",
         "diffusion_pytorch_model.safetensors",
     ]
-    assert not ours.causal
+    assert not ours.config.causal
     x, t, c = _inputs()
     expected = reference(x, t, c).sample
     assert expected.abs().max() > 1  # outputs are O(1), so the tolerance below is meaningful
@@ -349,7 +349,7 @@ def test_save_and_build_round_trip(ours, tmp_path):
     student = build_from_pretrained(
         tmp_path / "saved", causal=True, num_frames_per_chunk=2, attention_backend="sdpa"
     )
-    assert student.causal and student.num_frames_per_chunk == 2
+    assert student.config.causal and student.config.num_frames_per_chunk == 2
     assert torch.equal(student.blocks[0].ffn[0].weight, ours.blocks[0].ffn[0].weight)
 
 

@@ -233,7 +233,7 @@ def request_frames(cfg: DictConfig) -> tuple[str, torch.Tensor] | None:
 def load_prefix(generator: VideoGenerator, frames: torch.Tensor, source: str) -> VideoPrefix:
     """Encode given frames ``(3, F, H, W)`` with the generator's codec into whole chunks (a notebook's way in)."""
     return encode_prefix(
-        generator.codec, frames, generator.model.num_frames_per_chunk, source, device=generator.device
+        generator.codec, frames, generator.model.config.num_frames_per_chunk, source, device=generator.device
     )
 
 

@@ -175,12 +175,12 @@ def new_cache(
     """An empty cache of class ``cls`` for ``batch`` videos of toy latent frames."""
     param = next(model.parameters())
     return cls(
-        num_layers=model.num_layers,
+        num_layers=model.config.num_layers,
         batch_size=batch,
-        num_heads=model.num_heads,
-        head_dim=model.head_dim,
+        num_heads=model.config.num_heads,
+        head_dim=model.config.head_dim,
         tokens_per_frame=model.tokens_per_frame(*LATENT[1:]),
-        num_frames_per_chunk=model.num_frames_per_chunk,
+        num_frames_per_chunk=model.config.num_frames_per_chunk,
         window_frames=window,
         sink_frames=sink_frames,
         dtype=param.dtype,
@@ -865,7 +865,7 @@ def main(argv: list[str] | None = None) -> int:
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     console.print(
         f"model: toy, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters "
-        f"({weights / 2**20:.1f} MiB), {model.num_layers} layers, dim {model.dim}, {tpf} tokens/frame; "
+        f"({weights / 2**20:.1f} MiB), {model.config.num_layers} layers, dim {model.config.dim}, {tpf} tokens/frame; "
         f"chunk {CHUNK} frames, window {args.window} past frames, timesteps "
         f"{[round(t, 1) for t in sampler.timesteps]}, RoPE table {rope_len} frames"
     )

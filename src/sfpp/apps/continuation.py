@@ -144,7 +144,7 @@ def continue_clips(
         frames, then held ones), then the continuation; ``n`` is the prefix's length in frames.
     """
     model, codec = generator.model, generator.codec
-    frames, _ = hold_to_chunks(clips[:, :, :given], codec.temporal_stride, model.num_frames_per_chunk)
+    frames, _ = hold_to_chunks(clips[:, :, :given], codec.temporal_stride, model.config.num_frames_per_chunk)
     prefix = codec.encode(frames)  # (B, C, n, h, w)
     context = generator.text_encoder(list(prompts))[0]
     cache = model.new_kv_cache(

@@ -241,12 +241,12 @@ def dmd_updates(shapes: CheckShapes, device: torch.device) -> dict[str, Any]:
         shapes.flavour, causal=True, num_frames_per_chunk=shapes.chunk_frames, **overrides
     )
     generator.load_state_dict(teacher.state_dict())
-    channels = teacher.in_channels
+    channels = teacher.config.in_channels
     cuda = device.type == "cuda"
     module = DMDModule(
         generator=generator,
         teacher=teacher,
-        text_encoder=RandomText(teacher.text_dim, shapes.text_len),
+        text_encoder=RandomText(teacher.config.text_dim, shapes.text_len),
         codec=_LatentCodec(channels),
         sampler=FewStepSampler.from_steps(list(shapes.steps), shift=5.0),
         generator_optimizer=lambda params: torch.optim.AdamW(params, lr=2e-6, betas=(0.0, 0.999)),
@@ -291,7 +291,7 @@ def dmd_updates(shapes: CheckShapes, device: torch.device) -> dict[str, Any]:
         kinds.setdefault(update_kind(step, 1, 0), []).append(seconds)
     parameters = sum(p.numel() for p in teacher.parameters())
     return {
-        "layers": teacher.num_layers,
+        "layers": teacher.config.num_layers,
         "parameters_per_network": parameters,
         "window_frames": shapes.window_frames,
         "tokens_per_window": shapes.window_frames

@@ -66,10 +66,10 @@ def matmul_tflops(device: torch.device, size: int, dtype: torch.dtype, min_secon
 
 def chunk_flops(model: Any, tokens: int, context_tokens: int, text_len: int) -> float:
     """FLOPs of one chunk forward: the linear layers, self-attention over the cache, cross-attention."""
-    dim, ffn = model.dim, model.blocks[0].ffn[0].out_features
+    dim, ffn = model.config.dim, model.blocks[0].ffn[0].out_features
     linear = 2 * tokens * (6 * dim * dim + 2 * dim * ffn)  # q, k, v, o, cross q, o; feed-forward
     attention = 4 * tokens * (context_tokens + text_len) * dim
-    return float(model.num_layers * (linear + attention))
+    return float(model.config.num_layers * (linear + attention))
 
 
 def stream_speed(
@@ -89,8 +89,8 @@ def stream_speed(
         .requires_grad_(False)
     )
     sampler = FewStepSampler.from_steps(list(shapes.steps), shift=5.0)
-    context = torch.randn(1, shapes.text_len, model.text_dim, device=device, dtype=dtype)
-    latent_shape = (model.in_channels, shapes.latent_height, shapes.latent_width)
+    context = torch.randn(1, shapes.text_len, model.config.text_dim, device=device, dtype=dtype)
+    latent_shape = (model.config.in_channels, shapes.latent_height, shapes.latent_width)
     decoder_factory: Callable[[], Any] | None = None
     if vae_dir is not None:
         from sfpp.codecs import WanVAECodec

@@ -95,7 +95,7 @@ def prefix_from(
         frames = decode_upload(start_from["image"], name, generator.frame_size, max_upload_bytes)
         source = f"image: {name}"
     prefix = encode_prefix(
-        generator.codec, frames, generator.model.num_frames_per_chunk, source, device=generator.device
+        generator.codec, frames, generator.model.config.num_frames_per_chunk, source, device=generator.device
     )
     if prefix.num_latent_frames + num_latent_frames > generator.max_latent_frames:
         raise ValueError(

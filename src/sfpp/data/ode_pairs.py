@@ -35,6 +35,7 @@ from torch import nn
 from sfpp.data.prompts import read_prompts
 from sfpp.diffusion.rollout import FewStepSampler
 from sfpp.diffusion.sampling import EulerSampler
+from sfpp.models.config import config_of
 from sfpp.utils.progress import ProgressReport
 from sfpp.utils.seeding import derive_seed
 
@@ -276,9 +277,10 @@ class OdePairGenerator:
             raise ValueError(f"seed must be >= 0, got {seed}")
         if len(latent_shape) != 3:
             raise ValueError(f"latent_shape must be (C, H, W) of one latent frame, got {list(latent_shape)}")
-        if getattr(teacher, "causal", False):
+        config = config_of(teacher)
+        if config is not None and config.causal:
             raise ValueError("the teacher must be bidirectional: build it with causal=false")
-        in_channels = getattr(teacher, "in_channels", latent_shape[0])
+        in_channels = latent_shape[0] if config is None else config.in_channels
         if latent_shape[0] != in_channels:
             raise ValueError(
                 f"latent_shape={list(latent_shape)} has {latent_shape[0]} channels but the teacher takes "

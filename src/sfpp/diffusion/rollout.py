@@ -96,9 +96,9 @@ class RolloutChunk:
 
 def _check_rollout(model: CausalWanDiT, cache: RollingKVCache, num_frames: int) -> None:
     """Fail before any work for settings that cannot be generated."""
-    if not model.causal:
+    if not model.config.causal:
         raise ValueError("streaming rollout needs a block-causal model (causal=True)")
-    chunk = model.num_frames_per_chunk
+    chunk = model.config.num_frames_per_chunk
     if num_frames < 1 or num_frames % chunk:
         raise ValueError(
             f"num_frames={num_frames} is not a positive multiple of num_frames_per_chunk={chunk}; "
@@ -167,7 +167,7 @@ def stream_rollout(
     _check_rollout(model, cache, num_frames)
     batch = cache.batch_size
     channels, height, width = latent_shape
-    chunk = model.num_frames_per_chunk
+    chunk = model.config.num_frames_per_chunk
     if initial_noise is not None and initial_noise.shape != (batch, channels, num_frames, height, width):
         raise ValueError(
             f"initial_noise must be {(batch, channels, num_frames, height, width)}, got {tuple(initial_noise.shape)}"
@@ -282,7 +282,7 @@ def write_prefix(
     _check_rollout(model, cache, latents.shape[2])
     param = next(model.parameters())
     context = context.to(param.dtype)
-    chunk = model.num_frames_per_chunk
+    chunk = model.config.num_frames_per_chunk
     batch = cache.batch_size
     noise_device = generator.device if generator is not None else param.device
     for start in range(0, latents.shape[2], chunk):

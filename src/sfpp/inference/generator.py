@@ -40,6 +40,7 @@ from sfpp.inference.prefix import VideoPrefix
 from sfpp.inference.prompt_schedule import PromptSegment, first_frame_of_latent, plan_segments
 from sfpp.io.video import StreamingVideoWriter
 from sfpp.models.causal_wan import CausalWanDiT
+from sfpp.models.config import config_of
 from sfpp.models.frame_mask import FrameAttentionPattern
 from sfpp.models.kv_cache import RollingKVCache
 from sfpp.utils.progress import ProgressReport
@@ -176,7 +177,7 @@ class VideoGenerator:
         checkpoint: str | None = None,
         show_progress: bool = True,
     ) -> None:
-        if not getattr(model, "causal", False):
+        if not getattr(config_of(model), "causal", False):
             raise ValueError("generation needs a block-causal student: build the model with causal=true")
         if len(frame_size) != 2:
             raise ValueError(f"frame_size must be (height, width), got {list(frame_size)}")
@@ -186,13 +187,13 @@ class VideoGenerator:
             raise ValueError(
                 f"frame_size={[height, width]} is not a multiple of the codec's spatial stride {stride}"
             )
-        if model.in_channels != codec.latent_channels:
+        if model.config.in_channels != codec.latent_channels:
             raise ValueError(
-                f"the model takes {model.in_channels} latent channels but the codec makes {codec.latent_channels}; "
+                f"the model takes {model.config.in_channels} latent channels but the codec makes {codec.latent_channels}; "
                 "pick the codec the student was trained with"
             )
         try:
-            FrameAttentionPattern(model.num_frames_per_chunk, cache_window_frames, sink_frames)
+            FrameAttentionPattern(model.config.num_frames_per_chunk, cache_window_frames, sink_frames)
         except ValueError as error:
             raise ValueError(
                 f"cache_window_frames={cache_window_frames}, sink_frames={sink_frames}: {error}"
@@ -221,7 +222,9 @@ class VideoGenerator:
         self.checkpoint = checkpoint
         self.show_progress = show_progress
         self.timing = VideoTiming(
-            fps=fps, temporal_stride=codec.temporal_stride, num_frames_per_chunk=model.num_frames_per_chunk
+            fps=fps,
+            temporal_stride=codec.temporal_stride,
+            num_frames_per_chunk=model.config.num_frames_per_chunk,
         )
         FrameRecord(1, max_metric_frames, metric_max_side)  # validates the metric settings
 
@@ -230,7 +233,7 @@ class VideoGenerator:
     @property
     def max_latent_frames(self) -> int:
         """The longest video the model's RoPE table allows, in latent frames (whole chunks)."""
-        chunk = self.model.num_frames_per_chunk
+        chunk = self.model.config.num_frames_per_chunk
         return self.model.rope_max_seq_len // chunk * chunk
 
     def check_length(self, length: int | str, start: int = 0) -> int:
@@ -242,7 +245,7 @@ class VideoGenerator:
         """
         num_latent_frames = self.timing.parse_length(length)
         limit = self.max_latent_frames - start
-        if limit < self.model.num_frames_per_chunk:
+        if limit < self.model.config.num_frames_per_chunk:
             raise ValueError(
                 f"the given frames take {start} latent frames, the whole of the model's RoPE table "
                 f"({self.model.rope_max_seq_len}); give fewer frames (init_video) or raise model.rope_max_seq_len"
@@ -273,7 +276,7 @@ class VideoGenerator:
                 vocabulary) or its width is not the model's ``text_dim``.
         """
         embeddings = self.text_encoder([prompt])[0]  # (1, L_text, D)
-        text_dim = self.model.text_dim
+        text_dim = self.model.config.text_dim
         if embeddings.shape[-1] != text_dim:
             raise ValueError(
                 f"the text encoder gives {embeddings.shape[-1]}-channel embeddings but the model takes "
@@ -416,7 +419,7 @@ class VideoGenerator:
             ``(chunk, frames (3, f, H, W), prompt)`` per chunk, in order.
         """
         decoder = self.codec.stream_decoder()
-        chunk_frames = self.model.num_frames_per_chunk
+        chunk_frames = self.model.config.num_frames_per_chunk
         current: str | None = None
         if prefix is not None:
             current, context = prompt_at(0)

@@ -1,10 +1,10 @@
 """Plain ``nn.Module`` models and their parts (no Lightning imports)."""
 
 from sfpp.models.attention import build_attention_backend
-from sfpp.models.causal_wan import CausalWanDiT
+from sfpp.models.causal_wan import CausalWanDiT, build_model
 from sfpp.models.config import CausalWanConfig
 from sfpp.models.critic import ScoreCritic
-from sfpp.models.flavours import FLAVOURS, build_model
+from sfpp.models.flavours import FLAVOURS
 from sfpp.models.frame_mask import FrameAttentionPattern
 from sfpp.models.kv_cache import RollingKVCache
 from sfpp.models.rope import Rope3D

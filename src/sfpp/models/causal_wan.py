@@ -27,25 +27,27 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from sfpp.models.attention import AttentionBackend, build_attention_backend
-from sfpp.models.blocks import WanBlock, WanHead, sinusoidal_embedding
+from sfpp.models.blocks import BlockCall, WanBlock, WanHead, sinusoidal_embedding
 from sfpp.models.config import NUM_TRAIN_TIMESTEPS, CausalWanConfig
+from sfpp.models.flavours import flavour_config
 from sfpp.models.frame_mask import FrameAttentionPattern
 from sfpp.models.kv_cache import RollingKVCache
 from sfpp.models.rope import Rope3D, rope_rotation
 
-__all__ = ["CausalWanDiT"]
+__all__ = ["CausalWanDiT", "build_model"]
 
 
 class CausalWanDiT(nn.Module):
     """Wan2.1 DiT with per-frame timesteps, block-causal attention and a rolling-cache forward.
 
-    Build it from a :class:`~sfpp.models.config.CausalWanConfig` (``CausalWanDiT(config)``), from a
-    flavour (:func:`~sfpp.models.flavours.build_model`), or from the config's fields as keyword
-    arguments (``CausalWanDiT(dim=256, ...)``; what Hydra configs pass). The config is kept as
-    :attr:`config`; its fields are also plain attributes (``model.dim``, ``model.causal`` ...).
+    Built from a :class:`~sfpp.models.config.CausalWanConfig`, kept as :attr:`config` and read from
+    there (``model.config.causal``, ``model.config.num_frames_per_chunk`` ...). Two functions make the
+    config for it: :func:`build_model` from a registered size flavour (what Hydra's ``model`` configs
+    call) and :func:`~sfpp.models.wan.build_from_pretrained` from Wan weights on disk.
 
     Args:
         config: The settings; ``None`` builds one from ``fields``.
@@ -56,8 +58,10 @@ class CausalWanDiT(nn.Module):
             :class:`~sfpp.models.config.CausalWanConfig`).
     """
 
-    _no_split_modules = ("WanBlock",)
-    _keep_in_fp32_modules = ("time_embedding", "time_projection", "modulation", "norm")
+    #: Modules Wan computes in float32 whatever the compute dtype (the time embedding and its
+    #: projection, the affine LayerNorm before cross-attention): FSDP2's mixed precision gives each
+    #: its own float32 unit (:mod:`sfpp.models.parallelize` reads this list).
+    keep_in_fp32_modules: tuple[str, ...] = ("time_embedding", "time_projection", "norm3")
 
     def __init__(self, config: CausalWanConfig | None = None, **fields: Any) -> None:
         super().__init__()
@@ -66,41 +70,37 @@ class CausalWanDiT(nn.Module):
         elif fields:
             config = config.replace(**fields)
         self.config = config
-        patch_size = config.patch_size
-        dim, ffn_dim, num_heads, eps = config.dim, config.ffn_dim, config.num_heads, config.eps
-        in_channels, out_channels = config.in_channels, config.out_channels
-        self.patch_size = patch_size
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.dim = dim
-        self.num_heads = num_heads
-        self.head_dim = config.head_dim
-        self.num_layers = config.num_layers
-        self.freq_dim = config.freq_dim
-        self.text_dim = config.text_dim
-        self.causal = config.causal
-        self.num_frames_per_chunk = config.num_frames_per_chunk
+        dim, eps = config.dim, config.eps
         self.default_pattern = FrameAttentionPattern(config.num_frames_per_chunk if config.causal else None)
-        self.attention_backend = config.attention_backend
-        self.prediction_type = config.prediction_type
-        self.min_sigma = config.min_sigma
         self.backend: AttentionBackend = build_attention_backend(config.attention_backend)
         self._mask_cache: OrderedDict[tuple, Any] = OrderedDict()
 
         # 1. Patch, text and time embeddings
-        self.patch_embedding = nn.Conv3d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+        self.patch_embedding = nn.Conv3d(
+            config.in_channels, dim, kernel_size=config.patch_size, stride=config.patch_size
+        )
         self.text_embedding = nn.Sequential(
             nn.Linear(config.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim)
         )
         self.time_embedding = nn.Sequential(nn.Linear(config.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
-        self.rope = Rope3D(self.head_dim, config.rope_max_seq_len)
+        self.rope = Rope3D(config.head_dim, config.rope_max_seq_len)
 
         # 2. Blocks and head
         self.blocks = nn.ModuleList(
-            WanBlock(dim, ffn_dim, num_heads, eps, config.cross_attn_norm) for _ in range(config.num_layers)
+            WanBlock(layer, dim, config.ffn_dim, config.num_heads, eps, config.cross_attn_norm)
+            for layer in range(config.num_layers)
         )
-        self.head = WanHead(dim, out_channels * math.prod(patch_size), eps)
+        self.head = WanHead(dim, config.out_channels * math.prod(config.patch_size), eps)
+
+    def fp32_modules(self) -> list[nn.Module]:
+        """The modules named in :attr:`keep_in_fp32_modules` that hold parameters, outermost first."""
+        return [
+            module
+            for name, module in self.named_modules()
+            if name.rsplit(".", 1)[-1] in self.keep_in_fp32_modules
+            and any(True for _ in module.parameters(recurse=True))
+        ]
 
     @property
     def rope_max_seq_len(self) -> int:
@@ -109,7 +109,7 @@ class CausalWanDiT(nn.Module):
 
     def tokens_per_frame(self, height: int, width: int) -> int:
         """Tokens of one latent frame of ``height x width``."""
-        return (height // self.patch_size[1]) * (width // self.patch_size[2])
+        return (height // self.config.patch_size[1]) * (width // self.config.patch_size[2])
 
     def new_kv_cache(
         self,
@@ -132,16 +132,16 @@ class CausalWanDiT(nn.Module):
             dtype: Cache dtype; defaults to the model's parameter dtype.
             device: Cache device; defaults to the model's device.
         """
-        if not self.causal:
+        if not self.config.causal:
             raise ValueError("a KV cache needs a block-causal model (causal=True)")
         param = next(self.parameters())
         return RollingKVCache(
-            num_layers=self.num_layers,
+            num_layers=self.config.num_layers,
             batch_size=batch_size,
-            num_heads=self.num_heads,
-            head_dim=self.head_dim,
+            num_heads=self.config.num_heads,
+            head_dim=self.config.head_dim,
             tokens_per_frame=self.tokens_per_frame(height, width),
-            num_frames_per_chunk=self.num_frames_per_chunk,
+            num_frames_per_chunk=self.config.num_frames_per_chunk,
             window_frames=window_frames,
             sink_frames=sink_frames,
             dtype=dtype or param.dtype,
@@ -166,22 +166,19 @@ class CausalWanDiT(nn.Module):
         non-overlapping patch; applying it as a matmul on the gathered patches gives the same tokens
         without the convolution's per-call overhead (a large part of a small chunk's forward).
         """
-        batch, channels, num_frames, height, width = x.shape
-        _, p_h, p_w = self.patch_size
-        patches = x.reshape(batch, channels, num_frames, height // p_h, p_h, width // p_w, p_w)
-        # (B, C, F, H', p_h, W', p_w) -> (B, F, H', W', C, p_h, p_w) -> (B, L, C * p_h * p_w)
-        patches = patches.permute(0, 2, 3, 5, 1, 4, 6).reshape(batch, -1, channels * p_h * p_w)
-        weight = self.patch_embedding.weight.flatten(1)  # (dim, C, 1, p_h, p_w) -> (dim, C * p_h * p_w)
+        _, p_h, p_w = self.config.patch_size
+        patches = rearrange(x, "b c f (h ph) (w pw) -> b (f h w) (c ph pw)", ph=p_h, pw=p_w)
+        weight = rearrange(self.patch_embedding.weight, "dim c 1 ph pw -> dim (c ph pw)")
         return F.linear(patches.to(weight.dtype), weight, self.patch_embedding.bias)  # (B, L, dim)
 
     def _check_inputs(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Validate shapes; return per-frame timesteps ``(B, F)``."""
-        if x.ndim != 5 or x.shape[1] != self.in_channels:
-            raise ValueError(f"x must be (B, {self.in_channels}, F, H, W), got {tuple(x.shape)}")
+        if x.ndim != 5 or x.shape[1] != self.config.in_channels:
+            raise ValueError(f"x must be (B, {self.config.in_channels}, F, H, W), got {tuple(x.shape)}")
         batch, _, num_frames, height, width = x.shape
-        if height % self.patch_size[1] or width % self.patch_size[2]:
+        if height % self.config.patch_size[1] or width % self.config.patch_size[2]:
             raise ValueError(
-                f"latent size {height}x{width} is not divisible by the patch size {self.patch_size[1:]}"
+                f"latent size {height}x{width} is not divisible by the patch size {self.config.patch_size[1:]}"
             )
         if timestep.ndim == 0:
             timestep = timestep.expand(batch)
@@ -191,9 +188,9 @@ class CausalWanDiT(nn.Module):
             raise ValueError(
                 f"timestep must be (B,) or (B, F) = ({batch}, {num_frames}), got {tuple(timestep.shape)}"
             )
-        if context.ndim != 3 or context.shape[0] != batch or context.shape[2] != self.text_dim:
+        if context.ndim != 3 or context.shape[0] != batch or context.shape[2] != self.config.text_dim:
             raise ValueError(
-                f"context must be (B={batch}, L_text, text_dim={self.text_dim}), got {tuple(context.shape)}; "
+                f"context must be (B={batch}, L_text, text_dim={self.config.text_dim}), got {tuple(context.shape)}; "
                 "the text encoder's width must be the model's text_dim"
             )
         return timestep
@@ -231,7 +228,7 @@ class CausalWanDiT(nn.Module):
         """
         timestep = self._check_inputs(x, timestep, context)
         batch, _, num_frames, height, width = x.shape
-        p_t, p_h, p_w = self.patch_size
+        p_t, p_h, p_w = self.config.patch_size
         grid = (num_frames // p_t, height // p_h, width // p_w)
         if kv_cache is not None:
             kv_cache.check_call(frame_offset, num_frames, batch, self.patch_embedding.weight.dtype)
@@ -249,19 +246,22 @@ class CausalWanDiT(nn.Module):
         tokens, rope, time_emb, time_mod, text = self._embed(x, timestep, context, kv_cache, frame_offset)
 
         # 4. Blocks
-        for layer, block in enumerate(self.blocks):
-            text_kv = self._text_kv(layer, text, kv_cache)
-            tokens = block(tokens, time_mod, rope, text_kv, self.backend, mask, kv_cache, layer, write_cache)
+        call = BlockCall(self.backend, mask, write_cache)
+        for block in self.blocks:
+            cache = None if kv_cache is None else kv_cache.layer(block.layer)
+            tokens = block(tokens, time_mod, rope, self._text_kv(block, text, kv_cache), call, cache)
         if kv_cache is not None and write_cache:
             kv_cache.advance(num_frames)
 
         # 5. Head and unpatchify: (B, L, p*C) -> (B, C, F, H, W)
         out = self.head(tokens, time_emb)  # (B, L, p_t * p_h * p_w * C)
-        out = out.reshape(batch, *grid, p_t, p_h, p_w, self.out_channels)  # (B, F', H', W', p_t, p_h, p_w, C)
-        out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, F', p_t, H', p_h, W', p_w)
-        out = out.reshape(batch, self.out_channels, num_frames, height, width)  # (B, C, F, H, W)
-        if self.prediction_type == "x0":  # x0 -> flow = (x_t - x0) / sigma
-            sigma = (timestep.float() / NUM_TRAIN_TIMESTEPS).clamp_min(self.min_sigma)  # (B, F)
+        out = rearrange(
+            out,
+            "b (f h w) (pt ph pw c) -> b c (f pt) (h ph) (w pw)",
+            f=grid[0], h=grid[1], w=grid[2], pt=p_t, ph=p_h, pw=p_w,
+        )  # fmt: skip
+        if self.config.prediction_type == "x0":  # x0 -> flow = (x_t - x0) / sigma
+            sigma = (timestep.float() / NUM_TRAIN_TIMESTEPS).clamp_min(self.config.min_sigma)  # (B, F)
             sigma = sigma[:, None, :, None, None]  # (B, 1, F, 1, 1)
             out = ((x.float() - out.float()) / sigma).type_as(out)
         return out
@@ -289,7 +289,7 @@ class CausalWanDiT(nn.Module):
             every layer's text keys/values are cached already and gradients are off).
         """
         _, _, num_frames, height, width = x.shape
-        grid = (num_frames, height // self.patch_size[1], width // self.patch_size[2])
+        grid = (num_frames, height // self.config.patch_size[1], width // self.config.patch_size[2])
 
         # 1. Patchify: (B, C, F, H, W) -> (B, L, dim)
         tokens = self._patchify(x)  # (B, L, dim)
@@ -298,9 +298,11 @@ class CausalWanDiT(nn.Module):
         # 2. Per-frame time embedding and modulation, in the time embedding's own dtype (float32
         # under a bf16 FSDP2 policy, which keeps that unit in float32)
         time_emb = self.time_embedding(
-            sinusoidal_embedding(timestep.float(), self.freq_dim).to(self.time_embedding[0].weight.dtype)
+            sinusoidal_embedding(timestep.float(), self.config.freq_dim).to(
+                self.time_embedding[0].weight.dtype
+            )
         )  # (B, F, dim)
-        time_mod = self.time_projection(time_emb).unflatten(2, (6, -1))  # (B, F, 6, dim)
+        time_mod = rearrange(self.time_projection(time_emb), "b f (six d) -> b f six d", six=6)
 
         # 3. Text (with a cache, its keys/values are computed once per rollout for gradient-free
         # calls; a call with gradients recomputes them, so that the text path is trained)
@@ -309,7 +311,7 @@ class CausalWanDiT(nn.Module):
         return tokens, rope, time_emb, time_mod, text
 
     def _text_kv(
-        self, layer: int, text: torch.Tensor | None, kv_cache: RollingKVCache | None
+        self, block: nn.Module, text: torch.Tensor | None, kv_cache: RollingKVCache | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-attention keys and values of one layer, from (and stored in) the cache when there is one.
 
@@ -319,7 +321,7 @@ class CausalWanDiT(nn.Module):
         ``norm_k`` get the gradient of the loss (as the uncached forward gives them): the cost is
         the text's projections, small next to a chunk's attention.
         """
-        cross_attn = self.blocks[layer].cross_attn
+        cross_attn, layer = block.cross_attn, block.layer
         if kv_cache is None:
             return cross_attn.text_kv(text)
         if torch.is_grad_enabled():
@@ -359,26 +361,44 @@ class CausalWanDiT(nn.Module):
         batch, _, num_frames = x.shape[:3]
         kv_cache.check_call(frame_offset, num_frames, batch, self.patch_embedding.weight.dtype)
         tokens, rope, _, time_mod, text = self._embed(x, timestep, context, kv_cache, frame_offset)
-        last = self.num_layers - 1
-        for layer, block in enumerate(self.blocks):
-            text_kv = self._text_kv(layer, text, kv_cache)
-            tokens = block(
-                tokens,
-                time_mod,
-                rope,
-                text_kv,
-                self.backend,
-                None,
-                kv_cache,
-                layer,
-                True,
-                cache_only=layer == last,
-            )
+        writing, last_writing = (
+            BlockCall(self.backend, write_cache=True),
+            BlockCall(self.backend, cache_only=True),
+        )
+        for block in self.blocks:
+            call = last_writing if block.layer == self.config.num_layers - 1 else writing
+            text_kv = self._text_kv(block, text, kv_cache)
+            tokens = block(tokens, time_mod, rope, text_kv, call, kv_cache.layer(block.layer))
         kv_cache.advance(num_frames)
 
-    @classmethod
-    def from_flavour(cls, flavour: str, **overrides: Any) -> CausalWanDiT:
-        """Build a registered size flavour (see :mod:`sfpp.models.flavours`), with overrides."""
-        from sfpp.models.flavours import flavour_config
 
-        return cls(flavour_config(flavour, **overrides))
+def build_model(
+    flavour: str,
+    causal: bool = False,
+    num_frames_per_chunk: int = 3,
+    attention_backend: str = "auto",
+    **overrides: Any,
+) -> CausalWanDiT:
+    """Build a :class:`CausalWanDiT` of a registered size flavour (:mod:`sfpp.models.flavours`).
+
+    Args:
+        flavour: ``tiny``, ``toy``, ``wan_1_3b`` or ``wan_14b``.
+        causal: Block-causal student instead of a bidirectional teacher/critic.
+        num_frames_per_chunk: Latent frames per chunk of the block-causal model.
+        attention_backend: ``auto``, ``flash``, ``flex`` or ``sdpa``.
+        **overrides: Any other :class:`~sfpp.models.config.CausalWanConfig` field.
+
+    Returns:
+        A freshly initialised model.
+
+    Raises:
+        ValueError: For an unknown flavour or field.
+    """
+    config = flavour_config(
+        flavour,
+        causal=causal,
+        num_frames_per_chunk=num_frames_per_chunk,
+        attention_backend=attention_backend,
+        **overrides,
+    )
+    return CausalWanDiT(config)

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ARCHITECTURE_FIELDS", "BUILD_FIELDS", "NUM_TRAIN_TIMESTEPS", "CausalWanConfig"]
+__all__ = ["ARCHITECTURE_FIELDS", "BUILD_FIELDS", "NUM_TRAIN_TIMESTEPS", "CausalWanConfig", "config_of"]
 
 #: Wan2.1's timestep scale: a model is called at ``t = sigma * NUM_TRAIN_TIMESTEPS`` (no shift).
 NUM_TRAIN_TIMESTEPS = 1000
@@ -156,3 +156,9 @@ ARCHITECTURE_FIELDS: tuple[str, ...] = tuple(
 BUILD_FIELDS: tuple[str, ...] = tuple(
     f.name for f in dataclasses.fields(CausalWanConfig) if f.metadata.get("build")
 )
+
+
+def config_of(module: Any) -> CausalWanConfig | None:
+    """The :class:`CausalWanConfig` a model keeps as ``config``, or ``None`` for another module."""
+    config = getattr(module, "config", None)
+    return config if isinstance(config, CausalWanConfig) else None

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from sfpp.models.causal_wan import CausalWanDiT
+from sfpp.models.config import config_of
 
 __all__ = ["ScoreCritic"]
 
@@ -21,7 +22,7 @@ __all__ = ["ScoreCritic"]
 def _check_bidirectional(model: nn.Module) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"ScoreCritic wraps an nn.Module (a CausalWanDiT), got {type(model).__name__}")
-    if getattr(model, "causal", False):
+    if getattr(config_of(model), "causal", False):
         raise ValueError(
             "ScoreCritic needs a bidirectional model (causal=False) like the teacher; got a block-causal "
             "one. Build the critic from the teacher (ScoreCritic.from_teacher) or set causal: false"

@@ -1,7 +1,8 @@
 """Size registry of CausalWanDiT: a debug flavour for tests, the toy world's, and Wan2.1's sizes.
 
-Each flavour is a :class:`~sfpp.models.config.CausalWanConfig` (bidirectional by default); any
-field can be overridden at build time (``build_model("tiny", num_layers=1)``).
+The registry is data: each flavour is a :class:`~sfpp.models.config.CausalWanConfig`
+(bidirectional by default). :func:`sfpp.models.causal_wan.build_model` builds a model from one, with
+any field overridden (``build_model("tiny", num_layers=1)``); this module imports no model.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 
 from sfpp.models.config import CausalWanConfig
 
-__all__ = ["FLAVOURS", "build_model", "flavour_config"]
+__all__ = ["FLAVOURS", "flavour_config"]
 
 FLAVOURS: dict[str, CausalWanConfig] = {
     # Unit tests: a few thousand parameters, runs in milliseconds.
@@ -77,37 +78,3 @@ def flavour_config(flavour: str, **overrides: Any) -> CausalWanConfig:
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown model flavour {flavour!r}; registered flavours: {sorted(FLAVOURS)}")
     return FLAVOURS[flavour].replace(**overrides)
-
-
-def build_model(
-    flavour: str,
-    causal: bool = False,
-    num_frames_per_chunk: int = 3,
-    attention_backend: str = "auto",
-    **overrides: Any,
-):
-    """Build a :class:`~sfpp.models.causal_wan.CausalWanDiT` of a registered flavour.
-
-    Args:
-        flavour: ``tiny``, ``toy``, ``wan_1_3b`` or ``wan_14b``.
-        causal: Block-causal student instead of a bidirectional teacher/critic.
-        num_frames_per_chunk: Latent frames per chunk of the block-causal model.
-        attention_backend: ``auto``, ``flash``, ``flex`` or ``sdpa``.
-        **overrides: Any other :class:`~sfpp.models.config.CausalWanConfig` field.
-
-    Returns:
-        A freshly initialised model.
-
-    Raises:
-        ValueError: For an unknown flavour or field.
-    """
-    from sfpp.models.causal_wan import CausalWanDiT
-
-    config = flavour_config(
-        flavour,
-        causal=causal,
-        num_frames_per_chunk=num_frames_per_chunk,
-        attention_backend=attention_backend,
-        **overrides,
-    )
-    return CausalWanDiT(config)

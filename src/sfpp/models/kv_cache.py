@@ -21,15 +21,97 @@ chunk that starts at ``num_frames`` (the next frame to generate), which is what 
 rollout equal to a masked full-sequence forward.
 
 The cross-attention keys and values of the text are computed once per rollout and kept here too.
+
+A block sees one layer of the cache through a :class:`LayerCache`: :meth:`RollingKVCache.layer`
+gives the live view (read the visible past, put a chunk after it, write a chunk), and
+:meth:`LayerKVCache.snapshot` a frozen copy of what the layer's next call reads (what activation
+checkpointing recomputes a block with, after later chunks have overwritten the live buffer).
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 
 from sfpp.models.frame_mask import FrameAttentionPattern
 
-__all__ = ["RollingKVCache"]
+__all__ = ["LayerCache", "LayerKVCache", "PastKeysValues", "RollingKVCache"]
+
+
+class LayerCache(Protocol):
+    """What a block reads and writes of the KV cache, for its own layer."""
+
+    layer: int
+
+    def visible(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the past frames visible to the next chunk, each ``(B, Lpast, H, D)``."""
+        ...
+
+    def with_chunk(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The visible past followed by the chunk's keys and values (gradient-free calls)."""
+        ...
+
+    def write(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Store the chunk's keys and values."""
+        ...
+
+
+class LayerKVCache:
+    """One layer's live view of a :class:`RollingKVCache` (see :meth:`RollingKVCache.layer`).
+
+    Args:
+        cache: The whole cache.
+        layer: Block index.
+    """
+
+    def __init__(self, cache: RollingKVCache, layer: int) -> None:
+        self.cache = cache
+        self.layer = layer
+
+    def visible(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """See :meth:`RollingKVCache.visible`."""
+        return self.cache.visible(self.layer)
+
+    def with_chunk(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """See :meth:`RollingKVCache.with_chunk`."""
+        return self.cache.with_chunk(self.layer, keys, values)
+
+    def write(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """See :meth:`RollingKVCache.write`."""
+        self.cache.write(self.layer, keys, values)
+
+    def snapshot(self) -> PastKeysValues:
+        """A copy of the keys and values this layer's next call reads, detached from the live buffer."""
+        keys, values = self.visible()
+        return PastKeysValues(self.layer, keys.clone(), values.clone())
+
+
+class PastKeysValues:
+    """A read-only copy of the past one layer attends to (see :meth:`LayerKVCache.snapshot`).
+
+    Args:
+        layer: Block index.
+        keys: ``(B, Lpast, H, D)`` keys, RoPE applied.
+        values: Same shape as ``keys``.
+    """
+
+    def __init__(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.layer = layer
+        self.keys = keys
+        self.values = values
+
+    def visible(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The copied ``(keys, values)``."""
+        return self.keys, self.values
+
+    def with_chunk(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The copied past followed by the chunk (a concatenated copy: the snapshot has no spare slots)."""
+        return torch.cat([self.keys, keys], dim=1), torch.cat([self.values, values], dim=1)
+
+    def write(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Refused: a snapshot is what a past call read, not a place to store a chunk."""
+        raise RuntimeError(f"the snapshot of layer {self.layer}'s cache is read-only")
 
 
 class RollingKVCache:
@@ -82,6 +164,7 @@ class RollingKVCache:
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.cross_kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * num_layers
+        self._views = [LayerKVCache(self, layer) for layer in range(num_layers)]
         self.num_frames = 0
         """Frames written so far (the absolute index of the next frame to generate)."""
 
@@ -89,6 +172,10 @@ class RollingKVCache:
     def nbytes(self) -> int:
         """Bytes held by the self-attention buffers (constant for the cache's lifetime)."""
         return self.keys.numel() * self.keys.element_size() + self.values.numel() * self.values.element_size()
+
+    def layer(self, index: int) -> LayerKVCache:
+        """The view of one layer that its block reads and writes."""
+        return self._views[index]
 
     def reset(self) -> None:
         """Forget every frame and the text K/V, keeping the buffers (a new rollout)."""

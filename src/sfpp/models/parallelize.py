@@ -27,26 +27,25 @@ Options, all explicit (nothing is silently ignored):
 
 * ``mixed_precision``: bf16 parameters for compute, float32 gradient reduction and float32 master
   weights (``MixedPrecisionPolicy(param_dtype=bfloat16, reduce_dtype=float32)``). CUDA only: on
-  another device it raises. Wan's float32 modules stay float32: the root's ``time_embedding`` and
-  ``time_projection`` and every affine ``LayerNorm`` (``norm3``) get their own float32 units
-  (``layer_norm`` refuses a float32 input with bf16 weights). Two things do run in bf16: the
+  another device it raises. Wan's float32 modules stay float32: those the model lists in
+  ``CausalWanDiT.keep_in_fp32_modules`` (the root's ``time_embedding`` and ``time_projection``, each
+  block's affine ``LayerNorm`` ``norm3``) get their own float32 units (``layer_norm`` refuses a
+  float32 input with bf16 weights). Two things do run in bf16: the
   ``modulation`` tables (bare parameters of a block, cast with it; the block upcasts them) and the
   RMS q/k norm weights (``rms_norm`` upcasts them). Leave the Trainer's ``precision`` at
   ``32-true``: the policy replaces autocast.
 * ``activation_checkpointing``: each :class:`WanBlock` recomputes its activations in the backward
   pass instead of keeping them (non-reentrant ``torch.utils.checkpoint``). It exists for CUDA
   memory at the paper's scale; it works on CPU too and gives the same gradients. A block called on
-  a rolling KV cache (the streaming rollout) is checkpointed with a copy of the cached keys and
-  values it attends to, since later chunks overwrite the cache before the backward pass; a call
-  that writes the cache, or runs without gradients, is not checkpointed.
+  a rolling KV cache (the streaming rollout) is checkpointed with a snapshot of its layer's cached
+  keys and values (``LayerKVCache.snapshot``), since later chunks overwrite the cache before the
+  backward pass; a call that writes the cache, or runs without gradients, is not checkpointed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Iterable
-from typing import Any
 
 import torch
 from torch import nn
@@ -56,7 +55,9 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import checkpoint
 
-from sfpp.models.causal_wan import CausalWanDiT, WanBlock
+from sfpp.models.blocks import BlockCall, WanBlock
+from sfpp.models.causal_wan import CausalWanDiT
+from sfpp.models.kv_cache import LayerCache
 
 __all__ = [
     "apply_activation_checkpointing",
@@ -69,51 +70,29 @@ __all__ = [
     "shard_units",
 ]
 
-# Root-level modules Wan keeps in float32 (see CausalWanDiT._keep_in_fp32_modules).
-_FP32_ROOT_MODULES = ("time_embedding", "time_projection")
-_BLOCK_SIGNATURE = inspect.signature(WanBlock.forward)
-
-
 # 1. Activation checkpointing ------------------------------------------------------------------
 
 
-class _CachedKeysValues:
-    """The past keys and values one layer attends to, copied when a checkpointed block is called.
-
-    The recomputation in the backward pass reads these instead of the live rolling cache, which
-    later chunks have overwritten by then. It offers the one cache method a block uses on a call
-    that does not write (:meth:`RollingKVCache.visible`).
-    """
-
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, layer: int) -> None:
-        self.keys, self.values, self.layer = keys, values, layer
-
-    def visible(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The copied ``(keys, values)`` of this layer."""
-        if layer != self.layer:
-            raise RuntimeError(
-                f"a checkpointed block of layer {self.layer} asked for the cache of layer {layer}"
-            )
-        return self.keys, self.values
-
-
-def _checkpoint_block(block: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+def _checkpoint_block(
+    block: WanBlock,
+    x: torch.Tensor,
+    time_mod: torch.Tensor,
+    rope: torch.Tensor,
+    text_kv: tuple[torch.Tensor, torch.Tensor],
+    call: BlockCall,
+    cache: LayerCache | None = None,
+) -> torch.Tensor:
     """Call a :class:`WanBlock` under non-reentrant activation checkpointing when that is safe.
 
     Without gradients there is nothing to save, and a call that writes the KV cache would write it
-    again when recomputed: both run plainly. A call that reads the cache gets a copy of what it reads.
+    again when recomputed: both run plainly. A call that reads the cache is recomputed with a
+    snapshot of what it read, since later chunks overwrite the live cache before the backward pass.
     """
-    if not torch.is_grad_enabled():
-        return block(*args, **kwargs)
-    bound = _BLOCK_SIGNATURE.bind(block, *args, **kwargs)
-    cache = bound.arguments["cache"]
+    if not torch.is_grad_enabled() or call.writes:
+        return block(x, time_mod, rope, text_kv, call, cache)
     if cache is not None:
-        if bound.arguments["write_cache"]:
-            return block(*args, **kwargs)
-        layer = bound.arguments["layer"]
-        keys, values = cache.visible(layer)
-        bound.arguments["cache"] = _CachedKeysValues(keys.clone(), values.clone(), layer)
-    return checkpoint(block, *bound.args[1:], use_reentrant=False, **bound.kwargs)
+        cache = cache.snapshot()
+    return checkpoint(block, x, time_mod, rope, text_kv, call, cache, use_reentrant=False)
 
 
 def _block_of(module: nn.Module) -> WanBlock:
@@ -208,18 +187,14 @@ def shard_units(
     def shard(module: nn.Module, policy: MixedPrecisionPolicy) -> None:
         fully_shard(module, mesh=mesh, reshard_after_forward=reshard_after_forward, mp_policy=policy)
 
+    if fp32 is not None:  # the model's float32 modules first: each is inside a block or the root
+        for module in model.fp32_modules():
+            shard(module, fp32)
     for wrapped in model.blocks:
         block = _block_of(wrapped)
-        if fp32 is not None:
-            for norm in block.modules():
-                if isinstance(norm, nn.LayerNorm) and norm.elementwise_affine:
-                    shard(norm, fp32)
         shard(block.cross_attn, compute)
         register_fsdp_forward_method(block.cross_attn, "text_kv")
         shard(wrapped, compute)
-    if fp32 is not None:
-        for name in _FP32_ROOT_MODULES:
-            shard(getattr(model, name), fp32)
     # The root does not cast its inputs: a bf16 policy would round the float32 timesteps to bf16
     # (spacing 4 near 1000: 937.5 -> 936), every step of a bf16 run at the wrong noise level. The
     # model casts the latents and the text to its compute dtype itself.

@@ -220,9 +220,9 @@ class DMDModule(StudentStage):
         lora: LoraSettings | Mapping[str, Any] | None = None,
         prefix: PrefixTraining | Mapping[str, Any] | None = None,
     ) -> None:
-        if not generator.causal or teacher.causal:
+        if not generator.config.causal or teacher.config.causal:
             raise ValueError("DMD needs a block-causal generator (causal=true) and a bidirectional teacher")
-        chunk = generator.num_frames_per_chunk
+        chunk = generator.config.num_frames_per_chunk
         timing = VideoTiming(fps=fps, temporal_stride=codec.temporal_stride, num_frames_per_chunk=chunk)
         rollout_frames = timing.parse_length(rollout_frames)
         window_frames = timing.parse_length(window_frames)
@@ -349,7 +349,9 @@ class DMDModule(StudentStage):
         """
         cache = self._new_cache(self.generator, context.shape[0])
         num_steps = len(self.sampler.timesteps)
-        num_chunks = (end - (0 if prefix is None else prefix.shape[2])) // self.generator.num_frames_per_chunk
+        num_chunks = (
+            end - (0 if prefix is None else prefix.shape[2])
+        ) // self.generator.config.num_frames_per_chunk
         if self.hparams.exit_step_draw == "per_rollout":
             exit_steps = torch.randint(0, num_steps, (1,), generator=rng).expand(num_chunks)
         else:
@@ -390,7 +392,9 @@ class DMDModule(StudentStage):
         if prefix is None:
             start = self.window_sampler.sample(self.rollout_frames, rng)
         else:
-            given = given_in_window(prefix.shape[2], self.window_frames, self.generator.num_frames_per_chunk)
+            given = given_in_window(
+                prefix.shape[2], self.window_frames, self.generator.config.num_frames_per_chunk
+            )
             start = prefix.shape[2] - given
         end = start + self.window_frames
         chunks = self._rollout_to(context, rng, end, start if keep_graph else end, micro_batch, prefix)
@@ -418,7 +422,7 @@ class DMDModule(StudentStage):
                 f"data.num_frames={self.prefix.max_pixel_frames})"
             )
         clip, _ = hold_to_chunks(
-            video[:, :, :frames], self.codec.temporal_stride, self.generator.num_frames_per_chunk
+            video[:, :, :frames], self.codec.temporal_stride, self.generator.config.num_frames_per_chunk
         )  # (B, 3, F', H, W)
         with torch.no_grad():
             return self.codec.encode(clip.to(self.device))
@@ -446,7 +450,7 @@ class DMDModule(StudentStage):
         """The window with its first frame re-encoded (:class:`~sfpp.diffusion.reencode.WindowReencoder`)."""
         if self.window_reencoder is None:
             return window
-        return self.window_reencoder(prefix, window, self.codec, self.generator.num_frames_per_chunk)
+        return self.window_reencoder(prefix, window, self.codec, self.generator.config.num_frames_per_chunk)
 
     def _as_seen_by_the_teacher(self, chunks: list, window: torch.Tensor, start: int) -> torch.Tensor:
         """:meth:`_reencode` with the prefix taken from the rollout's chunks (only when it applies)."""
@@ -547,7 +551,11 @@ class DMDModule(StudentStage):
             mask = None
             if self.window_reencoder is not None:
                 mask = self.window_reencoder.gradient_mask(
-                    self.codec, start, self.window_frames, self.generator.num_frames_per_chunk, window.device
+                    self.codec,
+                    start,
+                    self.window_frames,
+                    self.generator.config.num_frames_per_chunk,
+                    window.device,
                 )
             if given_mask is not None:
                 mask = given_mask if mask is None else mask & given_mask

@@ -107,7 +107,7 @@ class GRPOModule(StudentStage):
         quality_metric: Callable[..., dict[str, float]] | None = None,
         val_rollout_frames: int | str | None = None,
     ) -> None:
-        if not generator.causal:
+        if not generator.config.causal:
             raise ValueError("GRPO trains a block-causal student (causal=true)")
         if group_size < 2:
             raise ValueError(
@@ -130,7 +130,7 @@ class GRPOModule(StudentStage):
         timing = VideoTiming(
             fps=fps,
             temporal_stride=codec.temporal_stride,
-            num_frames_per_chunk=generator.num_frames_per_chunk,
+            num_frames_per_chunk=generator.config.num_frames_per_chunk,
         )
         rollout_frames = timing.parse_length(rollout_frames)
         val_frames = rollout_frames if val_rollout_frames is None else timing.parse_length(val_rollout_frames)

@@ -100,12 +100,12 @@ class ODEInitModule(SupervisedStage):
         seed: int = 0,
     ) -> None:
         super().__init__(optimizer, lr_scheduler, seed)
-        if not generator.causal:
+        if not generator.config.causal:
             raise ValueError("the ODE-init student is block-causal: build its model with causal=true")
-        if cache_window_frames < generator.num_frames_per_chunk:
+        if cache_window_frames < generator.config.num_frames_per_chunk:
             raise ValueError(
                 f"stage.cache_window_frames={cache_window_frames} is smaller than a chunk "
-                f"({generator.num_frames_per_chunk} frames); raise it (e.g. to the teacher horizon)"
+                f"({generator.config.num_frames_per_chunk} frames); raise it (e.g. to the teacher horizon)"
             )
         self.save_hyperparameters(
             ignore=["generator", "text_encoder", "codec", "sampler", "optimizer", "lr_scheduler"]
@@ -160,14 +160,16 @@ class ODEInitModule(SupervisedStage):
                 f"the pairs hold {noisy.shape[1]} states per trajectory but stage.sampler has "
                 f"{len(self.timesteps)} steps; regenerate the pairs or fix stage.sampler"
             )
-        x, timestep = chunkwise_states(noisy, step_index, self.timesteps, self.generator.num_frames_per_chunk)
+        x, timestep = chunkwise_states(
+            noisy, step_index, self.timesteps, self.generator.config.num_frames_per_chunk
+        )
         context = self.encode_prompts(batch["prompt"])
         flow = self.generator(x, timestep, context)
         sigma = sigma_from_timestep(timestep, self.sampler.num_train_timesteps)  # (B, F)
         return F.mse_loss(x0_from_flow(flow, x, sigma).float(), clean.float())
 
     def _num_chunks(self, batch: dict[str, Any]) -> int:
-        return batch["noisy"].shape[3] // self.generator.num_frames_per_chunk
+        return batch["noisy"].shape[3] // self.generator.config.num_frames_per_chunk
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """One ODE-regression step with an independent step draw per sample and chunk."""

@@ -104,7 +104,7 @@ class TeacherModule(SupervisedStage):
         seed: int = 0,
     ) -> None:
         super().__init__(optimizer, lr_scheduler, seed)
-        if model.causal:
+        if model.config.causal:
             raise ValueError("the teacher is bidirectional: build its model with causal=false")
         if loss_space not in ("flow", "x0"):
             raise ValueError(f"loss_space must be 'flow' or 'x0', got {loss_space!r}")

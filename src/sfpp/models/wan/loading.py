@@ -76,8 +76,9 @@ def load_wan_weights(
         problems.append(f"  shape mismatches ({len(mismatched)}):\n{format_keys(mismatched)}")
     if mismatched or (problems and strict):
         raise WanWeightsError(
-            f"weights from {source} do not fit the model (dim={model.dim}, num_layers={model.num_layers}, "
-            f"num_heads={model.num_heads}); check the config matches the checkpoint:\n" + "\n".join(problems)
+            f"weights from {source} do not fit the model (dim={model.config.dim}, num_layers={model.config.num_layers}, "
+            f"num_heads={model.config.num_heads}); check the config matches the checkpoint:\n"
+            + "\n".join(problems)
         )
     if problems:
         log.warning("loading %s with strict=False:\n%s", source, "\n".join(problems))
