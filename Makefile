@@ -50,7 +50,7 @@ $(STAMP): pyproject.toml | $(PYTHON)
 install: $(STAMP) ## Create .venv (if missing) and install sfpp editable with the dev and apps extras
 
 test: install ## Run the fast test suite (no slow, no gpu, no benchmarks)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 browser: ## Install Debian's chromium and chromium-driver for the streaming page's browser test (apt)
 	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \

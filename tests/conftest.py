@@ -1,11 +1,16 @@
-"""Shared fixtures: the real Hydra config, composed and shrunk for CPU tests."""
+"""Shared fixtures: the real Hydra config, composed and shrunk for CPU tests; a one-process device mesh.
+
+Tiny models, stages, data and trainers are built by ``tests/factories.py``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch.distributed as dist
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -19,6 +24,20 @@ register_resolvers()  # the configs' resolvers, as python -m sfpp.train register
 CONFIG_DIR: Path = find_config_dir()
 
 ComposeTrain = Callable[..., DictConfig]
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Iterator[Any]:
+    """A one-process gloo group and its CPU device mesh, torn down after the test."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        yield init_device_mesh("cpu", (1,))
+    finally:
+        dist.destroy_process_group()
 
 
 def _shrink_for_cpu(cfg: DictConfig) -> None:

@@ -144,3 +144,26 @@ def test_ckpt_path_last_refuses_a_folder_of_a_run_with_other_settings(tmp_path) 
         f"callbacks.model_checkpoint.dirpath={tmp_path}/other",
     )
     assert explicit.returncode == 0, explicit.stderr[-3000:]
+
+
+def test_a_record_of_the_earlier_settings_layout_still_resumes(compose_train, tmp_path) -> None:
+    """Runs recorded before the student settings moved into ``stage.student`` resume with ``ckpt_path=last``."""
+    from sfpp.utils.run_record import RECORD_NAME, ResumeMismatchError, check_resume, run_settings
+
+    folder = tmp_path / "ckpt"
+    cfg = compose_train(
+        ["experiment=toy_extend", "ckpt_path=last", f"callbacks.model_checkpoint.dirpath={folder}"]
+    )
+    settings = run_settings(cfg)
+    old = json.loads(json.dumps(settings))
+    old["stage"].update(old["stage"].pop("student"))  # the flat layout
+    old["stage"]["window_beta"] = [2.0, 1.0]  # options since removed
+    old["data"]["image_max_objects"] = None
+    folder.mkdir()
+    (folder / RECORD_NAME).write_text(json.dumps({"overrides": [], "settings": old}))
+    check_resume(cfg)  # the same run: accepted
+
+    old["stage"]["sink_frames"] = 2
+    (folder / RECORD_NAME).write_text(json.dumps({"overrides": [], "settings": old}))
+    with pytest.raises(ResumeMismatchError, match=r"\(stage\.student\.sink_frames differ"):
+        check_resume(cfg)

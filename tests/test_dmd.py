@@ -3,27 +3,18 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from factories import cpu_trainer, tiny_dmd, tiny_model, world_data
 from sfpp.codecs import PixelCodec
 from sfpp.diffusion import FewStepSampler
 from sfpp.diffusion.losses import dmd_loss, flow_matching_loss, real_and_fake_x0
-from sfpp.models import build_model
 from sfpp.stages.dmd import DMDModule, update_kind
-from sfpp.world import WorldDataModule, WorldTextEncoder
+from sfpp.world import WorldTextEncoder
 
 PROMPTS = ["a red circle bouncing on a dark background", "a blue square bouncing on a dark background"]
 
 
 def _tiny(causal):
-    return build_model(
-        "tiny",
-        causal=causal,
-        num_frames_per_chunk=2,
-        in_channels=3,
-        out_channels=3,
-        patch_size=(1, 4, 4),
-        attention_backend="sdpa",
-        prediction_type="x0",
-    )
+    return tiny_model(causal=causal)
 
 
 def _adamw(params):
@@ -31,26 +22,12 @@ def _adamw(params):
 
 
 def _module(rollout_frames=8, window_frames=4, ratio=2, warmup=0, seed=0, optimizer=_adamw, **kw):
-    torch.manual_seed(0)
-    teacher = _tiny(False)
-    generator = _tiny(True)
-    generator.load_state_dict(teacher.state_dict())
-    return DMDModule(
-        generator=generator,
-        teacher=teacher,
-        text_encoder=WorldTextEncoder(embed_dim=16),
-        codec=PixelCodec(),
-        sampler=FewStepSampler.from_steps([1000, 750, 500, 250], shift=3.0),
-        generator_optimizer=optimizer,
-        critic_optimizer=optimizer,
+    return tiny_dmd(
+        optimizer=optimizer,
         rollout_frames=rollout_frames,
         window_frames=window_frames,
-        latent_shape=(3, 16, 16),
-        cache_window_frames=4,
         critic_updates_per_generator=ratio,
         critic_warmup_steps=warmup,
-        real_guidance_scale=2.0,
-        ema_start_step=0,
         seed=seed,
         **kw,
     )
@@ -95,20 +72,11 @@ def test_window_gradient_only_from_window_chunks():
 
 
 def _trainer(tmp_path, max_steps, **kw):
-    return L.Trainer(
-        max_steps=max_steps,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        deterministic=True,
-        **kw,
-    )
+    return cpu_trainer(tmp_path, max_steps, **kw)
 
 
 def _data():
-    return WorldDataModule(num_frames=1, batch_size=2, seed=0)
+    return world_data()
 
 
 def test_optimiser_steps_follow_the_ratio(tmp_path):
@@ -124,27 +92,40 @@ def test_optimiser_steps_follow_the_ratio(tmp_path):
     assert module.global_step == 7
 
 
-def test_resume_continues_the_same_trajectory(tmp_path):
+def test_a_checkpoint_of_the_earlier_draw_scheme_resumes_exactly(tmp_path):
+    """Checkpoints written before the student stages drew from step_generator keep their scheme."""
+    from sfpp.stages.student import LEGACY_DRAWS, STEP_DRAWS
+
+    assert _module()._rng(3).initial_seed() != torch.Generator().manual_seed(3).initial_seed()
     L.seed_everything(0)
     straight = _module(ratio=1)
+    straight.draws = LEGACY_DRAWS  # the whole run as the earlier code drew it
     _trainer(tmp_path / "a", 5, enable_checkpointing=False).fit(straight, datamodule=_data())
 
     L.seed_everything(0)
     first = _module(ratio=1)
+    first.draws = LEGACY_DRAWS
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)
     _trainer(tmp_path / "b", 4, callbacks=[ckpt]).fit(first, datamodule=_data())
+    (path,) = (tmp_path / "ckpt").glob("*.ckpt")
+    payload = torch.load(path, weights_only=True)
+    assert payload.pop("draws") == LEGACY_DRAWS
+    torch.save(payload, path)  # a checkpoint as the earlier code wrote it: no "draws" entry
+
     L.seed_everything(0)
     resumed = _module(ratio=1)
-    (path,) = (tmp_path / "ckpt").glob("*.ckpt")
+    assert resumed.draws == STEP_DRAWS
     _trainer(tmp_path / "c", 5, enable_checkpointing=False).fit(resumed, datamodule=_data(), ckpt_path=path)
-
+    assert resumed.draws == LEGACY_DRAWS
     for name in ("generator", "critic", "ema"):
         a, b = getattr(straight, name).state_dict(), getattr(resumed, name).state_dict()
-        for key in a:
-            assert torch.allclose(a[key], b[key], atol=1e-6), (name, key)
-    opt_a, opt_b = straight.optimizers()[0].optimizer, resumed.optimizers()[0].optimizer
-    state_a, state_b = next(iter(opt_a.state.values())), next(iter(opt_b.state.values()))
-    assert torch.allclose(state_a["exp_avg_sq"], state_b["exp_avg_sq"], atol=1e-9)
+        assert all(torch.equal(a[key], b[key]) for key in a), name
+
+    L.seed_everything(0)
+    current = _module(ratio=1)  # the current scheme takes other steps from step 0 on
+    _trainer(tmp_path / "d", 5, enable_checkpointing=False).fit(current, datamodule=_data())
+    a, b = straight.generator.state_dict(), current.generator.state_dict()
+    assert not all(torch.equal(a[key], b[key]) for key in a)
 
 
 def test_lengths_in_seconds_and_bad_settings():
@@ -163,7 +144,7 @@ def test_lengths_in_seconds_and_bad_settings():
             critic_optimizer=torch.optim.AdamW,
             rollout_frames=4,
             window_frames=4,
-            latent_shape=(3, 16, 16),
+            student={"latent_shape": (3, 16, 16)},
         )
 
 
@@ -284,62 +265,6 @@ def test_resume_inside_a_critic_group_continues_the_same_trajectory(tmp_path):
             assert torch.allclose(a[key], b[key], atol=1e-6), (name, key)
 
 
-class _CountingSGD(torch.optim.SGD):
-    """Plain SGD that counts its steps (it keeps no state of its own to count them)."""
-
-    def __init__(self, params):
-        super().__init__(params, lr=0.5)
-        self.steps = 0
-
-    def step(self, closure=None):
-        self.steps += 1
-        return super().step(closure)
-
-
-def _prompt_loader(prompts, batch_size):
-    return torch.utils.data.DataLoader(
-        [{"prompt": p} for p in prompts],
-        batch_size=batch_size,
-        shuffle=False,
-        collate_fn=lambda rows: {"prompt": [r["prompt"] for r in rows]},
-    )
-
-
-def test_accumulated_micro_batches_give_the_update_of_one_large_batch(tmp_path):
-    """2 micro-batches of 2 prompts = 1 batch of 4, for critic and generator updates alike.
-
-    Plain SGD: its update is linear in the gradient, so equal gradients give equal weights to float
-    tolerance. Adam's first step is ``lr * sign(g)`` and flips on gradients near zero that the two
-    summation orders round differently.
-    """
-    prompts = [
-        "a red circle bouncing on a dark background",
-        "a blue square bouncing on a dark background",
-        "a green triangle bouncing on a dark background",
-        "a yellow circle bouncing on a dark background",
-    ]
-    runs = {}
-    for name, accumulate, batch in (("large", 1, 4), ("micro", 2, 2)):
-        L.seed_everything(0)
-        module = _module(ratio=1, accumulate_grad_batches=accumulate, optimizer=_CountingSGD)
-        data = _prompt_loader(prompts * 3, batch)  # the same prompts in the same order
-        _trainer(tmp_path / name, 3, enable_checkpointing=False).fit(module, train_dataloaders=data)
-        assert module.global_step == 3  # updates, not batches
-        runs[name] = module
-    generator_opt, critic_opt = runs["micro"].optimizers()
-    assert critic_opt.optimizer.steps == 2  # steps 0 and 2
-    assert generator_opt.optimizer.steps == 1  # step 1
-    for name in ("generator", "critic", "ema"):
-        a, b = getattr(runs["large"], name).state_dict(), getattr(runs["micro"], name).state_dict()
-        for key in a:
-            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=f"{name}.{key}")
-    moved = any(
-        not torch.equal(p, q)
-        for p, q in zip(runs["micro"].generator.parameters(), _module().generator.parameters(), strict=True)
-    )
-    assert moved  # the comparison is not between two untouched models
-
-
 def test_accumulation_rejects_bad_settings():
     with pytest.raises(ValueError, match="accumulate_grad_batches must be >= 1"):
         _module(accumulate_grad_batches=0)
@@ -364,7 +289,7 @@ def test_exit_steps_are_drawn_once_per_rollout_or_once_per_chunk(monkeypatch, ex
     for step in range(12):
         module._rollout_to(context, module._rng(step), 16, grad_from_frame=16)
     assert all(len(steps) == 8 for steps in seen)
-    assert {len(set(steps)) for steps in seen} <= distinct and len(set(seen[0] + seen[1])) > 1
+    assert {len(set(steps)) for steps in seen} <= distinct and len({s for steps in seen for s in steps}) > 1
     with pytest.raises(ValueError, match="exit_step_draw"):
         _module(exit_step_draw="per_window")
 

@@ -3,19 +3,18 @@
 import pytest
 import torch
 
+from factories import tiny_model
 from sfpp.models import build_model
 from sfpp.train import train
 from sfpp.world import WorldTextEncoder
-
-TINY = {"in_channels": 3, "out_channels": 3, "patch_size": (1, 4, 4), "prediction_type": "x0"}
 
 
 @pytest.fixture
 def tiny_checkpoints(tmp_path):
     torch.manual_seed(0)
-    teacher = build_model("tiny", **TINY)
+    teacher = tiny_model()
     text = WorldTextEncoder(embed_dim=16)
-    student = build_model("tiny", causal=True, num_frames_per_chunk=2, **TINY)
+    student = tiny_model(causal=True)
     teacher_ckpt, student_ckpt = tmp_path / "teacher.ckpt", tmp_path / "student.ckpt"
     state = {f"ema.module.{k}": v for k, v in teacher.state_dict().items()}
     state |= {f"text_encoder.{k}": v for k, v in text.state_dict().items()}
@@ -50,7 +49,7 @@ def test_toy_dmd_experiments_run(compose_train, tiny_checkpoints, experiment):
             "data.batch_size=2",
             "data.val_size=2",
             "stage.critic_warmup_steps=0",
-            "stage.val_rollout_frames=8",
+            "stage.student.val_rollout_frames=8",
             "callbacks.video_samples.num_frames=4",
             "debug=fast_dev_run",
         ]
@@ -96,7 +95,7 @@ def tiny_parts_overrides(root, z) -> list[str]:
         f"++model.in_channels={z}",
         f"++model.out_channels={z}",
         "++model.text_dim=32",
-        f"stage.latent_shape=[{z},8,8]",
+        f"stage.student.latent_shape=[{z},8,8]",
         "codec.dtype=float32",
         "text.dtype=float32",
     ]
@@ -169,13 +168,13 @@ def test_paper_windows_inside_a_rollout_are_reencoded(compose_train, tiny_wan_di
             f"++model.in_channels={z}",
             f"++model.out_channels={z}",
             "++model.text_dim=32",
-            f"stage.latent_shape=[{z},8,8]",
+            f"stage.student.latent_shape=[{z},8,8]",
             "codec.dtype=float32",
             "text.dtype=float32",
             "stage.rollout_frames=12",
             "stage.window_frames=6",
             "stage.window_mode=last",
-            "stage.cache_window_frames=6",
+            "stage.student.cache_window_frames=6",
         ]
     )
     module = hydra.utils.instantiate(cfg.stage)

@@ -5,21 +5,17 @@ import math
 import pytest
 import torch
 
-from sfpp.codecs import PixelCodec
+from factories import tiny_grpo, tiny_model
 from sfpp.diffusion.grpo import clipped_policy_loss, group_advantages, transition_kl
 from sfpp.diffusion.policy import ChunkTrajectory, StepTransition, gaussian_log_prob, replay_trajectory
 from sfpp.diffusion.rollout import FewStepSampler, rollout
-from sfpp.models import build_model
-from sfpp.stages.grpo import GRPOModule
-from sfpp.world import WorldTextEncoder
 
-TINY = {"in_channels": 3, "out_channels": 3, "patch_size": (1, 4, 4), "prediction_type": "x0"}
 SAMPLER = FewStepSampler.from_steps((1000, 750, 500, 250), shift=5.0)
 
 
 def tiny_student(seed: int = 0):
     torch.manual_seed(seed)
-    return build_model("tiny", causal=True, num_frames_per_chunk=2, **TINY)
+    return tiny_model(causal=True)
 
 
 def recorded_rollout(model, transition, seed=0, batch=2, frames=6):
@@ -233,21 +229,7 @@ class BrightnessReward:
 
 
 def grpo_module(reward=None, **overrides):
-    settings = dict(
-        generator=tiny_student(),
-        text_encoder=WorldTextEncoder(embed_dim=16),
-        codec=PixelCodec(),
-        sampler=SAMPLER,
-        reward=reward or BrightnessReward(),
-        optimizer=lambda params: torch.optim.Adam(params, lr=3e-3),
-        rollout_frames=4,
-        latent_shape=(3, 16, 16),
-        group_size=4,
-        cache_window_frames=4,
-        kl_weight=0.0,
-    )
-    settings.update(overrides)
-    return GRPOModule(**settings)
+    return tiny_grpo(**{"generator": tiny_student(), "reward": reward or BrightnessReward(), **overrides})
 
 
 def test_grpo_stage_rejects_impossible_settings():
@@ -258,7 +240,7 @@ def test_grpo_stage_rejects_impossible_settings():
     with pytest.raises(ValueError, match="output_std"):
         grpo_module(transition=StepTransition(1.0))
     with pytest.raises(ValueError, match="causal"):
-        grpo_module(generator=build_model("tiny", **TINY))
+        grpo_module(generator=tiny_model())
 
 
 def test_grpo_raises_the_reward_it_is_given():
@@ -337,50 +319,6 @@ def test_an_update_lowers_its_objective_on_the_group_it_came_from(sign):
     assert (loss_after < loss_before) == (sign > 0), (loss_before, loss_after)
 
 
-def test_accumulated_batches_of_prompts_give_the_update_of_one_large_batch(tmp_path):
-    """2 batches of 2 prompts (groups of 4 rollouts each) = 1 batch of 4 prompts, draws dealt alike."""
-    import lightning as L
-
-    prompts = [
-        "a red circle bouncing on a dark background",
-        "a blue square bouncing on a dark background",
-        "a green triangle bouncing on a dark background",
-        "a yellow circle bouncing on a dark background",
-    ]
-    runs = {}
-    for name, accumulate, batch in (("large", 1, 4), ("micro", 2, 2)):
-        L.seed_everything(0)
-        torch.manual_seed(0)
-        module = grpo_module(
-            accumulate_grad_batches=accumulate,
-            kl_weight=0.1,
-            optimizer=lambda params: torch.optim.SGD(
-                params, lr=0.5
-            ),  # linear in the gradient, as in test_dmd
-        )
-        data = torch.utils.data.DataLoader(
-            [{"prompt": p} for p in prompts * 2],
-            batch_size=batch,
-            shuffle=False,
-            collate_fn=lambda rows: {"prompt": [r["prompt"] for r in rows]},
-        )
-        trainer = L.Trainer(
-            max_steps=2,
-            accelerator="cpu",
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            enable_checkpointing=False,
-            default_root_dir=tmp_path / name,
-            limit_val_batches=0,
-        )
-        trainer.fit(module, train_dataloaders=data)
-        assert module.global_step == 2
-        runs[name] = module
-    start = grpo_module().generator.state_dict()
-    large, micro = runs["large"].generator.state_dict(), runs["micro"].generator.state_dict()
-    assert any(not torch.equal(large[k], start[k]) for k in large)  # the updates moved the policy
-    for key in large:
-        torch.testing.assert_close(micro[key], large[key], rtol=1e-4, atol=1e-6, msg=key)
+def test_accumulation_needs_one_ppo_epoch():
     with pytest.raises(ValueError, match="ppo_epochs == 1"):
         grpo_module(accumulate_grad_batches=2, ppo_epochs=2)

@@ -39,7 +39,7 @@ def test_toy_grpo_runs_and_writes_flow_samples(compose_train, tiny_checkpoints):
             "data.val_size=2",
             "stage.group_size=2",
             "stage.rollout_frames=4",
-            "stage.val_rollout_frames=4",
+            "stage.student.val_rollout_frames=4",
             "callbacks.video_samples.num_frames=4",
             "debug=fast_dev_run",
         ]

@@ -34,6 +34,79 @@ def _imported_modules(path: Path) -> set[str]:
     return found
 
 
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph(files: list[Path]) -> dict[str, set[str]]:
+    """Edges ``module -> modules of these files it imports`` (function-level imports included)."""
+    names = {_module_name(path): path for path in files}
+    graph: dict[str, set[str]] = {}
+    for name, path in names.items():
+        graph[name] = {
+            target for target in (_resolve(module, names) for module in _imported_modules(path)) if target
+        } - {name}
+    return graph
+
+
+def _resolve(module: str, names: dict[str, Path]) -> str | None:
+    """The longest known module a dotted import name starts with (``a.b.func`` -> ``a.b``)."""
+    while module:
+        if module in names:
+            return module
+        module = module.rpartition(".")[0]
+    return None
+
+
+def _cycles_within_packages(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Import cycles whose modules all belong to one package (a package's ``__init__`` counts as its own)."""
+
+    def package(module: str) -> str:
+        return module if module in packages else module.rpartition(".")[0]
+
+    packages = {name for name in graph if (SRC.parent / name.replace(".", "/")).is_dir()}
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for target in sorted(graph[node]):
+            if package(target) != package(node) and target != package(node):
+                continue
+            if state.get(target) == 1:
+                cycles.append(path[path.index(target) :] + [target])
+            elif target not in state:
+                visit(target)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    return cycles
+
+
+def test_no_import_cycle_inside_a_package() -> None:
+    files = sorted(SRC.rglob("*.py"))
+    cycles = _cycles_within_packages(_import_graph(files))
+    assert cycles == [], [" -> ".join(cycle) for cycle in cycles]
+
+
+def test_the_cycle_check_sees_a_cycle_through_a_function_level_import(tmp_path: Path) -> None:
+    graph = {
+        "sfpp.models.a": {"sfpp.models.b"},
+        "sfpp.models.b": {"sfpp.models.a", "sfpp.io.c"},
+        "sfpp.io.c": {"sfpp.models.a"},
+    }
+    assert _cycles_within_packages(graph) == [["sfpp.models.a", "sfpp.models.b", "sfpp.models.a"]]
+    source = tmp_path / "probe.py"
+    source.write_text("def f():\n    from sfpp.models.flavours import FLAVOURS\n")
+    assert "sfpp.models.flavours" in _imported_modules(source)
+
+
 def _is_under(module: str, package: str) -> bool:
     return module == package or module.startswith(package + ".")
 

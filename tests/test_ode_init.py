@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
 
+from factories import tiny_model
 from sfpp.codecs import PixelCodec
 from sfpp.data.ode_pairs import OdePairGenerator
 from sfpp.data.ode_pairs_data import OdePairsDataModule
@@ -19,18 +20,15 @@ from sfpp.train import train
 from sfpp.world import WorldTextEncoder, train_prompts
 
 STUDENT = FewStepSampler.from_steps([1000, 750, 500, 250], shift=5.0)
-TINY = dict(
-    in_channels=3, out_channels=3, patch_size=(1, 4, 4), attention_backend="sdpa", prediction_type="x0"
-)
 
 
 def _teacher():
     torch.manual_seed(0)
-    return build_model("tiny", **TINY).eval()
+    return tiny_model().eval()
 
 
 def _student(chunk=2):
-    student = build_model("tiny", causal=True, num_frames_per_chunk=chunk, **TINY)
+    student = tiny_model(causal=True, num_frames_per_chunk=chunk)
     student.load_state_dict(_teacher().state_dict())  # the ODE init starts from the teacher's weights
     return student
 

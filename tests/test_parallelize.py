@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,17 +23,16 @@ import hydra
 import lightning as L
 import pytest
 import torch
-import torch.distributed as dist
 from lightning.pytorch.strategies import ModelParallelStrategy
-from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, DistributedSampler
 
+from factories import tiny_dmd, tiny_model
 from sfpp.codecs import PixelCodec
 from sfpp.diffusion import FewStepSampler
 from sfpp.diffusion.reinject import NoiseReinjector
 from sfpp.diffusion.rollout import stream_rollout
-from sfpp.models import build_model
 from sfpp.models.causal_wan import CausalWanDiT
 from sfpp.models.parallelize import (
     apply_activation_checkpointing,
@@ -51,58 +50,12 @@ NETWORKS = ("generator", "critic", "ema")
 
 
 def _tiny(causal: bool) -> CausalWanDiT:
-    return build_model(
-        "tiny",
-        causal=causal,
-        num_frames_per_chunk=2,
-        in_channels=3,
-        out_channels=3,
-        patch_size=(1, 4, 4),
-        attention_backend="sdpa",
-        prediction_type="x0",
-    )
+    return tiny_model(causal=causal)
 
 
 def _dmd(**kw) -> DMDModule:
     """A tiny DMD stage with SGD (an update proportional to the gradient shows any scale error)."""
-    torch.manual_seed(0)
-    teacher = _tiny(False)
-    generator = _tiny(True)
-    generator.load_state_dict(teacher.state_dict())
-    settings = dict(
-        generator_optimizer=lambda params: torch.optim.SGD(params, lr=0.5),
-        critic_optimizer=lambda params: torch.optim.SGD(params, lr=0.5),
-        rollout_frames=8,
-        window_frames=4,
-        latent_shape=(3, 16, 16),
-        cache_window_frames=4,
-        critic_updates_per_generator=1,
-        critic_warmup_steps=0,
-        real_guidance_scale=2.0,
-        ema_start_step=0,
-        ema_decay=0.5,
-    )
-    settings.update(kw)
-    return DMDModule(
-        generator=generator,
-        teacher=teacher,
-        text_encoder=WorldTextEncoder(embed_dim=16),
-        codec=PixelCodec(),
-        sampler=SAMPLER,
-        **settings,
-    )
-
-
-@pytest.fixture
-def mesh(tmp_path: Path) -> Iterator[DeviceMesh]:
-    """A one-process gloo group and its CPU mesh, torn down after the test."""
-    if not dist.is_available():
-        pytest.skip("torch.distributed is not available")
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        yield init_device_mesh("cpu", (1,))
-    finally:
-        dist.destroy_process_group()
+    return tiny_dmd(**{"optimizer": lambda params: torch.optim.SGD(params, lr=0.5), "ema_decay": 0.5, **kw})
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:
@@ -185,34 +138,9 @@ def test_settings_that_cannot_work_fail_clearly(mesh: DeviceMesh) -> None:
 # -- the DMD stage ---------------------------------------------------------------------------------
 
 
-def test_dmd_configure_model_shards_every_network_once(mesh: DeviceMesh) -> None:
-    module = _dmd(activation_checkpointing=True)
-    module._device_mesh = mesh
-    module.configure_model()
-    module.configure_model()  # Lightning may call it again
-    for network in (module.generator, module.critic.model, module.teacher, module.ema.module):
-        assert is_sharded(network) and all(isinstance(p, DTensor) for p in network.parameters())
-    assert not any(isinstance(p, DTensor) for p in module.text_encoder.parameters())  # frozen: replicated
-    generator_opt, critic_opt = module.configure_optimizers()
-    for opt, network in ((generator_opt, module.generator), (critic_opt, module.critic)):
-        params = opt.param_groups[0]["params"]
-        assert params and all(isinstance(p, DTensor) for p in params)
-        assert {id(p) for p in params} == {id(p) for p in network.parameters()}
-
-    # The EMA update works shard by shard on identically sharded DTensors.
-    with torch.no_grad():
-        for p in module.generator.parameters():
-            p.add_(1.0)
-    before = [_full(p).clone() for p in module.ema.module.parameters()]
-    module.ema.update(module.generator, step=5)
-    after = [_full(p) for p in module.ema.module.parameters()]
-    for old, new in zip(before, after, strict=True):
-        torch.testing.assert_close(new, old + 0.5)  # ema_decay=0.5
-
-
 def test_teacher_configure_model_shards_model_ema_and_trainable_text_encoder(mesh: DeviceMesh) -> None:
     torch.manual_seed(0)
-    model = build_model("tiny", in_channels=3, out_channels=3, patch_size=(1, 4, 4), attention_backend="sdpa")
+    model = tiny_model(prediction_type="flow")
     text_encoder = WorldTextEncoder(embed_dim=16)
     reference = text_encoder(PROMPTS[:2])[0]
     module = TeacherModule(

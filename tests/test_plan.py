@@ -101,8 +101,8 @@ def test_the_command_plans_extend_100s_on_8_gpus(tmp_path, capsys):
             "experiment=extend_100s",
             "trainer=fsdp",
             "trainer.devices=8",
-            "stage.mixed_precision=true",
-            "stage.activation_checkpointing=true",
+            "stage.student.mixed_precision=true",
+            "stage.student.activation_checkpointing=true",
             "--json",
             str(out),
         ]

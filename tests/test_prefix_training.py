@@ -3,11 +3,11 @@
 import pytest
 import torch
 
+from factories import tiny_model
 from sfpp.codecs import PixelCodec
 from sfpp.diffusion.losses import flow_matching_loss
 from sfpp.diffusion.prefix import PrefixTraining, given_in_window, hold_to_chunks, keep_given_clean
 from sfpp.diffusion.rollout import stream_rollout, write_prefix
-from sfpp.models import build_model
 from sfpp.stages.teacher import TeacherModule
 from sfpp.train import train
 from sfpp.world import WorldDataModule, WorldTextEncoder
@@ -16,7 +16,6 @@ from test_dmd import _trainer as _dmd_trainer
 from test_dmd_experiments import TINY_TOY_DMD, tiny_checkpoints  # noqa: F401  (a fixture)
 
 PROMPTS = ["a red circle bouncing on a dark background", "a blue square bouncing on a dark background"]
-TINY = {"in_channels": 3, "out_channels": 3, "patch_size": (1, 4, 4), "attention_backend": "sdpa"}
 
 
 def _dmd(prefix=None, **kw):
@@ -194,7 +193,7 @@ def test_prefix_training_with_clips_too_short_says_which_setting(tmp_path):
 def _teacher(**kw):
     torch.manual_seed(0)
     return TeacherModule(
-        model=build_model("tiny", prediction_type="x0", **TINY),
+        model=tiny_model(),
         text_encoder=WorldTextEncoder(embed_dim=16),
         codec=PixelCodec(),
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3),
@@ -286,7 +285,7 @@ def test_the_prefix_experiment_runs_with_prefixed_steps(compose_train, tiny_chec
             "stage.critic_warmup_steps=0",
             "stage.critic_updates_per_generator=0",  # the one step is a generator step
             "stage.prefix.probability=1.0",
-            "stage.val_rollout_frames=8",
+            "stage.student.val_rollout_frames=8",
             "callbacks.video_samples.num_frames=4",
             "debug=fast_dev_run",
         ]

@@ -97,7 +97,7 @@ def _stage_overrides(stage: str, checkpoints: tuple[Path, Path]) -> list[str]:
             "data.batch_size=2",
             "stage.group_size=2",
             "stage.rollout_frames=4",
-            "stage.val_rollout_frames=4",
+            "stage.student.val_rollout_frames=4",
             "trainer.precision=32-true",
         ]
     return [
@@ -109,7 +109,7 @@ def _stage_overrides(stage: str, checkpoints: tuple[Path, Path]) -> list[str]:
         "stage.critic_warmup_steps=2",
         "stage.rollout_frames=8",
         "stage.window_frames=4",
-        "stage.cache_window_frames=4",
+        "stage.student.cache_window_frames=4",
         "stage.quality_metric=null",
         "trainer.precision=32-true",
     ]

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger
 
+from factories import tiny_model
 from sfpp.codecs import PixelCodec
 from sfpp.diffusion.sampling import EulerSampler
 from sfpp.diffusion.schedule import add_noise, flow_target, x0_from_flow
@@ -21,7 +22,7 @@ from sfpp.world.losses import ForegroundWeighting, foreground_weights
 
 def _teacher(lr=3e-3, **kw):
     torch.manual_seed(0)
-    model = build_model("tiny", in_channels=3, out_channels=3, patch_size=(1, 4, 4), attention_backend="sdpa")
+    model = tiny_model(prediction_type="flow")
     return TeacherModule(
         model=model,
         text_encoder=WorldTextEncoder(embed_dim=16),
@@ -349,7 +350,7 @@ def test_bf16_mixed_precision_trains_on_the_cpu_with_exact_targets(tmp_path):
 
     L.seed_everything(0)
     torch.manual_seed(0)
-    model = build_model("tiny", in_channels=3, out_channels=3, patch_size=(1, 4, 4), attention_backend="sdpa")
+    model = tiny_model(prediction_type="flow")
     module = Checked(
         model=model,
         text_encoder=WorldTextEncoder(embed_dim=16),

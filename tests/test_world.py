@@ -406,23 +406,6 @@ def test_a_resumed_loader_continues_inside_and_after_the_image_batches() -> None
         assert all(torch.equal(a["video"], b["video"]) for a, b in zip(rest, full[consumed:], strict=True))
 
 
-def test_image_batches_can_show_one_object_while_videos_show_two() -> None:
-    data = WorldDataModule(
-        num_frames=2, batch_size=4, seed=3, train_size=40, image_batches=3, image_max_objects=1
-    )
-    batches = list(data.train_dataloader())
-    image_prompts = [p for b in batches[:3] for p in b["prompt"]]
-    video_prompts = [p for b in batches[3:] for p in b["prompt"]]
-    assert set(image_prompts) <= set(train_prompts(1))
-    assert " and " not in " ".join(image_prompts)
-    assert any(" and " in p for p in video_prompts)  # the videos still have two-object scenes
-    assert [tuple(b["video"].shape[1:3]) for b in batches[:4]] == [(3, 1)] * 3 + [(3, 2)]
-    with pytest.raises(ValueError, match="image_max_objects"):
-        WorldDataModule(max_objects=1, image_max_objects=2)
-    with pytest.raises(ValueError, match="image_max_objects"):
-        WorldDataModule(image_max_objects=0)
-
-
 def test_image_batch_settings_are_checked() -> None:
     from sfpp.world import ImagesThenVideos, WorldVideoDataset
 

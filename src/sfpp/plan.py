@@ -2,7 +2,7 @@
 
 ::
 
-    python -m sfpp.plan experiment=extend_100s trainer=fsdp trainer.devices=8 stage.mixed_precision=true
+    python -m sfpp.plan experiment=extend_100s trainer=fsdp trainer.devices=8 stage.student.mixed_precision=true
 
 takes the same Hydra overrides as ``python -m sfpp.train`` and prints, per GPU:
 
@@ -408,6 +408,7 @@ def spec_from_config(cfg: DictConfig) -> PlanSpec:
 
     stage = cfg.stage
     target = str(stage._target_)
+    student = stage.student if "student" in stage else stage  # DMD and GRPO keep these in stage.student
     known = {"DMDModule": (True, True), "GRPOModule": (False, False), "ODEInitModule": (False, False)}
     name = target.rsplit(".", 1)[-1]
     if name not in known and name != "TeacherModule":
@@ -418,7 +419,7 @@ def spec_from_config(cfg: DictConfig) -> PlanSpec:
     codec = str(cfg.codec._target_)
     stride = 4 if codec.endswith("WanVAECodec") else 1
     timing = VideoTiming(
-        fps=float(stage.get("fps", 16.0)), temporal_stride=stride, num_frames_per_chunk=chunk
+        fps=float(student.get("fps", 16.0)), temporal_stride=stride, num_frames_per_chunk=chunk
     )
     rollout = timing.parse_length(stage.get("rollout_frames", stage.get("num_frames", chunk)))
     window = timing.parse_length(stage.get("window_frames", rollout))
@@ -440,14 +441,14 @@ def spec_from_config(cfg: DictConfig) -> PlanSpec:
         batch_size=int(cfg.data.get("batch_size", 1)),
         window_frames=window,
         rollout_frames=rollout,
-        latent_shape=tuple(stage.latent_shape),
-        cache_window_frames=int(stage.get("cache_window_frames") or window),
-        sink_frames=int(stage.get("sink_frames", 0)),
+        latent_shape=tuple(student.latent_shape),
+        cache_window_frames=int(student.get("cache_window_frames") or window),
+        sink_frames=int(student.get("sink_frames", 0)),
         text_tokens=text_tokens,
         world_size=devices * int(cfg.trainer.get("num_nodes", 1)),
         sharded=sharded,
-        mixed_precision=bool(stage.get("mixed_precision", False)),
-        activation_checkpointing=bool(stage.get("activation_checkpointing", False)),
+        mixed_precision=bool(student.get("mixed_precision", False)),
+        activation_checkpointing=bool(student.get("activation_checkpointing", False)),
         critic=critic,
         teacher=teacher,
         lora_rank=None if lora is None else int(lora.get("rank", 32)),

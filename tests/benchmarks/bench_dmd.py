@@ -59,9 +59,8 @@ def build(rollout_frames: int) -> DMDModule:
         critic_optimizer=lambda params: torch.optim.AdamW(params, lr=1e-5, betas=(0.0, 0.999)),
         rollout_frames=rollout_frames,
         window_frames=WINDOW,
-        latent_shape=(3, 16, 16),
+        student={"latent_shape": (3, 16, 16), "cache_window_frames": WINDOW - CHUNK},
         window_mode="last",
-        cache_window_frames=WINDOW - CHUNK,
         real_guidance_scale=2.0,
     )
 

@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -42,81 +42,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from sfpp.apps.gpu_shapes import SHAPES, CheckShapes
 from sfpp.apps.gpu_speed import _peak_gib, _reset_peak, _sync, matmul_tflops, stream_speed
 
 __all__ = ["CheckShapes", "main", "parse_pytest_counts", "run_check", "table"]
-
-
-@dataclass(frozen=True)
-class CheckShapes:
-    """The sizes of one check (``full`` on a GPU, ``rehearsal`` on a CPU)."""
-
-    flavour: str
-    latent_height: int
-    latent_width: int
-    chunk_frames: int
-    window_frames: int
-    steps: tuple[int, ...]
-    text_len: int
-    stream_chunks: int
-    warmup_chunks: int
-    dmd_layers: int | None
-    dmd_updates: int
-    matmul_size: int
-    vae: dict[str, Any]
-    model_overrides: dict[str, Any]
-
-
-#: Wan2.1's VAE (``AutoencoderKLWan`` defaults: 16 latent channels, base width 96).
-WAN_VAE = dict(
-    base_dim=96,
-    z_dim=16,
-    dim_mult=[1, 2, 4, 4],
-    num_res_blocks=2,
-    attn_scales=[],
-    temperal_downsample=[False, True, True],
-)
-SHAPES: dict[str, CheckShapes] = {
-    "full": CheckShapes(
-        flavour="wan_1_3b",
-        latent_height=60,
-        latent_width=104,
-        chunk_frames=3,
-        window_frames=21,
-        steps=(1000, 750, 500, 250),
-        text_len=512,
-        stream_chunks=10,
-        warmup_chunks=2,
-        dmd_layers=None,
-        dmd_updates=4,
-        matmul_size=8192,
-        vae=WAN_VAE,
-        model_overrides={},
-    ),
-    "rehearsal": CheckShapes(
-        flavour="tiny",
-        latent_height=8,
-        latent_width=8,
-        chunk_frames=3,
-        window_frames=9,
-        steps=(1000, 750, 500, 250),
-        text_len=8,
-        stream_chunks=10,
-        warmup_chunks=1,
-        dmd_layers=None,
-        dmd_updates=4,
-        matmul_size=256,
-        vae=dict(
-            base_dim=8,
-            z_dim=4,
-            dim_mult=[1, 2, 2],
-            num_res_blocks=1,
-            attn_scales=[],
-            temperal_downsample=[True, True],
-        ),
-        model_overrides={},
-    ),
-}
 
 
 class RandomText(nn.Module):
@@ -231,6 +160,7 @@ def dmd_updates(shapes: CheckShapes, device: torch.device) -> dict[str, Any]:
     from sfpp.diffusion.rollout import FewStepSampler
     from sfpp.models import build_model
     from sfpp.stages.dmd import DMDModule, update_kind
+    from sfpp.stages.student import StudentSettings
 
     overrides = dict(shapes.model_overrides)
     if shapes.dmd_layers is not None:
@@ -253,11 +183,13 @@ def dmd_updates(shapes: CheckShapes, device: torch.device) -> dict[str, Any]:
         critic_optimizer=lambda params: torch.optim.AdamW(params, lr=4e-7, betas=(0.0, 0.999)),
         rollout_frames=shapes.window_frames,
         window_frames=shapes.window_frames,
-        latent_shape=(channels, shapes.latent_height, shapes.latent_width),
-        cache_window_frames=shapes.window_frames - shapes.chunk_frames,
+        student=StudentSettings(
+            latent_shape=(channels, shapes.latent_height, shapes.latent_width),
+            cache_window_frames=shapes.window_frames - shapes.chunk_frames,
+            mixed_precision=cuda,
+            activation_checkpointing=True,
+        ),
         critic_updates_per_generator=1,
-        mixed_precision=cuda,
-        activation_checkpointing=True,
     )
     timer = _StepTimer(device)
     trainer = L.Trainer(

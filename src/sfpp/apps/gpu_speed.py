@@ -6,12 +6,11 @@ import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from sfpp.apps.gpu_check import CheckShapes
+from sfpp.apps.gpu_shapes import CheckShapes
 
 __all__ = ["WAN_TEMPORAL_STRIDE", "chunk_flops", "matmul_tflops", "stream_speed"]
 

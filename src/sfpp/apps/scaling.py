@@ -25,7 +25,8 @@ import numpy as np
 
 from sfpp.apps.pipeline import git_commit, machine
 from sfpp.apps.study_metrics import mean_and_spread, score_horizons
-from sfpp.apps.study_stages import ScalingPoint
+from sfpp.apps.study_stages import DMDSchedule, ScalingPoint
+from sfpp.apps.study_videos import console, generate_batch, real_videos
 from sfpp.world import HORIZON, heldout_prompts
 
 __all__ = [
@@ -177,9 +178,6 @@ def evaluate_scaling(
     Raises:
         FileNotFoundError: For a point whose checkpoint is missing (before anything is generated).
     """
-    from sfpp.apps.study import console, generate_batch, real_videos
-    from sfpp.apps.study_stages import DMDSchedule
-
     missing = [str(p.checkpoint) for p in points if not p.checkpoint.exists()]
     if missing:
         raise FileNotFoundError(

@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
 
 from sfpp.apps.pipeline import StageTiming, git_commit, machine, run_stages
 from sfpp.apps.results_pages import study_page
@@ -87,9 +86,9 @@ from sfpp.apps.study_stages import (
     scaling_stages,
     shared_stages,
 )
-from sfpp.diffusion.rollout import rollout_from_seed
+from sfpp.apps.study_videos import console, generate_batch, real_videos, teacher_videos
 from sfpp.io.video import write_video
-from sfpp.world import HORIZON, TeacherClipSampler, ground_truth, heldout_prompts
+from sfpp.world import HORIZON, heldout_prompts
 
 __all__ = [
     "ABLATIONS",
@@ -112,47 +111,6 @@ __all__ = [
     "shared_stages",
     "teacher_videos",
 ]
-
-console = Console(highlight=False)
-
-
-@torch.no_grad()
-def generate_batch(
-    checkpoint: Path, teacher_ckpt: Path, prompts: Sequence[str], num_frames: int, seeds: Sequence[int]
-) -> dict[int, torch.Tensor]:
-    """Videos ``(B, 3, F, H, W)`` of a student for the prompts, one batched streaming rollout per seed."""
-    from sfpp.generate import load_generator
-
-    generator = load_generator(checkpoint, teacher_ckpt=str(teacher_ckpt), device="cpu", progress=False)
-    context = generator.text_encoder(list(prompts))[0]
-    videos = {}
-    for seed in seeds:
-        latents = rollout_from_seed(
-            generator.model,
-            context,
-            num_frames,
-            generator.latent_shape,
-            generator.sampler,
-            seed=seed,
-            window_frames=generator.cache_window_frames,
-            sink_frames=generator.sink_frames,
-        )
-        videos[seed] = generator.codec.decode(latents).clamp(-1, 1)
-    return videos
-
-
-@torch.no_grad()
-def teacher_videos(
-    teacher_ckpt: Path, prompts: Sequence[str], seeds: Sequence[int]
-) -> dict[int, torch.Tensor]:
-    """The teacher's own clips ``(B, 3, K, H, W)`` of one horizon (the sampler that wrote the ODE pairs)."""
-    sample = TeacherClipSampler.from_checkpoint(teacher_ckpt)
-    return {seed: sample(prompts, seed) for seed in seeds}
-
-
-def real_videos(prompts: Sequence[str], num_frames: int, seeds: Sequence[int]) -> dict[int, torch.Tensor]:
-    """Real videos ``(B, 3, F, H, W)`` of the world for the prompts; each seed draws other scenes."""
-    return {seed: ground_truth(prompts, num_frames, seed=seed * len(prompts)) for seed in seeds}
 
 
 def write_pictures(

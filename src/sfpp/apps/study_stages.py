@@ -247,7 +247,7 @@ def continuation_stages(
         base_step: The baseline checkpoint's step; every continuation resumes it and stops at
             ``base_step + extra_steps``.
         extra_steps: Optimisation steps of every continuation.
-        train_seeds: Training seeds of the continuations (``seed`` and ``stage.seed``).
+        train_seeds: Training seeds of the continuations (``seed``, which sets ``stage.student.seed``).
         grpo_steps: GRPO steps after the Self-Forcing++ continuation of the first seed (0: none).
         scaling_budgets: Budgets of the compute-scaling curve (:func:`scaling_stages`): the first
             seed's continuations then keep a checkpoint at every budget up to ``extra_steps``

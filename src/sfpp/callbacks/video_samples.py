@@ -9,6 +9,7 @@ from typing import Any
 import imageio.v2 as imageio
 import lightning as L
 import torch
+from einops import rearrange
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from sfpp.io.video import write_frame_grid, write_video
@@ -95,9 +96,7 @@ class VideoSampleCallback(L.Callback):
         flows = []
         for i, video in enumerate(videos):
             colours = torch.from_numpy(render_flow(video)).float()  # (F - 1, H, W, 3) uint8 values
-            flow_video = (
-                colours.permute(3, 0, 1, 2) / 127.5 - 1.0
-            )  # (F-1, H, W, 3) -> (3, F-1, H, W) in [-1, 1]
+            flow_video = rearrange(colours, "f h w c -> c f h w") / 127.5 - 1.0  # in [-1, 1]
             write_video(out / f"step_{step:06d}_{i}_flow.mp4", flow_video, fps=self.fps, upscale=self.upscale)
             flows.append(flow_video)
         write_frame_grid(out / f"step_{step:06d}_flow.png", torch.stack(flows), upscale=self.upscale)

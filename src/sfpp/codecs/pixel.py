@@ -8,6 +8,7 @@ invertible reshape; the temporal stride is 1.
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
 from sfpp.codecs.base import StreamDecoder, VideoCodec
@@ -54,10 +55,7 @@ class PixelCodec(VideoCodec):
         s = self.space_to_depth
         if s == 1:
             return video
-        b, c, f, height, width = video.shape
-        x = video.reshape(b, c, f, height // s, s, width // s, s)  # (B, 3, F, h, s_i, w, s_j)
-        x = x.permute(0, 1, 4, 6, 2, 3, 5)  # (B, 3, s_i, s_j, F, h, w)
-        return x.reshape(b, c * s * s, f, height // s, width // s)  # (B, 3 s^2, F, h, w)
+        return rearrange(video, "b c f (h si) (w sj) -> b (c si sj) f h w", si=s, sj=s)
 
     def decode(self, latents: Tensor) -> Tensor:
         """Unfold channels back into pixel blocks: ``(B, 3 s^2, F, h, w) -> (B, 3, F, h s, w s)``."""
@@ -65,10 +63,7 @@ class PixelCodec(VideoCodec):
         s = self.space_to_depth
         video = latents
         if s > 1:
-            b, _, f, h, w = latents.shape
-            x = latents.reshape(b, 3, s, s, f, h, w)  # (B, 3, s_i, s_j, F, h, w)
-            x = x.permute(0, 1, 4, 5, 2, 6, 3)  # (B, 3, F, h, s_i, w, s_j)
-            video = x.reshape(b, 3, f, h * s, w * s)  # (B, 3, F, H, W)
+            video = rearrange(latents, "b (c si sj) f h w -> b c f (h si) (w sj)", c=3, si=s, sj=s)
         return video.clamp(-1.0, 1.0) if self.clamp else video
 
     def stream_decoder(self) -> PixelStreamDecoder:

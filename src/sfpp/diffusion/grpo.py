@@ -16,6 +16,7 @@ overflow ``exp``; as Flow-GRPO does, the ratio uses log-probabilities per elemen
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
 __all__ = ["clipped_policy_loss", "group_advantages", "transition_kl"]
@@ -41,10 +42,10 @@ def group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-6) -> Ten
         raise ValueError(f"rewards must be 1-D (P * G,), got shape {tuple(rewards.shape)}")
     if group_size < 2 or rewards.numel() % group_size:
         raise ValueError(f"group_size={group_size} must be >= 2 and divide the {rewards.numel()} rewards")
-    groups = rewards.float().reshape(-1, group_size)  # (P * G,) -> (P, G)
+    groups = rearrange(rewards.float(), "(p g) -> p g", g=group_size)
     mean = groups.mean(dim=1, keepdim=True)
     std = groups.std(dim=1, unbiased=False, keepdim=True)
-    return ((groups - mean) / (std + eps)).reshape(-1)  # (P, G) -> (P * G,)
+    return rearrange((groups - mean) / (std + eps), "p g -> (p g)")
 
 
 def clipped_policy_loss(

@@ -13,8 +13,8 @@ and every step has an explicit log-probability. The chunk's output, the last ste
 is deterministic in the plain sampler (the formula's ``sigma' = 0``); with ``output_std > 0`` it is
 drawn from ``N(x0, output_std^2 I)`` too. A policy gradient needs that last move: the reward is
 computed on the output, and with a deterministic last step the update only moves the intermediate
-states while the weights it shares with the last step drift unchecked (measured on a tiny model:
-the reward fell instead of rising). ``eta = 1`` (the default) is exactly the sampler of
+states while the weights it shares with the last step drift unchecked (see "Stage 3" in
+``docs/how-it-works.md``). ``eta = 1`` (the default) is exactly the sampler of
 CausVid and Self-Forcing (fresh noise every step: ``mean = (1 - sigma') * x0``); ``eta = 0`` is the
 deterministic DDIM-style move, which has no density. The rollout (:func:`~sfpp.diffusion.rollout.stream_rollout`)
 takes the transition as a strategy object and, when asked, records each chunk's trajectory

@@ -30,12 +30,9 @@ from typing import Any
 import torch
 from einops import repeat
 
-from sfpp.utils.seeding import derive_seed
+from sfpp.utils.seeding import PREFIX_STREAM, step_generator
 
 __all__ = ["PREFIX_STREAM", "PrefixTraining", "given_in_window", "hold_to_chunks", "keep_given_clean"]
-
-#: Stream key of the per-step prefix draw (see :func:`sfpp.utils.seeding.derive_seed`).
-PREFIX_STREAM = 2
 
 
 @dataclass(frozen=True)
@@ -77,7 +74,7 @@ class PrefixTraining:
 
     def draw(self, seed: int, step: int) -> int:
         """Pixel frames given at optimisation step ``step`` (0: the step starts from noise)."""
-        rng = torch.Generator().manual_seed(derive_seed(seed, PREFIX_STREAM, step))
+        rng = step_generator(seed, PREFIX_STREAM, step)
         if torch.rand((), generator=rng).item() >= self.probability:
             return 0
         return self.pixel_frames[int(torch.randint(len(self.pixel_frames), (), generator=rng))]

@@ -7,50 +7,11 @@ uniformly, ``i ~ Unif{0..N-K}``. Starts are aligned to chunks so a window never 
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 __all__ = ["WindowSampler"]
 
-_MODES: tuple[str, ...] = ("uniform", "last", "beta")
-
-
-def _draw_uniform(generator: torch.Generator) -> float:
-    """One draw from ``U[0, 1)``."""
-    return float(torch.rand((), generator=generator, device=generator.device, dtype=torch.float64))
-
-
-def _draw_normal(generator: torch.Generator) -> float:
-    """One draw from ``N(0, 1)``."""
-    return float(torch.randn((), generator=generator, device=generator.device, dtype=torch.float64))
-
-
-def _draw_gamma(shape: float, generator: torch.Generator) -> float:
-    """One draw from ``Gamma(shape, 1)`` (Marsaglia and Tsang's squeeze-rejection method).
-
-    ``torch.distributions`` cannot take a generator, so the draw is built from seeded normal and
-    uniform draws. For ``shape < 1`` it uses ``Gamma(shape) = Gamma(shape + 1) * U ** (1 / shape)``.
-    """
-    if shape < 1:
-        return _draw_gamma(shape + 1, generator) * _draw_uniform(generator) ** (1 / shape)
-    d = shape - 1 / 3
-    c = 1 / math.sqrt(9 * d)
-    while True:
-        z = _draw_normal(generator)
-        v = (1 + c * z) ** 3
-        if v <= 0:
-            continue
-        u = _draw_uniform(generator)
-        if u < 1 - 0.0331 * z**4 or math.log(max(u, 1e-300)) < 0.5 * z * z + d * (1 - v + math.log(v)):
-            return d * v
-
-
-def _draw_beta(a: float, b: float, generator: torch.Generator) -> float:
-    """One draw from ``Beta(a, b)`` as ``X / (X + Y)``, ``X ~ Gamma(a)``, ``Y ~ Gamma(b)``."""
-    x = _draw_gamma(a, generator)
-    y = _draw_gamma(b, generator)
-    return x / (x + y) if x + y > 0 else 0.5
+_MODES: tuple[str, ...] = ("uniform", "last")
 
 
 class WindowSampler:
@@ -59,19 +20,15 @@ class WindowSampler:
     Modes:
 
     * ``uniform`` (Self-Forcing++): ``i`` uniform over the chunk-aligned starts ``0, c, 2c, ..., N - K``;
-    * ``last``: always ``N - K``, the newest frames (a Self-Forcing-like ablation);
-    * ``beta``: ``i = round(Beta(a, b) * (N - K) / c) * c``, snapped to chunks (an ablation;
-      ``beta=(2, 1)`` favours later windows).
+    * ``last``: always ``N - K``, the newest frames (a Self-Forcing-like ablation).
 
     Args:
         window_frames: Window length ``K`` in latent frames (the teacher's horizon, e.g. 21).
-        mode: ``uniform``, ``last`` or ``beta``.
+        mode: ``uniform`` or ``last``.
         num_frames_per_chunk: Chunk size ``c``; window starts are multiples of it and ``K`` must be too.
-        beta: Shape parameters ``(a, b)`` of the ``beta`` mode, both > 0.
 
     Raises:
-        ValueError: For an unknown mode, a non-positive or non-chunk-multiple ``window_frames`` or
-            invalid beta parameters.
+        ValueError: For an unknown mode or a non-positive or non-chunk-multiple ``window_frames``.
     """
 
     def __init__(
@@ -79,7 +36,6 @@ class WindowSampler:
         window_frames: int,
         mode: str = "uniform",
         num_frames_per_chunk: int = 1,
-        beta: tuple[float, float] = (2.0, 1.0),
     ) -> None:
         if mode not in _MODES:
             raise ValueError(f"WindowSampler mode must be one of {_MODES}, got {mode!r}")
@@ -91,18 +47,14 @@ class WindowSampler:
                 f"window_frames={window_frames} is not a multiple of num_frames_per_chunk={num_frames_per_chunk}; "
                 "a window must hold whole chunks"
             )
-        a, b = (float(p) for p in beta)
-        if not (math.isfinite(a) and math.isfinite(b) and a > 0 and b > 0):
-            raise ValueError(f"beta must be two finite shape parameters > 0, got {tuple(beta)}")
         self.window_frames = window_frames
         self.mode = mode
         self.num_frames_per_chunk = num_frames_per_chunk
-        self.beta = (a, b)
 
     def __repr__(self) -> str:
         return (
             f"WindowSampler(window_frames={self.window_frames}, mode={self.mode!r}, "
-            f"num_frames_per_chunk={self.num_frames_per_chunk}, beta={self.beta})"
+            f"num_frames_per_chunk={self.num_frames_per_chunk})"
         )
 
     def num_starts(self, rollout_frames: int) -> int:
@@ -148,9 +100,5 @@ class WindowSampler:
         num_starts = self.num_starts(rollout_frames)
         chunk = self.num_frames_per_chunk
         if self.mode == "last":
-            index = num_starts - 1
-        elif self.mode == "uniform":
-            index = int(torch.randint(num_starts, (), generator=generator, device=generator.device))
-        else:
-            index = round(_draw_beta(*self.beta, generator) * (num_starts - 1))
-        return index * chunk
+            return (num_starts - 1) * chunk
+        return int(torch.randint(num_starts, (), generator=generator, device=generator.device)) * chunk

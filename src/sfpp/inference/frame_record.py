@@ -20,6 +20,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 __all__ = ["FrameRecord"]
 
@@ -86,7 +87,7 @@ class FrameRecord:
             self.num_seen += count
             return
         first = -self.num_seen % self.stride  # offset in this batch of the first frame to keep
-        kept = frames[:, first :: self.stride].transpose(0, 1).float()  # (3, f, H, W) -> (k, 3, H, W)
+        kept = rearrange(frames[:, first :: self.stride], "c k h w -> k c h w").float()
         self.num_seen += count
         if kept.shape[0] == 0:
             return
@@ -115,4 +116,4 @@ class FrameRecord:
         first = math.ceil(start / self.stride)  # kept index of the first source frame >= start
         last = math.ceil(end / self.stride)  # kept index of the first source frame >= end
         frames = self._frames[first : min(last, self.num_kept)]  # (n, 3, h, w)
-        return frames.float().div(127.5).sub(1.0).transpose(0, 1)  # (n, 3, h, w) -> (3, n, h, w)
+        return rearrange(frames.float().div(127.5).sub(1.0), "n c h w -> c n h w")

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 from sfpp.codecs.base import VideoCodec
 from sfpp.diffusion.prefix import hold_to_chunks
@@ -100,7 +101,7 @@ def read_frames(path: str | Path, setting: str) -> torch.Tensor:
         frames = np.repeat(frames[..., None], 3, axis=-1)
     if frames.shape[0] == 0:
         raise ValueError(f"{setting}={file} holds no frame")
-    video = torch.from_numpy(frames.astype(np.float32)).permute(3, 0, 1, 2)  # (F, H, W, 3) -> (3, F, H, W)
+    video = rearrange(torch.from_numpy(frames.astype(np.float32)), "f h w c -> c f h w")
     return video / 127.5 - 1.0
 
 

@@ -17,6 +17,7 @@ os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
 import imageio.v2 as imageio  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from einops import rearrange
 
 __all__ = ["StreamingVideoWriter", "to_uint8_frames", "write_frame_grid", "write_gif", "write_video"]
 
@@ -32,7 +33,7 @@ def to_uint8_frames(video: torch.Tensor, upscale: int = 1) -> np.ndarray:
     if upscale < 1:
         raise ValueError(f"upscale must be >= 1, got {upscale}")
     frames = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    frames = frames.permute(1, 2, 3, 0).cpu().numpy()  # (F, H, W, 3)
+    frames = rearrange(frames, "c f h w -> f h w c").cpu().numpy()
     if upscale > 1:
         frames = frames.repeat(upscale, axis=1).repeat(upscale, axis=2)  # (F, H*u, W*u, 3)
     return frames

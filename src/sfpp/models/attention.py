@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 from sfpp.models.frame_mask import FrameAttentionPattern
 
@@ -76,8 +77,7 @@ class SDPAttention:
         """See :class:`AttentionBackend`.
 
         On the CPU, bf16/fp16 inputs (CPU autocast) are attended in float32 and the result cast
-        back: PyTorch's CPU attention backward is many times slower in bf16 than in float32, while
-        the projections around it gain from bf16 (``tests/benchmarks/bench_teacher_speed.py``).
+        back (why: "Attention backends" in ``docs/concepts.md``).
         """
         dtype = q.dtype
         if q.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
@@ -176,8 +176,8 @@ class FlexAttention:
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any = None) -> torch.Tensor:
         """See :class:`AttentionBackend`."""
-        out = self._flex_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=mask)
-        return out.transpose(1, 2)  # (B, Lq, H, D)
+        q, k, v = (rearrange(t, "b l h d -> b h l d") for t in (q, k, v))  # the layout flex attention takes
+        return rearrange(self._flex_attention(q, k, v, block_mask=mask), "b h l d -> b l h d")
 
 
 class AutoAttention:

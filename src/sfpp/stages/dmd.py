@@ -37,7 +37,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from sfpp.diffusion.lengths import VideoTiming
 from sfpp.diffusion.losses import dmd_loss, flow_matching_loss, real_and_fake_x0
 from sfpp.diffusion.prefix import PrefixTraining, given_in_window, hold_to_chunks, keep_given_clean
 from sfpp.diffusion.reencode import WindowReencoder
@@ -49,16 +48,13 @@ from sfpp.models.critic import ScoreCritic
 from sfpp.models.lora import LoraSettings, apply_lora
 from sfpp.models.parallelize import configure_stage_modules
 from sfpp.stages.checkpoints import load_submodule
-from sfpp.stages.student import StudentStage
-from sfpp.utils.seeding import derive_seed
+from sfpp.stages.student import StudentSettings, StudentStage
+from sfpp.utils.seeding import CRITIC_REINJECTION_STREAM, step_generator
 
 __all__ = ["EXIT_STEP_DRAWS", "DMDModule", "critic_group", "update_kind"]
 
 #: How a training rollout's exit steps are drawn (see ``DMDModule``'s ``exit_step_draw``).
 EXIT_STEP_DRAWS: tuple[str, ...] = ("per_rollout", "per_chunk")
-
-#: Stream key of the critic's re-noising draws when critic steps share a rollout (see :func:`critic_group`).
-_CRITIC_REINJECTION_STREAM = 1
 
 
 def update_kind(step: int, critic_updates_per_generator: int, critic_warmup_steps: int) -> str:
@@ -112,16 +108,15 @@ class DMDModule(StudentStage):
         generator_optimizer: Partial optimiser for the generator.
         critic_optimizer: Partial optimiser for the critic.
         rollout_frames: Length N of each training rollout (N = K: Self-Forcing), in latent frames
-            or as seconds (``"100s"``, converted with ``fps`` and the codec's temporal stride and
-            rounded down to whole chunks).
+            or as seconds (``"100s"``, converted with ``student.fps`` and the codec's temporal
+            stride and rounded down to whole chunks).
+        student: The settings every student stage shares (:class:`~sfpp.stages.student.StudentSettings`
+            or a mapping of its fields: the Hydra node ``stage.student``): latent shape, cache,
+            seed, EMA, clipping, accumulation, precision, validation length.
         window_frames: Length K of the supervised window (the teacher's horizon), same units.
-        latent_shape: ``(C, h, w)`` of one latent frame.
-        window_mode: Where the window starts: ``uniform`` over chunk starts (Self-Forcing++),
-            ``last`` or ``beta`` (ablations; see :class:`WindowSampler`).
-        window_beta: Beta parameters of the ``beta`` mode.
+        window_mode: Where the window starts: ``uniform`` over chunk starts (Self-Forcing++) or
+            ``last`` (an ablation; see :class:`WindowSampler`).
         reinjector: Noise levels of the DMD and critic steps.
-        cache_window_frames: Past frames kept by the rollout's rolling KV cache.
-        sink_frames: Frames from the start kept in the cache.
         real_guidance_scale: CFG scale ``g`` of the teacher's score, in the convention of the whole
             library: ``uncond + g * (cond - uncond)`` (``g = 1``: no guidance). Self-Forcing's
             training code writes ``cond + s * (cond - uncond)``, which is ``g = s + 1``: its
@@ -144,27 +139,9 @@ class DMDModule(StudentStage):
             group's first batch). ``1`` (the default) draws a fresh rollout for every critic step.
             With ``rollout_frames == window_frames`` every window of a rollout is the same, so the
             setting pays off for long rollouts only, where it divides the cost of critic steps.
-        accumulate_grad_batches: Batches whose gradients make one update (of the critic or the
-            generator): ``k`` batches of ``B`` samples give the update of one batch of ``k x B``,
-            with every random draw dealt as for that batch (the per-step draws are shared, the
-            per-sample ones are drawn for the whole batch and each batch keeps its rows). The
-            optimisation step, the schedule of critic and generator updates and ``max_steps`` count
-            updates. Cannot be combined with ``critic_windows_per_rollout > 1``.
-        grad_clip_norm: Gradient clipping of both networks (``None``: off).
-        ema_decay: Decay of the generator's EMA (used for samples).
-        ema_start_step: Generator updates before the EMA starts averaging.
-        fps: Frame rate of the pixel video, for lengths given in seconds.
-        seed: Base seed of the per-step random draws.
-        mixed_precision: bf16 compute with float32 reduction and master weights, applied by the
-            FSDP2 sharding of ``trainer=fsdp`` on CUDA (:func:`~sfpp.models.parallelize.parallelize_model`);
-            an error on any other setup.
-        activation_checkpointing: Recompute the generator's and critic's block activations in the
-            backward pass (CUDA memory at the paper's scale; works anywhere, with or without FSDP2).
         quality_metric: Optional ``metric(videos (B, 3, F, H, W) in [-1, 1], prompts) -> dict``; the
-            validation loop streams ``val_rollout_frames`` with the EMA student on the validation
-            prompts and logs each value as ``val/<name>`` (quality past the teacher's horizon).
-        val_rollout_frames: Length of the validation rollouts (latent frames or seconds); defaults
-            to ``rollout_frames``.
+            validation loop streams ``student.val_rollout_frames`` with the EMA student on the
+            validation prompts and logs each value as ``val/<name>`` (quality past the teacher's horizon).
         window_reencoder: What the teacher and the critic see of a window that does not start the
             rollout (:class:`~sfpp.diffusion.reencode.WindowReencoder`: its first latent frame
             re-encoded from one pixel frame, as the teacher's clips start, for codecs with a
@@ -193,12 +170,9 @@ class DMDModule(StudentStage):
         critic_optimizer: Callable[..., torch.optim.Optimizer],
         rollout_frames: int | str,
         window_frames: int | str,
-        latent_shape: tuple[int, int, int],
+        student: StudentSettings | Mapping[str, Any] | None = None,
         window_mode: str = "uniform",
-        window_beta: tuple[float, float] = (2.0, 1.0),
         reinjector: NoiseReinjector | None = None,
-        cache_window_frames: int | None = None,
-        sink_frames: int = 0,
         real_guidance_scale: float = 4.0,
         exit_step_draw: str = "per_rollout",
         negative_prompt: str = "",
@@ -206,35 +180,23 @@ class DMDModule(StudentStage):
         critic_updates_per_generator: int = 5,
         critic_warmup_steps: int = 0,
         critic_windows_per_rollout: int = 1,
-        accumulate_grad_batches: int = 1,
-        grad_clip_norm: float | None = 1.0,
-        ema_decay: float = 0.99,
-        ema_start_step: int = 0,
-        fps: float = 16.0,
-        seed: int = 0,
-        mixed_precision: bool = False,
-        activation_checkpointing: bool = False,
         quality_metric: Callable[..., dict[str, float]] | None = None,
-        val_rollout_frames: int | str | None = None,
         window_reencoder: WindowReencoder | None = None,
         lora: LoraSettings | Mapping[str, Any] | None = None,
         prefix: PrefixTraining | Mapping[str, Any] | None = None,
     ) -> None:
         if not generator.config.causal or teacher.config.causal:
             raise ValueError("DMD needs a block-causal generator (causal=true) and a bidirectional teacher")
+        student = StudentSettings.parse(student)
         chunk = generator.config.num_frames_per_chunk
-        timing = VideoTiming(fps=fps, temporal_stride=codec.temporal_stride, num_frames_per_chunk=chunk)
+        timing = student.timing(codec, generator)
         rollout_frames = timing.parse_length(rollout_frames)
         window_frames = timing.parse_length(window_frames)
-        val_rollout_frames = (
-            rollout_frames if val_rollout_frames is None else timing.parse_length(val_rollout_frames)
-        )
+        accumulate_grad_batches = student.accumulate_grad_batches
         if exit_step_draw not in EXIT_STEP_DRAWS:
             raise ValueError(f"exit_step_draw must be one of {EXIT_STEP_DRAWS}, got {exit_step_draw!r}")
         if critic_windows_per_rollout < 1:
             raise ValueError(f"critic_windows_per_rollout must be >= 1, got {critic_windows_per_rollout}")
-        if accumulate_grad_batches < 1:
-            raise ValueError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
         if accumulate_grad_batches > 1 and critic_windows_per_rollout > 1:
             raise ValueError(
                 "accumulate_grad_batches > 1 cannot be combined with critic_windows_per_rollout > 1; set one to 1"
@@ -259,19 +221,14 @@ class DMDModule(StudentStage):
             text_encoder,
             codec,
             sampler,
-            latent_shape,
-            cache_window_frames or window_frames,
-            sink_frames=sink_frames,
-            ema_decay=ema_decay,
-            ema_start_step=ema_start_step,
-            seed=seed,
-            mixed_precision=mixed_precision,
+            student,
+            rollout_frames=rollout_frames,
+            default_cache_window=window_frames,
             quality_metric=quality_metric,
-            val_rollout_frames=val_rollout_frames,
             negative_prompt=negative_prompt,
         )
         self.automatic_optimization = False
-        self.rollout_frames, self.window_frames = rollout_frames, window_frames
+        self.window_frames = window_frames
         self.save_hyperparameters(
             ignore=[
                 "generator",
@@ -286,8 +243,10 @@ class DMDModule(StudentStage):
                 "window_reencoder",
                 "lora",
                 "prefix",
+                "student",
             ]
         )
+        self.hparams["student"] = student.as_dict()
         self.teacher = teacher.requires_grad_(False).eval()
         self.critic = ScoreCritic.from_teacher(teacher)
         if critic_checkpoint is not None:
@@ -297,7 +256,7 @@ class DMDModule(StudentStage):
         self.hparams["lora"] = None if lora_settings is None else lora_settings.as_dict()
         self.prefix = prefix_settings
         self.hparams["prefix"] = None if prefix_settings is None else prefix_settings.as_dict()
-        self.window_sampler = WindowSampler(window_frames, window_mode, chunk, tuple(window_beta))
+        self.window_sampler = WindowSampler(window_frames, window_mode, chunk)
         self.reinjector = reinjector or NoiseReinjector()
         self.window_reencoder = window_reencoder
         self.generator_optimizer_factory = generator_optimizer
@@ -324,8 +283,8 @@ class DMDModule(StudentStage):
             self.device_mesh,
             trained=[self.generator, self.critic.model],
             frozen=[self.teacher, self.ema.module],
-            mixed_precision=self.hparams.mixed_precision,
-            activation_checkpointing=self.hparams.activation_checkpointing,
+            mixed_precision=self.student.mixed_precision,
+            activation_checkpointing=self.student.activation_checkpointing,
         )
 
     # -- helpers -------------------------------------------------------------------------------
@@ -356,7 +315,7 @@ class DMDModule(StudentStage):
             exit_steps = torch.randint(0, num_steps, (1,), generator=rng).expand(num_chunks)
         else:
             exit_steps = torch.randint(0, num_steps, (num_chunks,), generator=rng)
-        noise_fn = self._noise_fn(rng, context.shape[0], micro_batch, self.hparams.accumulate_grad_batches)
+        noise_fn = self._noise_fn(rng, context.shape[0], micro_batch, self.student.accumulate_grad_batches)
         given = []
         if prefix is not None:
             given = list(write_prefix(self.generator, context, cache, prefix, self.sampler, rng, noise_fn))
@@ -484,7 +443,7 @@ class DMDModule(StudentStage):
         window, start = windows[index]
         if index == size - 1:
             self._critic_rollout = None  # the group is done; free its rollout
-        rng = torch.Generator().manual_seed(derive_seed(self.seed, _CRITIC_REINJECTION_STREAM, step))
+        rng = step_generator(self.seed, CRITIC_REINJECTION_STREAM, step)
         return window, start, context, rng
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -497,7 +456,8 @@ class DMDModule(StudentStage):
             }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the prompts of the critic group a checkpoint was written in."""
+        """Restore the draw scheme and the prompts of the critic group a checkpoint was written in."""
+        super().on_load_checkpoint(checkpoint)
         group = checkpoint.get("dmd_critic_group")
         if group is not None:
             self._critic_group_prompts = (int(group["first_step"]), list(group["prompts"]))
@@ -508,7 +468,7 @@ class DMDModule(StudentStage):
         """One critic or generator update (see :func:`update_kind`), or one micro-batch of it."""
         began = time.perf_counter()
         step = self.global_step
-        accumulate = self.hparams.accumulate_grad_batches
+        accumulate = self.student.accumulate_grad_batches
         micro = batch_idx % accumulate
         kind = update_kind(step, self.hparams.critic_updates_per_generator, self.hparams.critic_warmup_steps)
         generator_opt, critic_opt = self.optimizers()
@@ -565,7 +525,7 @@ class DMDModule(StudentStage):
             optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss / accumulate)  # the mean over the update's batches
         if micro == accumulate - 1:
-            self._clip(network, kind, self.hparams.grad_clip_norm, batch_size)
+            self._clip(network, kind, self.student.grad_clip_norm, batch_size)
             optimizer.step()
             # Free the gradients now: the next updates (of the other network) need the memory.
             optimizer.zero_grad(set_to_none=True)

@@ -16,17 +16,23 @@ from typing import Any
 
 import torch
 
-from sfpp.utils.seeding import derive_seed
+from sfpp.utils.seeding import (
+    CRITIC_REINJECTION_STREAM,
+    PREFIX_STREAM,
+    STUDENT_STREAM,
+    SUPERVISED_STREAM,
+    step_generator,
+)
 
-__all__ = ["SUPERVISED_STREAM", "GlobalBatchDraws", "rows_of_global_batch", "step_generator"]
-
-#: Stream key of the supervised stages' (teacher, ODE init) per-step draws.
-SUPERVISED_STREAM = 3
-
-
-def step_generator(seed: int, stream: int, step: int, micro_batch: int = 0) -> torch.Generator:
-    """A CPU generator for the draws of one optimisation step's micro-batch (the same on every device)."""
-    return torch.Generator().manual_seed(derive_seed(seed, stream, step, micro_batch))
+__all__ = [
+    "CRITIC_REINJECTION_STREAM",
+    "PREFIX_STREAM",
+    "STUDENT_STREAM",
+    "SUPERVISED_STREAM",
+    "GlobalBatchDraws",
+    "rows_of_global_batch",
+    "step_generator",
+]
 
 
 def rows_of_global_batch(

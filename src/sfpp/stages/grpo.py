@@ -24,19 +24,18 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from sfpp.diffusion.grpo import clipped_policy_loss, group_advantages, transition_kl
-from sfpp.diffusion.lengths import VideoTiming
 from sfpp.diffusion.policy import ChunkTrajectory, StepTransition, replay_trajectory
 from sfpp.diffusion.rollout import FewStepSampler, stream_rollout
 from sfpp.models.causal_wan import CausalWanDiT
 from sfpp.models.parallelize import configure_stage_modules
-from sfpp.stages.student import StudentStage
+from sfpp.stages.student import StudentSettings, StudentStage
 
 __all__ = ["GRPOModule"]
 
@@ -52,7 +51,10 @@ class GRPOModule(StudentStage):
         reward: ``reward(videos (B, 3, F, H, W) in [-1, 1], prompts) -> (B,)``, higher is better.
         optimizer: Partial optimiser of the policy.
         rollout_frames: Length of each training rollout, latent frames or seconds (``"100s"``).
-        latent_shape: ``(C, h, w)`` of one latent frame.
+        student: The settings every student stage shares (:class:`~sfpp.stages.student.StudentSettings`
+            or a mapping of its fields: the Hydra node ``stage.student``); ``accumulate_grad_batches``
+            ``k > 1`` makes ``k`` batches of ``P`` prompts one update of ``k x P`` (groups never span
+            two batches) and needs ``ppo_epochs == 1``.
         reference: Frozen reference student of the KL term (default: a copy of ``generator`` as
             it is when the stage starts).
         group_size: Rollouts per prompt ``G >= 2``.
@@ -61,21 +63,8 @@ class GRPOModule(StudentStage):
         clip_range: PPO clip of the importance ratio.
         kl_weight: Weight of the per-element KL to the reference.
         ppo_epochs: Updates per batch of rollouts.
-        accumulate_grad_batches: Batches of prompts whose gradients make one update: ``k`` batches
-            of ``P`` prompts give the update of one batch of ``k x P`` (groups never span two
-            batches, every random draw is dealt as for the large batch). Needs ``ppo_epochs == 1``.
-        cache_window_frames: Past frames kept by the rolling KV cache.
-        sink_frames: Frames from the start kept in the cache.
-        grad_clip_norm: Gradient clipping (``None``: off).
-        ema_decay: Decay of the policy's EMA (used for samples and validation).
-        ema_start_step: Updates before the EMA starts averaging.
-        fps: Frame rate of the pixel video, for lengths given in seconds.
-        seed: Base seed of the per-step random draws.
-        mixed_precision: bf16 compute under FSDP2 on CUDA.
-        activation_checkpointing: Recompute block activations in the backward pass.
         quality_metric: Optional ``metric(videos, prompts) -> dict`` logged on validation rollouts
             next to the reward (report motion with it: a reward can be gamed by a static video).
-        val_rollout_frames: Length of the validation rollouts (default: ``rollout_frames``).
     """
 
     def __init__(
@@ -87,36 +76,25 @@ class GRPOModule(StudentStage):
         reward: Callable[..., torch.Tensor],
         optimizer: Callable[..., torch.optim.Optimizer],
         rollout_frames: int | str,
-        latent_shape: tuple[int, int, int],
+        student: StudentSettings | Mapping[str, Any] | None = None,
         reference: CausalWanDiT | None = None,
         group_size: int = 4,
         transition: StepTransition | None = None,
         clip_range: float = 0.2,
         kl_weight: float = 0.01,
         ppo_epochs: int = 1,
-        accumulate_grad_batches: int = 1,
-        cache_window_frames: int | None = None,
-        sink_frames: int = 0,
-        grad_clip_norm: float | None = 1.0,
-        ema_decay: float = 0.95,
-        ema_start_step: int = 0,
-        fps: float = 16.0,
-        seed: int = 0,
-        mixed_precision: bool = False,
-        activation_checkpointing: bool = False,
         quality_metric: Callable[..., dict[str, float]] | None = None,
-        val_rollout_frames: int | str | None = None,
     ) -> None:
         if not generator.config.causal:
             raise ValueError("GRPO trains a block-causal student (causal=true)")
+        student = StudentSettings.parse(student)
+        accumulate_grad_batches = student.accumulate_grad_batches
         if group_size < 2:
             raise ValueError(
                 f"group_size must be >= 2 (advantages are relative within a group), got {group_size}"
             )
         if ppo_epochs < 1:
             raise ValueError(f"ppo_epochs must be >= 1, got {ppo_epochs}")
-        if accumulate_grad_batches < 1:
-            raise ValueError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
         if accumulate_grad_batches > 1 and ppo_epochs > 1:
             raise ValueError(
                 "accumulate_grad_batches > 1 needs ppo_epochs == 1 (one update per batch of rollouts)"
@@ -127,27 +105,16 @@ class GRPOModule(StudentStage):
                 "GRPO needs a stochastic sampler: transition.eta > 0 and transition.output_std > 0 "
                 f"(got eta={transition.eta}, output_std={transition.output_std}; see sfpp.diffusion.policy)"
             )
-        timing = VideoTiming(
-            fps=fps,
-            temporal_stride=codec.temporal_stride,
-            num_frames_per_chunk=generator.config.num_frames_per_chunk,
-        )
-        rollout_frames = timing.parse_length(rollout_frames)
-        val_frames = rollout_frames if val_rollout_frames is None else timing.parse_length(val_rollout_frames)
+        rollout_frames = student.timing(codec, generator).parse_length(rollout_frames)
         super().__init__(
             generator,
             text_encoder,
             codec,
             sampler,
-            latent_shape,
-            cache_window_frames or rollout_frames,
-            sink_frames=sink_frames,
-            ema_decay=ema_decay,
-            ema_start_step=ema_start_step,
-            seed=seed,
-            mixed_precision=mixed_precision,
+            student,
+            rollout_frames=rollout_frames,
+            default_cache_window=rollout_frames,
             quality_metric=quality_metric,
-            val_rollout_frames=val_frames,
         )
         self.automatic_optimization = False
         self.save_hyperparameters(
@@ -161,11 +128,12 @@ class GRPOModule(StudentStage):
                 "reference",
                 "transition",
                 "quality_metric",
+                "student",
             ]
         )
+        self.hparams["student"] = student.as_dict()
         self.hparams["transition_eta"] = transition.eta  # plain numbers: loggers cannot save a dataclass
         self.hparams["transition_output_std"] = transition.output_std
-        self.rollout_frames = rollout_frames
         self.reward = reward
         self.optimizer_factory = optimizer
         self.transition = transition
@@ -183,8 +151,8 @@ class GRPOModule(StudentStage):
             self.device_mesh,
             trained=[self.generator],
             frozen=[self.reference, self.ema.module],
-            mixed_precision=self.hparams.mixed_precision,
-            activation_checkpointing=self.hparams.activation_checkpointing,
+            mixed_precision=self.student.mixed_precision,
+            activation_checkpointing=self.student.activation_checkpointing,
         )
 
     # -- training --------------------------------------------------------------------------------
@@ -215,7 +183,7 @@ class GRPOModule(StudentStage):
             self.latent_shape,
             self.sampler,
             rng,
-            noise_fn=self._noise_fn(rng, len(expanded), micro_batch, self.hparams.accumulate_grad_batches),
+            noise_fn=self._noise_fn(rng, len(expanded), micro_batch, self.student.accumulate_grad_batches),
             transition=self.transition,
             trajectory=trajectories,
         )
@@ -300,7 +268,7 @@ class GRPOModule(StudentStage):
         """Sample groups, score them, and take ``ppo_epochs`` clipped policy-gradient steps."""
         began = time.perf_counter()
         optimizer = self.optimizers()
-        accumulate = self.hparams.accumulate_grad_batches
+        accumulate = self.student.accumulate_grad_batches
         micro = batch_idx % accumulate
         rng = self._rng(self.global_step)
         context, trajectories, videos, rewards = self.sample_group(list(batch["prompt"]), rng, micro)
@@ -311,7 +279,7 @@ class GRPOModule(StudentStage):
                 optimizer.zero_grad(set_to_none=True)
             stats = self.policy_update(context, trajectories, advantages, loss_scale=1.0 / accumulate)
             if micro == accumulate - 1:
-                self._clip(self.generator, "policy", self.hparams.grad_clip_norm, batch_size)
+                self._clip(self.generator, "policy", self.student.grad_clip_norm, batch_size)
                 optimizer.step()
                 self.ema.update(self.generator, self.global_step)
         self.log("train/reward", rewards.mean(), prog_bar=True, batch_size=batch_size)

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 __all__ = [
     "RECORD_NAME",
+    "REMOVED_OPTIONS",
     "RUN_KEYS",
     "ResumeMismatchError",
     "check_resume",
@@ -70,6 +71,29 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
+#: Options a run's settings held once and no longer do (dotted keys): a record of an earlier run
+#: that has them still resumes (an ablation window sampler and one-object image batches).
+REMOVED_OPTIONS = ("stage.window_beta", "data.image_max_objects")
+
+
+def _in_current_layout(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
+    """``recorded`` settings as the current configs lay them out.
+
+    The student stages' shared settings moved from ``stage.<key>`` into ``stage.student.<key>``;
+    the options of :data:`REMOVED_OPTIONS` are dropped.
+    """
+    settings = json.loads(json.dumps(recorded))  # a deep copy of plain values
+    for dotted in REMOVED_OPTIONS:
+        node, _, key = dotted.rpartition(".")
+        if isinstance(settings.get(node), dict):
+            settings[node].pop(key, None)
+    stage, now = settings.get("stage"), current.get("stage")
+    moved = isinstance(stage, dict) and "student" not in stage
+    if moved and isinstance(now, Mapping) and isinstance(now.get("student"), Mapping):
+        stage["student"] = {key: stage.pop(key) for key in list(now["student"]) if key in stage}
+    return settings
+
+
 def check_resume(cfg: DictConfig) -> None:
     """Refuse ``ckpt_path=last`` when the checkpoint folder's ``run.json`` records other settings.
 
@@ -84,7 +108,8 @@ def check_resume(cfg: DictConfig) -> None:
     if record is None or not record.is_file():
         return
     recorded = json.loads(record.read_text())
-    differing = _differences(recorded.get("settings", {}), run_settings(cfg))
+    current = run_settings(cfg)
+    differing = _differences(_in_current_layout(recorded.get("settings", {}), current), current)
     if not differing:
         return
     shown = ", ".join(differing[:8]) + (f" and {len(differing) - 8} more" if len(differing) > 8 else "")

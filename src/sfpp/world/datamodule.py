@@ -8,7 +8,6 @@ in any process and with any number of workers.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import lightning as L
@@ -179,10 +178,8 @@ class WorldDataModule(L.LightningDataModule):
     the held-out prompts with fixed seeds.
 
     With ``image_batches > 0`` training starts with that many batches of single frames
-    (``image_batch_size`` each, from their own seed stream) before the video batches: a one-frame
-    step costs a fraction of a video step, and a pixel-space model learns the look of objects far
-    faster from many independent frames than from the near-duplicate frames of a few clips (the way
-    Wan2.1 learns from images as well as videos). Image batches also carry each frame's
+    (``image_batch_size`` each, from their own seed stream) before the video batches (why:
+    "Images before videos" in ``docs/concepts.md``). Image batches also carry each frame's
     ``"layout"`` ``(B, 2, 5)`` and ``"background"`` ``(B, 3)`` (:func:`~sfpp.world.scene.frame_layout`),
     from which :class:`~sfpp.world.targets.WorldPosteriorTarget` computes exact targets.
 
@@ -199,11 +196,6 @@ class WorldDataModule(L.LightningDataModule):
         max_object_size: Largest object side in pixels.
         image_batch_size: Frames per image batch.
         image_batches: Image batches served before the first video batch (0: videos only).
-        image_max_objects: Largest number of objects per image (``None``: ``max_objects``). With 1
-            the image batches show one object per frame, drawn from the one-object training
-            prompts, so every frame pairs one shape word with one shape. The video batches keep
-            ``max_objects``. (Measured on the toy teacher: it lifts the shapes only in long
-            runs, and it costs two-object scenes.)
 
     Raises:
         ValueError: For impossible settings, naming the setting.
@@ -223,7 +215,6 @@ class WorldDataModule(L.LightningDataModule):
         max_object_size: int = 7,
         image_batch_size: int = 16,
         image_batches: int = 0,
-        image_max_objects: int | None = None,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -237,11 +228,6 @@ class WorldDataModule(L.LightningDataModule):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if image_batches < 0:
             raise ValueError(f"image_batches must be >= 0, got {image_batches}")
-        image_max_objects = max_objects if image_max_objects is None else image_max_objects
-        if not 1 <= image_max_objects <= max_objects:
-            raise ValueError(
-                f"image_max_objects must be in 1..max_objects={max_objects}, got {image_max_objects}"
-            )
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if seed < 0:
@@ -267,10 +253,9 @@ class WorldDataModule(L.LightningDataModule):
         self.val_dataset = WorldVideoDataset(
             self.world, self.val_prompts, num_frames, val_size, seed, _VAL_STREAM, cycle_prompts=True
         )
-        image_world = replace(self.world, max_objects=image_max_objects)
         images = WorldVideoDataset(
-            image_world,
-            train_prompts(image_max_objects),
+            self.world,
+            self.train_prompts,
             1,
             max(image_batches * image_batch_size, 1),
             seed,
