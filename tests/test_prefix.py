@@ -167,6 +167,41 @@ def test_generate_continues_a_video_it_wrote(checkpoint: Path, tmp_path: Path) -
     assert animated.summary["frames"] == 4
 
 
+def test_an_image_can_condition_the_first_chunk_as_wan2_2_ti2v_does(checkpoint: Path, tmp_path: Path) -> None:  # noqa: F811
+    """``prefix_in_first_chunk``: the image is the first frame of the first generated chunk, not a chunk of its own."""
+    Image.fromarray(np.full((16, 16, 3), 255, dtype=np.uint8)).save(tmp_path / "white.png")
+    chunks = {}
+    [result] = generate(
+        _cfg(
+            checkpoint,
+            tmp_path / "a",
+            f"prompt={PROMPT}",
+            "length=4",
+            f"init_image={tmp_path / 'white.png'}",
+            "prefix_in_first_chunk=true",
+        ),
+        on_chunk=lambda info: chunks.__setitem__(info.chunk.frame_offset, info.chunk.latents.clone()),
+    )
+    prefix = result.summary["prefix"]
+    assert prefix["in_first_chunk"] and prefix["latent_frames"] == 1 and prefix["held_frames"] == 0
+    assert sorted(chunks) == [0, 2]  # no chunk of given frames: the image is inside the first one
+    assert torch.equal(chunks[0][:, :, :1], torch.ones(1, 3, 1, 16, 16))  # the image, exactly
+    assert result.summary["frames"] == result.summary["frames_written"] == 4
+    first = imageio.mimread(result.video_path, memtest=False)[0]
+    assert first.min() >= 250  # the video starts with the white image
+    with pytest.raises(ValueError, match="not fewer than a chunk"):
+        generate(
+            _cfg(
+                checkpoint,
+                tmp_path / "b",
+                f"prompt={PROMPT}",
+                "length=2",
+                f"init_video={result.video_path}",
+                "prefix_in_first_chunk=true",
+            )
+        )
+
+
 def test_generate_refuses_bad_given_frames_before_loading(checkpoint: Path, tmp_path: Path) -> None:  # noqa: F811
     Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(tmp_path / "black.png")
     with pytest.raises(ValueError, match="at most one of init_video and init_image"):

@@ -230,10 +230,21 @@ def request_frames(cfg: DictConfig) -> tuple[str, torch.Tensor] | None:
     return source, frames
 
 
-def load_prefix(generator: VideoGenerator, frames: torch.Tensor, source: str) -> VideoPrefix:
-    """Encode given frames ``(3, F, H, W)`` with the generator's codec into whole chunks (a notebook's way in)."""
+def load_prefix(
+    generator: VideoGenerator, frames: torch.Tensor, source: str, in_first_chunk: bool = False
+) -> VideoPrefix:
+    """Encode given frames ``(3, F, H, W)`` with the generator's codec (a notebook's way in).
+
+    Whole chunks written into the cache, or with ``in_first_chunk`` the latent frames that
+    condition the first chunk (Wan2.2-TI2V's image conditioning; :func:`sfpp.inference.prefix.encode_prefix`).
+    """
     return encode_prefix(
-        generator.codec, frames, generator.model.config.num_frames_per_chunk, source, device=generator.device
+        generator.codec,
+        frames,
+        generator.model.config.num_frames_per_chunk,
+        source,
+        device=generator.device,
+        in_first_chunk=in_first_chunk,
     )
 
 
@@ -250,7 +261,8 @@ def generate(cfg: DictConfig, on_chunk: Callable[[ChunkInfo], None] | None = Non
     prompts = request_prompts(cfg)  # before loading anything: a bad request fails at once
     given = request_frames(cfg)
     generator = build_generator(cfg)
-    prefix = None if given is None else load_prefix(generator, given[1], given[0])
+    in_chunk = bool(cfg.get("prefix_in_first_chunk", False))
+    prefix = None if given is None else load_prefix(generator, given[1], given[0], in_first_chunk=in_chunk)
     switches = list(cfg.get("switch") or [])
     return generate_video(generator, prompts, cfg.length, cfg.out_dir, cfg.seed, switches, on_chunk, prefix)
 

@@ -61,6 +61,8 @@ console = Console(highlight=False)
 _UMT5_XXL = {"vocab": 256384, "d_model": 4096, "d_ff": 10240, "layers": 24, "inner": 64 * 64, "heads": 64}
 #: Parameters of Wan2.1's VAE (``AutoencoderKLWan``'s default sizes).
 _WAN_VAE_PARAMS = 126_892_531
+#: Parameters of Wan2.2's VAE (``AutoencoderKLWan`` with z_dim 48, base 160 / decoder 256, residual blocks).
+_WAN2_2_VAE_PARAMS = 704_688_668
 #: AdamW keeps two float32 states per trained parameter.
 _ADAM_STATES = 2
 
@@ -393,6 +395,11 @@ def plan(spec: PlanSpec) -> MemoryPlan:
 # -- from a Hydra config ------------------------------------------------------------------------
 
 
+def _wan_vae_params(latent_channels: int) -> int:
+    """Parameters of the Wan VAE whose latents a model takes: Wan2.2's (48 channels) or Wan2.1's."""
+    return _WAN2_2_VAE_PARAMS if latent_channels == 48 else _WAN_VAE_PARAMS
+
+
 def _flavour_of(node: Any) -> CausalWanConfig:
     fields = {k: v for k, v in dict(node).items() if k in CausalWanConfig.__dataclass_fields__}
     return flavour_config(node.flavour, **fields)
@@ -453,7 +460,7 @@ def spec_from_config(cfg: DictConfig) -> PlanSpec:
         teacher=teacher,
         lora_rank=None if lora is None else int(lora.get("rank", 32)),
         text_params=text_params,
-        codec_params=_WAN_VAE_PARAMS if stride == 4 else 0,
+        codec_params=_wan_vae_params(model.in_channels) if stride == 4 else 0,
         sampler_steps=len(stage.sampler.get("steps", [0] * 4)) if "sampler" in stage else 4,
         temporal_stride=stride,
     )

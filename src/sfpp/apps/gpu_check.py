@@ -16,6 +16,9 @@ rewritten after every part):
    in the same run;
 4. writes everything to one JSON and prints a table.
 
+``--model 5b`` runs parts 2 and 3 at Wan2.2-TI2V-5B's shapes instead (48-channel latents of 44x80
+at 1280x704, a 30-frame window, the Wan2.2 VAE): ``make gpu-check GPU_CHECK_ARGS="--model 5b"``.
+
 ``--rehearsal`` runs the same code with tiny shapes on the CPU (``make gpu-check-cpu``, and a test),
 so the script stays working on machines without a GPU; its JSON has the same layout.
 """
@@ -42,10 +45,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from sfpp.apps.gpu_shapes import SHAPES, CheckShapes
+from sfpp.apps.gpu_shapes import MODELS, SHAPES, CheckShapes, shapes_for
 from sfpp.apps.gpu_speed import _peak_gib, _reset_peak, _sync, matmul_tflops, stream_speed
 
-__all__ = ["CheckShapes", "main", "parse_pytest_counts", "run_check", "table"]
+__all__ = ["SHAPES", "CheckShapes", "main", "parse_pytest_counts", "run_check", "table"]
 
 
 class RandomText(nn.Module):
@@ -316,14 +319,19 @@ def _write(report: dict[str, Any], out: Path | None) -> None:
 
 
 def run_check(
-    rehearsal: bool, root: Path, skip_tests: bool = False, out: Path | None = None
+    rehearsal: bool, root: Path, skip_tests: bool = False, out: Path | None = None, model: str = "1.3b"
 ) -> dict[str, Any]:
-    """Run every part; return the JSON's content, written to ``out`` after every section."""
-    shapes = SHAPES["rehearsal" if rehearsal else "full"]
+    """Run every part; return the JSON's content, written to ``out`` after every section.
+
+    ``model`` picks the shapes: ``1.3b`` (Wan2.1-T2V-1.3B) or ``5b`` (Wan2.2-TI2V-5B).
+    """
+    shape_name, shapes = shapes_for(model, rehearsal)
     device = torch.device("cpu" if rehearsal or not torch.cuda.is_available() else "cuda")
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     report: dict[str, Any] = {
         "mode": "rehearsal" if rehearsal else "full",
+        "model": model,
+        "shape_set": shape_name,
         "measured": time.strftime("%Y-%m-%d %H:%M"),
         "commit": _commit(root),
         "torch": torch.__version__,
@@ -470,9 +478,15 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=Path("artifacts/gpu_check.json"), help="the JSON to write"
     )
     parser.add_argument("--skip-tests", action="store_true", help="do not run the gpu-marked tests")
+    parser.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        default="1.3b",
+        help="the shapes: 1.3b (Wan2.1-T2V-1.3B, the default) or 5b (Wan2.2-TI2V-5B)",
+    )
     args = parser.parse_args(argv)
     root = Path(__file__).resolve().parents[3]
-    report = run_check(args.rehearsal, root, args.skip_tests, out=args.out)
+    report = run_check(args.rehearsal, root, args.skip_tests, out=args.out, model=args.model)
     print(table(report))
     print(f"written: {args.out}")
     failed = [k for k, v in report.items() if isinstance(v, dict) and v.get("ok") is False]

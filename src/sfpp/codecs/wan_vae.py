@@ -78,7 +78,12 @@ def find_wan_vae_dir(path: str | Path) -> Path:
 
 
 class WanVAECodec(VideoCodec):
-    """Wan2.x VAE codec over diffusers' ``AutoencoderKLWan``, loaded lazily from a local path.
+    """Wan2.1 / Wan2.2 VAE codec over diffusers' ``AutoencoderKLWan``, loaded lazily from a local path.
+
+    Wan2.1's VAE (16 latent channels, 8x8 pixels per latent) and Wan2.2's (48 channels, 2x2 pixel
+    patching before three halvings: 16x16 pixels per latent, residual blocks) differ only in their
+    ``config.json``; the strides and latent statistics come from there. Both take 4 frames per
+    latent frame, the first latent frame encoding one frame.
 
     Inputs may live on any device; they are moved to ``device`` and cast to ``dtype`` for the VAE,
     and outputs come back as float32 on the input's device. Encoding and decoding run without

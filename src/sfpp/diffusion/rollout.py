@@ -126,6 +126,7 @@ def stream_rollout(
     noise_fn: Callable[[tuple[int, ...]], torch.Tensor] | None = None,
     transition: StepTransition | None = None,
     trajectory: list[ChunkTrajectory] | None = None,
+    first_frames: torch.Tensor | None = None,
 ) -> Iterator[RolloutChunk]:
     """Generate ``num_frames`` latent frames chunk by chunk, continuing from the cache's state.
 
@@ -160,9 +161,18 @@ def stream_rollout(
         trajectory: When given, a list that receives one
             :class:`~sfpp.diffusion.policy.ChunkTrajectory` per chunk (states, log-probabilities
             of the moves, clean latents; all detached), for the GRPO update.
+        first_frames: Clean latents ``(B, C, k, H, W)`` of the first ``k`` frames of the first
+            chunk, fewer than a chunk (Wan2.2-TI2V's image conditioning: an image is one latent
+            frame). At every step of that chunk they replace the state's first frames and the model
+            sees them at timestep 0 (per-frame timesteps), as Wan2.2's pipeline masks the image
+            latent; the chunk's output holds them exactly. The other frames are generated.
 
     Yields:
         One :class:`RolloutChunk` per chunk, in order.
+
+    Raises:
+        ValueError: For a cache or length the model cannot serve (see :func:`_check_rollout`), or
+            ``first_frames`` that do not fit the first chunk.
     """
     _check_rollout(model, cache, num_frames)
     batch = cache.batch_size
@@ -187,6 +197,17 @@ def stream_rollout(
     context = context.to(param.dtype)
     sigmas = sampler.sigmas
     transition = transition or StepTransition()
+    if first_frames is not None:
+        given = first_frames.shape[2]
+        if first_frames.shape != (batch, channels, given, height, width) or not 0 < given < chunk:
+            raise ValueError(
+                f"first_frames must be (B, C, k, H, W) = ({batch}, {channels}, k, {height}, {width}) with "
+                f"0 < k < num_frames_per_chunk={chunk}, got {tuple(first_frames.shape)}; whole chunks of "
+                "given frames go into the cache with write_prefix"
+            )
+        if trajectory is not None:
+            raise ValueError("first_frames conditions generation; a recorded GRPO trajectory takes none")
+        first_frames = first_frames.to(param.device, param.dtype)
 
     num_chunks = num_frames // chunk
     exits = [len(sigmas) - 1] * num_chunks if exit_steps is None else list(exit_steps)
@@ -200,8 +221,11 @@ def stream_rollout(
         x_t = draw() if initial_noise is None else initial_noise[:, :, start : start + chunk].to(param.dtype)
         keeps_grad = grad_from_frame is not None and frame_offset >= grad_from_frame
         record = ChunkTrajectory(frame_offset) if trajectory is not None else None
+        given = first_frames if index == 0 else None
         for step in range(exits[index] + 1):
             t = torch.full((batch,), sampler.timesteps[step], device=param.device)
+            if given is not None:  # the given frames, clean at timestep 0 (per-frame timesteps)
+                x_t, t = _with_given_frames(x_t, t, given)
             grad_mode = (
                 torch.is_grad_enabled() if grad_from_frame is None else keeps_grad and step == exits[index]
             )
@@ -225,6 +249,8 @@ def stream_rollout(
                     with torch.no_grad():
                         record.log_probs.append(transition.log_prob(out, x0, x_t, sigmas[step], 0.0))
                 x0 = out
+        if given is not None:
+            x0 = torch.cat([given, x0[:, :, given.shape[2] :]], dim=2)  # the given frames, exactly
         # The clean pass: the finished chunk's keys and values join the cache. With a context
         # timestep above 0 the cache sees the chunk re-noised to that level (Self-Forcing's
         # context_noise), from one more draw.
@@ -238,6 +264,25 @@ def stream_rollout(
             record.cache_input = cache_input
             trajectory.append(record)
         yield RolloutChunk(frame_offset=frame_offset, latents=x0)
+
+
+def _with_given_frames(
+    x_t: torch.Tensor, t: torch.Tensor, given: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A chunk's state with its first frames replaced by ``given`` and their timesteps set to 0.
+
+    Args:
+        x_t: The chunk's state ``(B, C, F, H, W)``.
+        t: The step's timesteps ``(B,)``.
+        given: Clean latents of the first ``k < F`` frames ``(B, C, k, H, W)``.
+
+    Returns:
+        ``(state, per-frame timesteps (B, F))``.
+    """
+    k, frames = given.shape[2], x_t.shape[2]
+    per_frame = t[:, None].expand(-1, frames).clone()  # (B, F)
+    per_frame[:, :k] = 0.0
+    return torch.cat([given, x_t[:, :, k:]], dim=2), per_frame
 
 
 def write_prefix(

@@ -73,8 +73,8 @@ class GenerationPlan:
 
     @property
     def prefix_latent_frames(self) -> int:
-        """Latent frames of the given frames the video starts from (0 without)."""
-        return 0 if self.prefix is None else self.prefix.num_latent_frames
+        """Latent frames written into the cache before the generated ones (0 without, or inside the first chunk)."""
+        return 0 if self.prefix is None else self.prefix.written_latent_frames
 
     @property
     def prompt(self) -> str:
@@ -303,7 +303,7 @@ class VideoGenerator:
         """
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
-        given = 0 if prefix is None else prefix.num_latent_frames
+        given = 0 if prefix is None else prefix.written_latent_frames
         num_latent_frames = self.check_length(length, start=given)
         segments = plan_segments(prompt.strip(), list(switches), num_latent_frames, self.timing)
         contexts = tuple(self.encode_prompt(segment.prompt) for segment in segments)
@@ -413,7 +413,8 @@ class VideoGenerator:
             generator: Source of every random draw.
             prefix: Given frames, written into the cache as finished chunks first (under the
                 prompt of the first generated frame) and yielded like generated chunks; the
-                generated frames continue them.
+                generated frames continue them. A prefix ``in_first_chunk`` is held clean at
+                timestep 0 inside the first generated chunk instead (Wan2.2-TI2V's conditioning).
 
         Yields:
             ``(chunk, frames (3, f, H, W), prompt)`` per chunk, in order.
@@ -421,7 +422,10 @@ class VideoGenerator:
         decoder = self.codec.stream_decoder()
         chunk_frames = self.model.config.num_frames_per_chunk
         current: str | None = None
-        if prefix is not None:
+        first_frames = None
+        if prefix is not None and prefix.in_first_chunk:
+            first_frames = prefix.latents.to(self.device)
+        elif prefix is not None:
             current, context = prompt_at(0)
             cache.reset_cross_attention()
             for chunk in write_prefix(self.model, context, cache, prefix.latents, self.sampler, generator):
@@ -431,8 +435,16 @@ class VideoGenerator:
             if prompt != current:
                 cache.reset_cross_attention()  # this chunk recomputes the text K/V from the prompt
                 current = prompt
+            given, first_frames = first_frames, None
             for chunk in stream_rollout(
-                self.model, context, cache, chunk_frames, self.latent_shape, self.sampler, generator
+                self.model,
+                context,
+                cache,
+                chunk_frames,
+                self.latent_shape,
+                self.sampler,
+                generator,
+                first_frames=given,
             ):
                 yield chunk, decoder.decode_chunk(chunk.latents)[0], prompt  # frames (3, f, H, W)
 
@@ -506,7 +518,7 @@ class VideoGenerator:
         }
         if plan.prefix is not None:
             summary["prefix"] = plan.prefix.describe() | {
-                "frames": self.timing.frames_from_latent_frames(given),
+                "frames": self.timing.frames_from_latent_frames(plan.prefix.num_latent_frames),
             }
         if error is not None:
             summary["error"] = repr(error)

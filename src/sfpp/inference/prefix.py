@@ -13,6 +13,11 @@ that do not fill whole chunks are completed by holding the last one: an image be
 chunk, and a clip is held on its last frame up to the chunk boundary. The video written holds the
 given frames (as the codec reproduces them), the held ones, then the continuation; its JSON says
 how many of each.
+
+Inside the first chunk (``in_first_chunk``, Wan2.2-TI2V's image conditioning): given frames that
+encode to fewer latent frames than a chunk (an image is one latent frame) are not written into the
+cache; the first chunk is generated with them held clean at timestep 0
+(``stream_rollout(first_frames=...)``), as Wan2.2's pipeline masks the image latent.
 """
 
 from __future__ import annotations
@@ -41,29 +46,41 @@ class VideoPrefix:
 
     Attributes:
         source: Where the frames came from (the setting and the file).
-        latents: Clean latents ``(1, C, n, h, w)``, ``n`` a multiple of the chunk size.
+        latents: Clean latents ``(1, C, n, h, w)``: ``n`` a multiple of the chunk size, or fewer
+            than a chunk with ``in_first_chunk``.
         given_frames: Frames taken from the file.
-        held_frames: Copies of the last given frame added to fill the last chunk.
+        held_frames: Copies of the last given frame added to fill the last chunk (or latent frame).
+        in_first_chunk: The latents condition the first generated chunk (held clean at timestep 0
+            inside it) instead of being written into the cache as chunks of their own.
     """
 
     source: str
     latents: torch.Tensor
     given_frames: int
     held_frames: int
+    in_first_chunk: bool = False
 
     @property
     def num_latent_frames(self) -> int:
-        """Latent frames written into the cache."""
+        """Latent frames of the given frames."""
         return int(self.latents.shape[2])
+
+    @property
+    def written_latent_frames(self) -> int:
+        """Latent frames written into the cache before generation (0 inside the first chunk)."""
+        return 0 if self.in_first_chunk else self.num_latent_frames
 
     def describe(self) -> dict[str, object]:
         """The prefix's entry in the video's JSON."""
-        return {
+        entry: dict[str, object] = {
             "source": self.source,
             "given_frames": self.given_frames,
             "held_frames": self.held_frames,
             "latent_frames": self.num_latent_frames,
         }
+        if self.in_first_chunk:
+            entry["in_first_chunk"] = True
+        return entry
 
 
 def read_frames(path: str | Path, setting: str) -> torch.Tensor:
@@ -134,6 +151,7 @@ def encode_prefix(
     chunk_frames: int,
     source: str,
     device: torch.device | str = "cpu",
+    in_first_chunk: bool = False,
 ) -> VideoPrefix:
     """Encode given frames ``(3, F, H, W)`` into whole chunks of latent frames.
 
@@ -143,12 +161,26 @@ def encode_prefix(
         chunk_frames: Latent frames per chunk.
         source: Where the frames came from (for the JSON).
         device: Where the codec runs.
+        in_first_chunk: Encode them into whole latent frames only, to condition the first chunk
+            (Wan2.2-TI2V's image conditioning); they must then be fewer latent frames than a chunk.
 
     Returns:
         The prefix: ``ceil(latent frames / chunk) * chunk`` latent frames, the last given frame held
-        to fill them.
+        to fill them (with ``in_first_chunk``: the latent frames that cover the given frames).
+
+    Raises:
+        ValueError: With ``in_first_chunk``, for frames that encode to a chunk or more.
     """
     given = int(frames.shape[1])
-    clip, held = hold_to_chunks(frames[None], codec.temporal_stride, chunk_frames)  # (1, 3, F', H, W)
+    unit = 1 if in_first_chunk else chunk_frames  # latent frames the given frames are held to
+    clip, held = hold_to_chunks(frames[None], codec.temporal_stride, unit)  # (1, 3, F', H, W)
     latents = codec.encode(clip.to(device))  # (1, C, n, h, w)
-    return VideoPrefix(source=source, latents=latents, given_frames=given, held_frames=held)
+    if in_first_chunk and latents.shape[2] >= chunk_frames:
+        raise ValueError(
+            f"{source}: {given} frames encode to {latents.shape[2]} latent frames, not fewer than a chunk "
+            f"({chunk_frames}); only an image or a short clip conditions the first chunk (prefix_in_first_chunk), "
+            "longer ones are continued as whole chunks"
+        )
+    return VideoPrefix(
+        source=source, latents=latents, given_frames=given, held_frames=held, in_first_chunk=in_first_chunk
+    )

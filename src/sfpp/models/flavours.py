@@ -1,4 +1,4 @@
-"""Size registry of CausalWanDiT: a debug flavour for tests, the toy world's, and Wan2.1's sizes.
+"""Size registry of CausalWanDiT: a debug flavour for tests, the toy world's, Wan2.1's and Wan2.2's sizes.
 
 The registry is data: each flavour is a :class:`~sfpp.models.config.CausalWanConfig`
 (bidirectional by default). :func:`sfpp.models.causal_wan.build_model` builds a model from one, with
@@ -47,6 +47,22 @@ FLAVOURS: dict[str, CausalWanConfig] = {
         ffn_dim=8960,
         num_layers=30,
         num_heads=12,
+        text_dim=4096,
+        freq_dim=256,
+        eps=1e-6,
+        cross_attn_norm=True,
+    ),
+    # Wan2.2-TI2V-5B: text- and image-to-video in one model, on the 48-channel latents of the Wan2.2
+    # VAE (16x16 pixels per latent, 4 frames per latent frame). The blocks are Wan2.1's; what makes
+    # it image-to-video is its input: a clean first latent frame at timestep 0.
+    "wan2_2_ti2v_5b": CausalWanConfig(
+        patch_size=(1, 2, 2),
+        in_channels=48,
+        out_channels=48,
+        dim=3072,
+        ffn_dim=14336,
+        num_layers=30,
+        num_heads=24,
         text_dim=4096,
         freq_dim=256,
         eps=1e-6,

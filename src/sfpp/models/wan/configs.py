@@ -1,8 +1,9 @@
-"""Checkpoint configs into a :class:`~sfpp.models.config.CausalWanConfig`: diffusers, original Wan2.1, sfpp.
+"""Checkpoint configs into a :class:`~sfpp.models.config.CausalWanConfig`: diffusers, original Wan, sfpp.
 
-* **original** Wan2.1 (``Wan-AI/Wan2.1-T2V-*``): a ``config.json`` with ``WanModel`` keys
-  (``dim``, ``in_dim``, ``num_heads`` ...);
-* **diffusers** (``Wan-AI/Wan2.1-T2V-*-Diffusers/transformer``): a ``WanTransformer3DModel`` config;
+* **original** Wan2.1 and Wan2.2 (``Wan-AI/Wan2.1-T2V-*``, ``Wan-AI/Wan2.2-TI2V-5B``): a
+  ``config.json`` with ``WanModel`` keys (``dim``, ``in_dim``, ``num_heads``, ``model_type`` ...);
+* **diffusers** (``Wan-AI/Wan2.1-T2V-*-Diffusers/transformer``,
+  ``Wan-AI/Wan2.2-TI2V-5B-Diffusers/transformer``): a ``WanTransformer3DModel`` config;
 * **sfpp**, written by :func:`~sfpp.models.wan.files.save_wan_weights`: the config's architecture
   fields under ``"_class_name": "CausalWanDiT"``.
 
@@ -158,10 +159,16 @@ def config_from_diffusers(config: Mapping[str, Any]) -> CausalWanConfig:
     )
 
 
-def config_from_original(config: Mapping[str, Any]) -> CausalWanConfig:
-    """Turn an original Wan2.1 ``WanModel`` config into a :class:`~sfpp.models.config.CausalWanConfig`.
+#: Original ``model_type`` values whose ``WanModel`` is the text-to-video architecture: Wan2.1's and
+#: Wan2.2's ``t2v`` and Wan2.2's ``ti2v`` (TI2V-5B: the same blocks on 48-channel latents; an image
+#: enters as a clean first latent frame at timestep 0, not through extra weights).
+TEXT_TO_VIDEO_MODEL_TYPES = ("t2v", "ti2v")
 
-    The released Wan2.1 T2V ``config.json`` files hold ``dim``, ``eps``, ``ffn_dim``, ``freq_dim``,
+
+def config_from_original(config: Mapping[str, Any]) -> CausalWanConfig:
+    """Turn an original Wan2.1 / Wan2.2 ``WanModel`` config into a :class:`~sfpp.models.config.CausalWanConfig`.
+
+    The released T2V and TI2V ``config.json`` files hold ``dim``, ``eps``, ``ffn_dim``, ``freq_dim``,
     ``in_dim``, ``model_type``, ``num_heads``, ``num_layers``, ``out_dim`` and ``text_len``; the
     other ``WanModel`` arguments (``patch_size``, ``text_dim``, ``window_size``, ``qk_norm``,
     ``cross_attn_norm``) are accepted too, and missing keys take the ``WanModel`` defaults.
@@ -169,21 +176,23 @@ def config_from_original(config: Mapping[str, Any]) -> CausalWanConfig:
     zero-pads prompts to, which the text encoder component reproduces; it is validated and dropped.
 
     Args:
-        config: The parsed ``config.json`` of an original Wan2.1 checkpoint.
+        config: The parsed ``config.json`` of an original Wan2.1 or Wan2.2 checkpoint.
 
     Returns:
         The architecture (build options at their defaults).
 
     Raises:
-        ValueError: For ``model_type`` other than ``t2v``, windowed attention
+        ValueError: For ``model_type`` other than ``t2v`` or ``ti2v``, windowed attention
             (``window_size`` other than ``(-1, -1)``), ``qk_norm`` false, or unknown keys.
     """
-    _reject_unknown(config, _ORIGINAL_DEFAULTS, "original Wan2.1 WanModel")
+    _reject_unknown(config, _ORIGINAL_DEFAULTS, "original Wan WanModel")
     cfg = {**_ORIGINAL_DEFAULTS, **_public_keys(config)}
-    if cfg["model_type"] != "t2v":
+    if cfg["model_type"] not in TEXT_TO_VIDEO_MODEL_TYPES:
         raise ValueError(
-            f"model_type={cfg['model_type']!r}: only text-to-video Wan models (model_type 't2v') are "
-            "supported; image-to-video checkpoints (i2v, flf2v, ti2v) are not"
+            f"model_type={cfg['model_type']!r}: supported are Wan's text-to-video architecture "
+            f"(model_type {' or '.join(repr(t) for t in TEXT_TO_VIDEO_MODEL_TYPES)}: Wan2.1/Wan2.2 T2V and "
+            "Wan2.2-TI2V-5B); image-to-video models with image channels or a CLIP encoder (i2v, flf2v, s2v) "
+            "are not"
         )
     if tuple(cfg["window_size"]) != (-1, -1):
         raise ValueError(
