@@ -26,6 +26,18 @@ CONFIG_DIR: Path = find_config_dir()
 ComposeTrain = Callable[..., DictConfig]
 
 
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    """One torch thread for a module: tiny VAEs run hundreds of small convolutions, where threads
+    only add overhead (10x on a busy CPU)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[Any]:
     """A one-process gloo group and its CPU device mesh, torn down after the test."""

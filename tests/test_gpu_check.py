@@ -165,3 +165,15 @@ def test_a_failed_dmd_part_keeps_the_updates_it_timed(monkeypatch) -> None:
     ):
         gpu_check.dmd_updates(SHAPES["rehearsal"], torch.device("cpu"))
     assert not torch.distributed.is_initialized()
+
+
+def test_the_5b_rehearsal_runs_every_part_at_wan2_2_shapes(tmp_path: Path) -> None:
+    """``--model 5b``: 48-channel latents, the Wan2.2 VAE kind (2x2 patching, residual blocks)."""
+    out = tmp_path / "gpu_check_5b.json"
+    assert main(["--rehearsal", "--skip-tests", "--model", "5b", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["model"] == "5b" and report["shape_set"] == "rehearsal_5b"
+    for section in SECTIONS[1:]:
+        assert report[section]["ok"], report[section]
+    assert report["shapes"]["vae"]["is_residual"] and report["shapes"]["model_overrides"]["in_channels"] == 48
+    assert report["stream_decode"]["frames_per_second"] > 0

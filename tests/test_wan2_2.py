@@ -4,7 +4,6 @@ the Wan2.2 VAE as a codec, TI2V's first-frame conditioning, the 5B experiments a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,28 +11,18 @@ import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from safetensors.torch import save_file
 
+from sfpp.apps.gpu_shapes import SHAPES
 from sfpp.codecs import WanVAECodec
 from sfpp.diffusion.reencode import WindowReencoder
 from sfpp.diffusion.rollout import FewStepSampler, stream_rollout
 from sfpp.models import FLAVOURS, CausalWanDiT, build_model
 from sfpp.models.wan import build_from_pretrained, config_from_diffusers, config_from_original
+from test_wan_weights import TINY_DIFFUSERS as TINY_WAN2_1
 from test_wan_weights import _randomise
 
 TOL = 1e-5
 # A tiny model of the Wan2.2-TI2V shape family: Wan2.2's 48 latent channels, a small width.
-TINY_DIFFUSERS = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=2,
-    attention_head_dim=16,
-    in_channels=48,
-    out_channels=48,
-    text_dim=16,
-    freq_dim=32,
-    ffn_dim=64,
-    num_layers=2,
-    cross_attn_norm=True,
-    rope_max_seq_len=1024,
-)
+TINY_DIFFUSERS = {**TINY_WAN2_1, "in_channels": 48, "out_channels": 48}
 # Wan2.2-TI2V-5B's sizes (Wan2.2's wan_ti2v_5B config) as diffusers' WanTransformer3DModel writes them.
 TI2V_5B_DIFFUSERS_CONFIG = {
     "_class_name": "WanTransformer3DModel",
@@ -67,25 +56,14 @@ TI2V_5B_ORIGINAL_CONFIG = {
     "out_dim": 48,
     "text_len": 512,
 }
-# A tiny AutoencoderKLWan of the Wan2.2 kind: 2x2 pixel patching (12 channels in and out), residual
-# up/down blocks, a wider decoder, 48 latent channels, 3 levels: spatial stride 2 * 4 = 8.
-TINY_VAE22 = dict(
-    base_dim=8,
-    decoder_base_dim=12,
-    z_dim=48,
-    dim_mult=[1, 2, 2],
-    num_res_blocks=1,
-    attn_scales=[],
-    temperal_downsample=[True, True],
-    is_residual=True,
-    in_channels=12,
-    out_channels=12,
-    patch_size=2,
-    scale_factor_spatial=8,
-    scale_factor_temporal=4,
-    latents_mean=[0.01 * i for i in range(48)],
-    latents_std=[1.0 + 0.02 * i for i in range(48)],
-)
+# A tiny AutoencoderKLWan of the Wan2.2 kind (the GPU check's rehearsal VAE): 2x2 pixel patching
+# (12 channels in and out), residual up/down blocks, a wider decoder, 48 latent channels, 3 levels:
+# spatial stride 2 * 4 = 8; with per-channel statistics that are not the identity.
+TINY_VAE22 = {
+    **SHAPES["rehearsal_5b"].vae,
+    "latents_mean": [0.01 * i for i in range(48)],
+    "latents_std": [1.0 + 0.02 * i for i in range(48)],
+}
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -231,15 +209,6 @@ def test_the_first_chunk_holds_the_image_latent_clean_at_timestep_zero(monkeypat
 # 3. The Wan2.2 VAE ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    """The tiny VAE runs hundreds of small convolutions: threads only add overhead."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def vae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
@@ -258,6 +227,7 @@ def codec(vae_dir: Path) -> WanVAECodec:
 
 
 @torch.no_grad()
+@pytest.mark.usefixtures("single_thread")
 def test_the_wan2_2_vae_codec_matches_diffusers(codec: WanVAECodec, vae_dir: Path) -> None:
     reference = AutoencoderKLWan.from_pretrained(vae_dir, local_files_only=True).eval()
     assert (codec.latent_channels, codec.spatial_stride, codec.temporal_stride) == (48, 8, 4)
@@ -275,6 +245,7 @@ def test_the_wan2_2_vae_codec_matches_diffusers(codec: WanVAECodec, vae_dir: Pat
 
 @torch.no_grad()
 @pytest.mark.parametrize("sizes", [[3, 3], [1, 2, 3]])
+@pytest.mark.usefixtures("single_thread")
 def test_the_wan2_2_vae_streams_chunk_by_chunk_as_it_decodes_whole(codec: WanVAECodec, sizes) -> None:
     latents = torch.randn(1, 48, 6, 2, 2, generator=torch.Generator().manual_seed(2))
     full = codec.decode(latents)
@@ -285,6 +256,7 @@ def test_the_wan2_2_vae_streams_chunk_by_chunk_as_it_decodes_whole(codec: WanVAE
 
 
 @torch.no_grad()
+@pytest.mark.usefixtures("single_thread")
 def test_window_reencoding_works_with_the_wan2_2_stride(codec: WanVAECodec) -> None:
     """The paper-scale DMD's re-encoding: a window's first latent from one pixel frame, as the teacher's clips start."""
     prefix = torch.randn(1, 48, 3, 2, 2, generator=torch.Generator().manual_seed(3))
@@ -296,3 +268,79 @@ def test_window_reencoding_works_with_the_wan2_2_stride(codec: WanVAECodec) -> N
     frames = codec.decode(torch.cat([prefix, window], dim=2))  # (1, 3, 1 + 4 * 5, H, W)
     first = frames[:, :, 1 + 4 * 2 + 3 : 1 + 4 * 2 + 4]  # the last frame of the window's first latent
     assert _max_diff(reencoded[:, :, :1], codec.encode(first)) <= 1e-4
+
+
+# 4. The 5B experiments and their plans ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("experiment", "extra"),
+    [("ode_init_5b", []), ("self_forcing_5b", ["student_ckpt=/s"]), ("extend_100s_5b", ["student_ckpt=/s"])],
+)
+def test_the_5b_experiments_compose_on_wan2_2_shapes(compose_train, experiment, extra) -> None:
+    cfg = compose_train([f"experiment={experiment}", "wan_dir=/models/Wan2.2-TI2V-5B-Diffusers", *extra])
+    assert cfg.model.flavour == "wan2_2_ti2v_5b" and cfg.codec._target_.endswith("WanVAECodec")
+    assert cfg.codec.path == "/models/Wan2.2-TI2V-5B-Diffusers/vae"
+    stage = cfg.stage
+    if "student" in stage:  # the DMD experiments
+        assert list(stage.student.latent_shape) == [48, 44, 80] and stage.student.fps == 24.0
+        assert stage.window_frames == 30 and stage.student.cache_window_frames == 27
+    else:
+        assert stage.cache_window_frames == 27 and cfg.data.path.endswith("ode_pairs/wan2_2_ti2v_5b")
+
+
+def test_the_5b_ode_pairs_config_composes() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from sfpp.utils.config_dir import find_config_dir
+
+    with initialize_config_dir(config_dir=str(find_config_dir()), version_base="1.3"):
+        cfg = compose("ode_pairs", overrides=["ode_pairs=wan2_2_ti2v_5b", "wan_dir=/m"])
+    assert list(cfg.generator.latent_shape) == [48, 44, 80] and cfg.generator.num_frames == 30
+    assert cfg.generator.teacher.path == "/m/transformer" and cfg.task_name == "wan2_2_ti2v_5b"
+
+
+@pytest.mark.parametrize("nodes", [1, 8])
+def test_the_planner_prints_the_5b_table_on_8_and_64_gpus(nodes, tmp_path, capsys) -> None:
+    from sfpp.plan import main
+
+    out = tmp_path / "plan.json"
+    main(
+        [
+            "experiment=extend_100s_5b",
+            "wan_dir=/m",
+            "student_ckpt=/s",
+            "trainer=fsdp",
+            "trainer.devices=8",
+            f"trainer.num_nodes={nodes}",
+            "stage.student.mixed_precision=true",
+            "stage.student.activation_checkpointing=true",
+            "--json",
+            str(out),
+        ]
+    )
+    data = json.loads(out.read_text())
+    spec = data["spec"]
+    assert spec["world_size"] == 8 * nodes and spec["window_frames"] == 30 and spec["rollout_frames"] == 600
+    assert spec["latent_shape"] == [48, 44, 80] and spec["codec_params"] == 704_688_668  # Wan2.2's VAE
+    rows = {row["item"]: row["bytes"] for row in data["rows"]}
+    assert rows["generator parameters"] == pytest.approx(5.0e9 * 4 / (8 * nodes), rel=0.01)
+    assert data["peak_bytes"] < 80 * 2**30  # an 80 GB GPU holds it with checkpointing
+    # 3 latent frames of 880 tokens, 4 steps + the cache pass: linears, self-attention over the
+    # 30-frame window, cross-attention over 512 text tokens (dim 3072, ffn 14336, 30 layers)
+    tokens, dim, ffn = 3 * 880, 3072, 14336
+    analytic = 5 * 30 * (2 * tokens * (6 * dim * dim + 2 * dim * ffn) + 4 * tokens * (30 * 880 + 512) * dim)
+    assert data["chunk_flops"] == pytest.approx(analytic, rel=0.05)
+    assert "estimated peak" in capsys.readouterr().out
+
+
+def test_the_gpu_check_selects_the_5b_shapes() -> None:
+    from sfpp.apps.gpu_shapes import shapes_for
+
+    name, shapes = shapes_for("5b", rehearsal=False)
+    assert name == "full_5b" and shapes.flavour == "wan2_2_ti2v_5b" and shapes.vae["z_dim"] == 48
+    assert (shapes.latent_height, shapes.latent_width, shapes.window_frames) == (44, 80, 30)
+    name, rehearsal = shapes_for("5b", rehearsal=True)
+    assert rehearsal.model_overrides["in_channels"] == rehearsal.vae["z_dim"] == 48
+    with pytest.raises(ValueError, match="unknown model"):
+        shapes_for("14b", rehearsal=False)

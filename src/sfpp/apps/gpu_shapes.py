@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 __all__ = ["MODELS", "SHAPES", "WAN2_2_VAE", "WAN_VAE", "CheckShapes", "shapes_for"]
@@ -93,54 +93,25 @@ SHAPES: dict[str, CheckShapes] = {
         ),
         model_overrides={},
     ),
-    # Wan2.2-TI2V-5B: 1280x704 = 44x80 latents of 48 channels, a 30-frame horizon in chunks of 3.
-    "full_5b": CheckShapes(
-        flavour="wan2_2_ti2v_5b",
-        latent_height=44,
-        latent_width=80,
-        chunk_frames=3,
-        window_frames=30,
-        steps=(1000, 750, 500, 250),
-        text_len=512,
-        stream_chunks=10,
-        warmup_chunks=2,
-        dmd_layers=None,
-        dmd_updates=4,
-        matmul_size=8192,
-        vae=WAN2_2_VAE,
-        model_overrides={},
-    ),
-    "rehearsal_5b": CheckShapes(
-        flavour="tiny",
-        latent_height=4,
-        latent_width=4,
-        chunk_frames=3,
-        window_frames=9,
-        steps=(1000, 750, 500, 250),
-        text_len=8,
-        stream_chunks=10,
-        warmup_chunks=1,
-        dmd_layers=None,
-        dmd_updates=4,
-        matmul_size=256,
-        vae=dict(
-            base_dim=8,
-            decoder_base_dim=12,
-            z_dim=48,
-            dim_mult=[1, 2, 2],
-            num_res_blocks=1,
-            attn_scales=[],
-            temperal_downsample=[True, True],
-            is_residual=True,
-            in_channels=12,
-            out_channels=12,
-            patch_size=2,
-            scale_factor_spatial=8,
-            scale_factor_temporal=4,
-        ),
-        model_overrides={"in_channels": 48, "out_channels": 48},
-    ),
 }
+# Wan2.2-TI2V-5B: 1280x704 = 44x80 latents of 48 channels, a 30-frame horizon in chunks of 3; its
+# rehearsal: the tiny model on 48 channels and a tiny VAE of the Wan2.2 kind.
+SHAPES["full_5b"] = replace(
+    SHAPES["full"],
+    flavour="wan2_2_ti2v_5b",
+    latent_height=44,
+    latent_width=80,
+    window_frames=30,
+    vae=WAN2_2_VAE,
+)
+SHAPES["rehearsal_5b"] = replace(
+    SHAPES["rehearsal"],
+    latent_height=4,
+    latent_width=4,
+    vae={**SHAPES["rehearsal"].vae, "decoder_base_dim": 12, "z_dim": 48, "is_residual": True, "in_channels": 12,
+         "out_channels": 12, "patch_size": 2, "scale_factor_spatial": 8},
+    model_overrides={"in_channels": 48, "out_channels": 48},
+)  # fmt: skip
 
 #: The models the check can take, and their ``(full, rehearsal)`` shapes.
 MODELS: dict[str, tuple[str, str]] = {"1.3b": ("full", "rehearsal"), "5b": ("full_5b", "rehearsal_5b")}

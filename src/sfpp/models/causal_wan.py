@@ -382,7 +382,7 @@ def build_model(
     """Build a :class:`CausalWanDiT` of a registered size flavour (:mod:`sfpp.models.flavours`).
 
     Args:
-        flavour: ``tiny``, ``toy``, ``wan_1_3b`` or ``wan_14b``.
+        flavour: ``tiny``, ``toy``, ``wan_1_3b``, ``wan_14b`` or ``wan2_2_ti2v_5b``.
         causal: Block-causal student instead of a bidirectional teacher/critic.
         num_frames_per_chunk: Latent frames per chunk of the block-causal model.
         attention_backend: ``auto``, ``flash``, ``flex`` or ``sdpa``.
