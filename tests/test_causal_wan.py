@@ -75,7 +75,7 @@ def test_sinusoidal_embedding_golden():
 
 
 def test_flavours_registry_and_reference_sizes():
-    assert set(FLAVOURS) == {"tiny", "toy", "wan_1_3b", "wan_14b"}
+    assert set(FLAVOURS) == {"tiny", "toy", "wan_1_3b", "wan_14b", "wan2_2_ti2v_5b"}
     with torch.device("meta"):
         n_1_3b = sum(p.numel() for p in build_model("wan_1_3b").parameters())
         n_toy = sum(p.numel() for p in build_model("toy").parameters())

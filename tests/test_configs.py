@@ -77,8 +77,8 @@ def test_every_group_option_composes(compose_train, group: str, option: str) -> 
     _resolved(cfg)
 
 
-def test_model_group_has_the_four_flavours(compose_train) -> None:
-    flavours = ["tiny", "toy", "wan_1_3b", "wan_14b"]
+def test_model_group_has_the_five_flavours(compose_train) -> None:
+    flavours = ["tiny", "toy", "wan_1_3b", "wan_14b", "wan2_2_ti2v_5b"]
     assert list_group_options("model") == sorted(flavours)
     for flavour in flavours:
         model_cfg = compose_train([f"model={flavour}"]).model

@@ -112,7 +112,9 @@ class DMDModule(StudentStage):
             stride and rounded down to whole chunks).
         student: The settings every student stage shares (:class:`~sfpp.stages.student.StudentSettings`
             or a mapping of its fields: the Hydra node ``stage.student``): latent shape, cache,
-            seed, EMA, clipping, accumulation, precision, validation length.
+            seed, EMA, clipping, accumulation, precision, validation length. Accumulation counts
+            updates of the critic or the generator and cannot be combined with
+            ``critic_windows_per_rollout > 1``.
         window_frames: Length K of the supervised window (the teacher's horizon), same units.
         window_mode: Where the window starts: ``uniform`` over chunk starts (Self-Forcing++) or
             ``last`` (an ablation; see :class:`WindowSampler`).
