@@ -168,6 +168,43 @@ def test_a_prefixed_generator_step_trains_on_the_generated_frames_with_the_given
     assert len(generator_opt.state) > 0
 
 
+def test_an_in_chunk_prefix_conditions_the_first_chunk_as_wan2_2_ti2v_does(monkeypatch):
+    """``in_first_chunk``: the image is the first frame of the first generated chunk, clean at timestep 0."""
+    module = _dmd(prefix={"probability": 1.0, "pixel_frames": [1], "in_first_chunk": True})
+    context, _ = module._contexts(PROMPTS)
+    image = torch.rand(2, 3, 1, 16, 16) * 2 - 1  # one latent frame of the pixel codec; chunks of 2
+    window, start = module._rollout_window(context, module._rng(5), keep_graph=False, prefix=image)
+    assert start == 0 and window.shape == (2, 3, 4, 16, 16)
+    assert torch.equal(window[:, :, :1], image)
+    # the same as streaming with the image as the first chunk's given frame, with the step's draws
+    rng = module._rng(5)
+    exit_step = torch.randint(0, 4, (1,), generator=rng).item()
+    cache = module._new_cache(module.generator, 2)
+    with torch.no_grad():
+        chunks = list(
+            stream_rollout(
+                module.generator, context, cache, 4, (3, 16, 16), module.sampler, rng,
+                exit_steps=[exit_step] * 2, first_frames=image,
+            )
+        )  # fmt: skip
+    assert torch.allclose(window, torch.cat([c.latents for c in chunks], dim=2), atol=1e-6)
+    # a generator step trains with the image clean at timestep 0 for the teacher, and only 1 frame given
+    seen = []
+    teacher_forward = module.teacher.forward
+
+    def spy(x, timestep, *args, **kwargs):
+        seen.append(timestep.detach().clone())
+        return teacher_forward(x, timestep, *args, **kwargs)
+
+    monkeypatch.setattr(module.teacher, "forward", spy)
+    _trainer(None, 2).fit(module, datamodule=WorldDataModule(num_frames=2, batch_size=2, seed=0))
+    (timestep, *_) = seen
+    assert timestep.shape == (4, 4) and (timestep[:, :1] == 0).all() and (timestep[:, 1:] > 0).all()
+    with pytest.raises(ValueError, match="not fewer than a chunk"):
+        too_long = _dmd(prefix={"probability": 1.0, "pixel_frames": [2], "in_first_chunk": True})
+        too_long._prefix_latents({"video": torch.zeros(2, 3, 2, 16, 16), "prompt": PROMPTS}, 0)
+
+
 def test_prefix_training_that_never_draws_a_prefix_trains_exactly_as_without(tmp_path):
     plain = _dmd()
     _trainer(tmp_path / "a", 4).fit(plain, datamodule=WorldDataModule(num_frames=1, batch_size=2, seed=0))

@@ -44,10 +44,14 @@ class PrefixTraining:
             (0: never, the default everywhere).
         pixel_frames: The numbers of given pixel frames, one drawn uniformly per prefixed step
             (``[1]``: an image; ``[1, 8]``: an image or one teacher horizon of the built-in world).
+        in_first_chunk: Condition the first chunk on the given frames, held clean at timestep 0 inside
+            it (Wan2.2-TI2V's image conditioning; they must encode to fewer latent frames than a
+            chunk), instead of writing them into the cache as chunks of their own.
     """
 
     probability: float = 0.0
     pixel_frames: tuple[int, ...] = (1,)
+    in_first_chunk: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.probability <= 1.0:
@@ -81,7 +85,11 @@ class PrefixTraining:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain settings, for the checkpoint's hyperparameters."""
-        return {"probability": self.probability, "pixel_frames": list(self.pixel_frames)}
+        return {
+            "probability": self.probability,
+            "pixel_frames": list(self.pixel_frames),
+            "in_first_chunk": self.in_first_chunk,
+        }
 
 
 def hold_to_chunks(frames: torch.Tensor, temporal_stride: int, chunk_frames: int) -> tuple[torch.Tensor, int]:

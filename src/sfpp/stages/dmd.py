@@ -306,20 +306,21 @@ class DMDModule(StudentStage):
         index of this batch among the update's ``accumulate_grad_batches``: the rollout noise is
         that of its rows of the update's global batch. A ``prefix`` ``(B, C, n, h, w)`` of clean
         latents is written into the cache first and returned as the first chunks; the student
-        generates the frames from ``n`` to ``end``.
+        generates the frames from ``n`` to ``end``. With ``prefix.in_first_chunk`` settings the
+        prefix (fewer frames than a chunk) is held clean at timestep 0 inside the first chunk instead.
         """
         cache = self._new_cache(self.generator, context.shape[0])
         num_steps = len(self.sampler.timesteps)
-        num_chunks = (
-            end - (0 if prefix is None else prefix.shape[2])
-        ) // self.generator.config.num_frames_per_chunk
+        in_chunk = prefix is not None and self.prefix is not None and self.prefix.in_first_chunk
+        written = 0 if prefix is None or in_chunk else prefix.shape[2]
+        num_chunks = (end - written) // self.generator.config.num_frames_per_chunk
         if self.hparams.exit_step_draw == "per_rollout":
             exit_steps = torch.randint(0, num_steps, (1,), generator=rng).expand(num_chunks)
         else:
             exit_steps = torch.randint(0, num_steps, (num_chunks,), generator=rng)
         noise_fn = self._noise_fn(rng, context.shape[0], micro_batch, self.student.accumulate_grad_batches)
         given = []
-        if prefix is not None:
+        if written:
             given = list(write_prefix(self.generator, context, cache, prefix, self.sampler, rng, noise_fn))
         return given + list(
             stream_rollout(
@@ -333,6 +334,7 @@ class DMDModule(StudentStage):
                 exit_steps=exit_steps.tolist(),
                 grad_from_frame=grad_from_frame,
                 noise_fn=noise_fn,
+                first_frames=prefix if in_chunk else None,
             )
         )
 
@@ -382,11 +384,17 @@ class DMDModule(StudentStage):
                 f"module clips of at least {self.prefix.max_pixel_frames} frames (the built-in world: "
                 f"data.num_frames={self.prefix.max_pixel_frames})"
             )
-        clip, _ = hold_to_chunks(
-            video[:, :, :frames], self.codec.temporal_stride, self.generator.config.num_frames_per_chunk
-        )  # (B, 3, F', H, W)
+        chunk = self.generator.config.num_frames_per_chunk
+        unit = 1 if self.prefix.in_first_chunk else chunk  # whole latent frames, or whole chunks
+        clip, _ = hold_to_chunks(video[:, :, :frames], self.codec.temporal_stride, unit)  # (B, 3, F', H, W)
         with torch.no_grad():
-            return self.codec.encode(clip.to(self.device))
+            latents = self.codec.encode(clip.to(self.device))  # (B, C, n, h, w)
+        if self.prefix.in_first_chunk and latents.shape[2] >= chunk:
+            raise ValueError(
+                f"prefix.in_first_chunk: {frames} pixel frames encode to {latents.shape[2]} latent frames, not "
+                f"fewer than a chunk ({chunk}); give prefix.pixel_frames that fit inside the first chunk"
+            )
+        return latents
 
     @torch.no_grad()
     def _shared_critic_windows(
