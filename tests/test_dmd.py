@@ -211,7 +211,7 @@ def test_shared_critic_windows_are_windows_of_one_causal_rollout(exit_step_draw)
             context,
             module._new_cache(module.generator, 2),
             start + 4,
-            module.latent_shape,
+            module.student.latent_shape,
             module.sampler,
             rng,
             exit_steps=exit_steps[: (start + 4) // 2],

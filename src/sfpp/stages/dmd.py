@@ -328,7 +328,7 @@ class DMDModule(StudentStage):
                 context,
                 cache,
                 end - cache.num_frames,
-                self.latent_shape,
+                self.student.latent_shape,
                 self.sampler,
                 rng,
                 exit_steps=exit_steps.tolist(),
@@ -373,7 +373,7 @@ class DMDModule(StudentStage):
         """
         if self.prefix is None:
             return None
-        frames = self.prefix.draw(self.seed, step)
+        frames = self.prefix.draw(self.student.seed, step)
         if frames == 0:
             return None
         video = batch.get("video")
@@ -453,7 +453,7 @@ class DMDModule(StudentStage):
         window, start = windows[index]
         if index == size - 1:
             self._critic_rollout = None  # the group is done; free its rollout
-        rng = step_generator(self.seed, CRITIC_REINJECTION_STREAM, step)
+        rng = step_generator(self.student.seed, CRITIC_REINJECTION_STREAM, step)
         return window, start, context, rng
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

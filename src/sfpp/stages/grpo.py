@@ -180,7 +180,7 @@ class GRPOModule(StudentStage):
             context,
             self._new_cache(self.generator, len(expanded)),
             self.rollout_frames,
-            self.latent_shape,
+            self.student.latent_shape,
             self.sampler,
             rng,
             noise_fn=self._noise_fn(rng, len(expanded), micro_batch, self.student.accumulate_grad_batches),

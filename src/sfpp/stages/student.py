@@ -163,11 +163,9 @@ class StudentStage(L.LightningModule):
         self.sampler = sampler
         self.student = student
         self.ema = EMA(generator, decay=student.ema_decay, start_step=student.ema_start_step)
-        self.latent_shape = student.latent_shape
+        # The settings resolved here; the others are read from self.student.
         self.rollout_frames = rollout_frames
         self.cache_window_frames = student.cache_window_frames or default_cache_window
-        self.sink_frames = student.sink_frames
-        self.seed = student.seed
         self.quality_metric = quality_metric
         val = student.val_rollout_frames
         self.val_rollout_frames = (
@@ -192,8 +190,8 @@ class StudentStage(L.LightningModule):
         exactly as it would have.
         """
         if self.draws == LEGACY_DRAWS:
-            return torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        return step_generator(self.seed, STUDENT_STREAM, step)
+            return torch.Generator().manual_seed(self.student.seed * 1_000_003 + step)
+        return step_generator(self.student.seed, STUDENT_STREAM, step)
 
     def _rows_of_global_batch(
         self, local_batch: int, micro_batch: int = 0, micro_batches: int = 1
@@ -230,9 +228,9 @@ class StudentStage(L.LightningModule):
         """A fresh rolling KV cache of the stage's geometry for ``model``."""
         return model.new_kv_cache(
             batch,
-            *self.latent_shape[1:],
+            *self.student.latent_shape[1:],
             window_frames=self.cache_window_frames,
-            sink_frames=self.sink_frames,
+            sink_frames=self.student.sink_frames,
             dtype=self._cache_dtype,
         )
 
@@ -281,11 +279,11 @@ class StudentStage(L.LightningModule):
             self.ema.module,
             context,
             num_frames,
-            self.latent_shape,
+            self.student.latent_shape,
             self.sampler,
-            seed=self.seed if seed is None else seed,
+            seed=self.student.seed if seed is None else seed,
             window_frames=self.cache_window_frames,
-            sink_frames=self.sink_frames,
+            sink_frames=self.student.sink_frames,
             cache_dtype=self._cache_dtype,
         )
         return self.codec.decode(latents).clamp(-1, 1)
@@ -306,6 +304,8 @@ class StudentStage(L.LightningModule):
         if not self.validates:
             return
         prompts = list(batch["prompt"])
-        videos = self.sample_videos(prompts, self.val_rollout_frames, (0, 0), seed=self.seed + batch_idx)
+        videos = self.sample_videos(
+            prompts, self.val_rollout_frames, (0, 0), seed=self.student.seed + batch_idx
+        )
         for name, value in self.validation_metrics(videos.cpu(), prompts).items():
             self.log(f"val/{name}", value, batch_size=len(prompts))
