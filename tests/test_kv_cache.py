@@ -180,3 +180,28 @@ def test_write_chunk_stores_what_the_cache_writing_forward_stores(window, sink):
                 assert a.abs().sum() > 0 and torch.equal(a, b)
     with pytest.raises(ValueError, match="chunk starts at frame"):
         model.write_chunk(x[:, :, :2], t[:, :2], c, kv_cache=trimmed, frame_offset=0)
+
+
+def test_a_layer_view_reads_and_writes_its_layer_and_a_snapshot_is_a_frozen_copy():
+    from sfpp.models.blocks import BlockCall
+
+    model = _model(2)
+    cache = model.new_kv_cache(1, 8, 8, window_frames=4)
+    x, t, c = torch.randn(1, 4, 2, 8, 8), torch.full((1,), 500.0), torch.randn(1, 5, 16)
+    with torch.no_grad():
+        model(x, t, c, kv_cache=cache, frame_offset=0, write_cache=True)
+    view = cache.layer(1)
+    assert view.layer == 1 and all(
+        torch.equal(a, b) for a, b in zip(view.visible(), cache.visible(1), strict=True)
+    )
+    snapshot = view.snapshot()
+    assert all(torch.equal(a, b) for a, b in zip(snapshot.visible(), cache.visible(1), strict=True))
+    cache.keys.zero_()  # later chunks overwrite the live buffer; the snapshot keeps what was read
+    assert snapshot.visible()[0].abs().sum() > 0 and cache.visible(1)[0].abs().sum() == 0
+    with pytest.raises(RuntimeError, match="read-only"):
+        snapshot.write(*snapshot.visible())
+    block, tokens = model.blocks[0], torch.randn(1, 32, 32)
+    rope = torch.ones(1, 32, 1, 8, dtype=torch.complex64)
+    text_kv = block.cross_attn.text_kv(torch.randn(1, 5, 32))
+    with pytest.raises(ValueError, match="block 0 was given the cache view of layer 1"):
+        block(tokens, torch.zeros(1, 2, 6, 32), rope, text_kv, BlockCall(model.backend), cache.layer(1))
