@@ -200,9 +200,8 @@ def test_an_in_chunk_prefix_conditions_the_first_chunk_as_wan2_2_ti2v_does(monke
     _trainer(None, 2).fit(module, datamodule=WorldDataModule(num_frames=2, batch_size=2, seed=0))
     (timestep, *_) = seen
     assert timestep.shape == (4, 4) and (timestep[:, :1] == 0).all() and (timestep[:, 1:] > 0).all()
-    with pytest.raises(ValueError, match="not fewer than a chunk"):
-        too_long = _dmd(prefix={"probability": 1.0, "pixel_frames": [2], "in_first_chunk": True})
-        too_long._prefix_latents({"video": torch.zeros(2, 3, 2, 16, 16), "prompt": PROMPTS}, 0)
+    with pytest.raises(ValueError, match=r"not fewer than a chunk \(2\); give stage.prefix.pixel_frames"):
+        _dmd(prefix={"probability": 1.0, "pixel_frames": [1, 2], "in_first_chunk": True})  # refused at once
 
 
 def test_prefix_training_that_never_draws_a_prefix_trains_exactly_as_without(tmp_path):

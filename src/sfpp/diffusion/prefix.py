@@ -32,7 +32,14 @@ from einops import repeat
 
 from sfpp.utils.seeding import PREFIX_STREAM, step_generator
 
-__all__ = ["PREFIX_STREAM", "PrefixTraining", "given_in_window", "hold_to_chunks", "keep_given_clean"]
+__all__ = [
+    "PREFIX_STREAM",
+    "PrefixTraining",
+    "given_in_window",
+    "hold_given_frames",
+    "hold_to_chunks",
+    "keep_given_clean",
+]
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,27 @@ def given_in_window(prefix_frames: int, window_frames: int, chunk_frames: int) -
     return min(prefix_frames, window_frames - chunk_frames)
 
 
+def hold_given_frames(
+    given: torch.Tensor, x_t: torch.Tensor, timestep: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A noisy state whose first frames are the clean ``given`` ones, at timestep 0.
+
+    Args:
+        given: Clean latents of the first ``k`` frames ``(B, C, k, h, w)``.
+        x_t: The noisy state ``(B, C, F, h, w)``.
+        timestep: Its timesteps ``(B,)``.
+
+    Returns:
+        ``(x_t, timestep (B, F))``: the state with the given frames in front and per-frame timesteps,
+        0 on them.
+    """
+    given_frames = given.shape[2]
+    x_t = torch.cat([given.detach().to(x_t.dtype), x_t[:, :, given_frames:]], dim=2)  # (B, C, F, h, w)
+    per_frame_t = repeat(timestep, "b -> b f", f=x_t.shape[2]).clone()
+    per_frame_t[:, :given_frames] = 0.0
+    return x_t, per_frame_t
+
+
 def keep_given_clean(
     window: torch.Tensor, x_t: torch.Tensor, timestep: torch.Tensor, sigma: torch.Tensor, given: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -144,10 +172,10 @@ def keep_given_clean(
         timesteps and noise levels (0 on the given frames) and a mask that is false on them.
     """
     frames = window.shape[2]
-    x_t = torch.cat([window[:, :, :given].detach().to(x_t.dtype), x_t[:, :, given:]], dim=2)
+    x_t, per_frame_t = hold_given_frames(window[:, :, :given], x_t, timestep)
     mask = torch.ones(1, 1, frames, 1, 1, dtype=torch.bool, device=window.device)  # (1, 1, K, 1, 1)
     mask[:, :, :given] = False
-    noisy = mask[0, 0, :, 0, 0]  # (K,)
-    per_frame_t = repeat(timestep, "b -> b k", k=frames) * noisy
-    per_frame_sigma = repeat(torch.as_tensor(sigma, device=timestep.device), "b -> b k", k=frames) * noisy
+    per_frame_sigma = (
+        repeat(torch.as_tensor(sigma, device=timestep.device), "b -> b k", k=frames) * mask[0, 0, :, 0, 0]
+    )
     return x_t, per_frame_t, per_frame_sigma, mask

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from sfpp.diffusion.policy import ChunkTrajectory, StepTransition
+from sfpp.diffusion.prefix import hold_given_frames
 from sfpp.diffusion.schedule import FlowMatchSchedule, add_noise, x0_from_flow
 from sfpp.models.causal_wan import CausalWanDiT
 from sfpp.models.kv_cache import RollingKVCache
@@ -198,8 +199,8 @@ def stream_rollout(
     sigmas = sampler.sigmas
     transition = transition or StepTransition()
     if first_frames is not None:
-        given = first_frames.shape[2]
-        if first_frames.shape != (batch, channels, given, height, width) or not 0 < given < chunk:
+        num_given = first_frames.shape[2]
+        if first_frames.shape != (batch, channels, num_given, height, width) or not 0 < num_given < chunk:
             raise ValueError(
                 f"first_frames must be (B, C, k, H, W) = ({batch}, {channels}, k, {height}, {width}) with "
                 f"0 < k < num_frames_per_chunk={chunk}, got {tuple(first_frames.shape)}; whole chunks of "
@@ -225,7 +226,7 @@ def stream_rollout(
         for step in range(exits[index] + 1):
             t = torch.full((batch,), sampler.timesteps[step], device=param.device)
             if given is not None:  # the given frames, clean at timestep 0 (per-frame timesteps)
-                x_t, t = _with_given_frames(x_t, t, given)
+                x_t, t = hold_given_frames(given, x_t, t)
             grad_mode = (
                 torch.is_grad_enabled() if grad_from_frame is None else keeps_grad and step == exits[index]
             )
@@ -264,25 +265,6 @@ def stream_rollout(
             record.cache_input = cache_input
             trajectory.append(record)
         yield RolloutChunk(frame_offset=frame_offset, latents=x0)
-
-
-def _with_given_frames(
-    x_t: torch.Tensor, t: torch.Tensor, given: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A chunk's state with its first frames replaced by ``given`` and their timesteps set to 0.
-
-    Args:
-        x_t: The chunk's state ``(B, C, F, H, W)``.
-        t: The step's timesteps ``(B,)``.
-        given: Clean latents of the first ``k < F`` frames ``(B, C, k, H, W)``.
-
-    Returns:
-        ``(state, per-frame timesteps (B, F))``.
-    """
-    k, frames = given.shape[2], x_t.shape[2]
-    per_frame = t[:, None].expand(-1, frames).clone()  # (B, F)
-    per_frame[:, :k] = 0.0
-    return torch.cat([given, x_t[:, :, k:]], dim=2), per_frame
 
 
 def write_prefix(

@@ -30,6 +30,7 @@ generator, critic, teacher and EMA copy with FSDP2 (see :mod:`sfpp.models.parall
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -215,6 +216,15 @@ class DMDModule(StudentStage):
             raise ValueError(
                 "prefix training cannot be combined with critic_windows_per_rollout > 1; set it to 1"
             )
+        if prefix_settings is not None and prefix_settings.in_first_chunk:
+            stride = codec.temporal_stride
+            longest = 1 + math.ceil((prefix_settings.max_pixel_frames - 1) / stride)  # latent frames
+            if longest >= chunk:
+                raise ValueError(
+                    f"prefix.in_first_chunk: {prefix_settings.max_pixel_frames} pixel frames encode to {longest} "
+                    f"latent frames, not fewer than a chunk ({chunk}); give stage.prefix.pixel_frames that fit "
+                    "inside the first chunk"
+                )
         lora_settings = LoraSettings.parse(lora)
         if lora_settings is not None:
             apply_lora(generator, lora_settings)  # before the EMA copy is made
@@ -384,17 +394,11 @@ class DMDModule(StudentStage):
                 f"module clips of at least {self.prefix.max_pixel_frames} frames (the built-in world: "
                 f"data.num_frames={self.prefix.max_pixel_frames})"
             )
-        chunk = self.generator.config.num_frames_per_chunk
-        unit = 1 if self.prefix.in_first_chunk else chunk  # whole latent frames, or whole chunks
+        # whole latent frames inside the first chunk (fewer than a chunk: checked at construction), or whole chunks
+        unit = 1 if self.prefix.in_first_chunk else self.generator.config.num_frames_per_chunk
         clip, _ = hold_to_chunks(video[:, :, :frames], self.codec.temporal_stride, unit)  # (B, 3, F', H, W)
         with torch.no_grad():
-            latents = self.codec.encode(clip.to(self.device))  # (B, C, n, h, w)
-        if self.prefix.in_first_chunk and latents.shape[2] >= chunk:
-            raise ValueError(
-                f"prefix.in_first_chunk: {frames} pixel frames encode to {latents.shape[2]} latent frames, not "
-                f"fewer than a chunk ({chunk}); give prefix.pixel_frames that fit inside the first chunk"
-            )
-        return latents
+            return self.codec.encode(clip.to(self.device))
 
     @torch.no_grad()
     def _shared_critic_windows(
